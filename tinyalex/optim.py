@@ -1,0 +1,362 @@
+"""Stochastic gradient descent with momentum and weight decay, and the learning-rate schedules.
+
+Everything here is written by hand; no framework optimizer is used.
+
+The update rule (AlexNet paper, section 5)
+-------------------------------------------
+For every parameter array ``w`` (weights and biases alike) with gradient ``g = dL/dw``:
+
+    v <- momentum * v - weight_decay * lr * w - lr * g
+    w <- w + v
+
+with momentum 0.9 and weight decay 5e-4 by default. ``v`` (the velocity) starts at zero.
+
+How PyTorch's ``torch.optim.SGD`` differs
+------------------------------------------
+PyTorch keeps a momentum buffer ``b`` of *gradients*, not of steps, and multiplies by the
+learning rate last:
+
+    b <- momentum * b + (g + weight_decay * w)
+    w <- w - lr * b
+
+Writing PyTorch's step as ``u = -lr * b`` gives ``u_t = momentum * (lr_t / lr_{t-1}) * u_{t-1}
+- lr_t * (g + weight_decay * w)``. So the two rules are the same, step for step, whenever the
+learning rate does not change between steps (then ``v = -lr * b``). When the learning rate
+changes, PyTorch rescales the momentum already accumulated by the new rate at once, while the
+paper's velocity keeps the steps taken at the old rate and only new gradients feel the new
+rate. With a per-iteration schedule (one-cycle) the rate changes a little every step and the
+difference is small; after a tenfold drop (step, plateau) the paper's rule lets the old
+momentum decay over about 1 / (1 - momentum) = 10 steps.
+
+Schedules
+---------
+``make_schedule(name, ...)`` returns one of three schedules, all asked for the rate of an
+iteration with ``lr_at(epoch, step)`` (both 0-based, ``step`` counted within the epoch) and
+told about the end of each epoch with ``end_epoch(epoch, val_acc)``:
+
+- ``onecycle`` (default): PyTorch's OneCycleLR with ``anneal_strategy='linear'``,
+  ``pct_start=0.15``, ``div_factor=25``, ``final_div_factor=1e4``, ``three_phase=False``,
+  updated every iteration. Peak 0.05 for the ``cifar`` model, 0.02 for ``paper``.
+- ``step``: the seed project's MultiStepLR, milestones [5, 8], gamma 0.1, lr 0.01.
+- ``plateau``: the paper's rule, lr 0.01 divided by 10 when validation accuracy has not
+  improved for ``patience`` epochs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinyalex.errors import CheckpointError, TinyAlexError
+
+
+class SGD:
+    """SGD with momentum and weight decay, the paper's update rule (see the module docstring).
+
+    Inputs:
+    - params: dict name -> parameter array (e.g. ``model.params``); one velocity array of the
+      same shape and dtype is allocated per parameter, filled with zeros.
+    - momentum: the velocity's decay per step (paper: 0.9).
+    - weight_decay: the L2 coefficient, applied to every parameter, biases included, as
+      PyTorch's ``weight_decay`` does (paper: 5e-4).
+    """
+
+    def __init__(self, params: dict[str, np.ndarray], *, momentum: float = 0.9,
+                 weight_decay: float = 5e-4):
+        if not (0.0 <= momentum < 1.0):
+            raise TinyAlexError(f"momentum must be in [0, 1), got {momentum}")
+        if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
+            raise TinyAlexError(f"weight decay must be >= 0, got {weight_decay}")
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.velocity = {name: np.zeros_like(w) for name, w in params.items()}
+        # One scratch buffer, as large as the largest parameter, holds the products
+        # weight_decay*lr*w and lr*g so that a step allocates nothing (fc6.w alone is
+        # 38 MB for cifar and 151 MB for paper in float32).
+        largest = max((w.size for w in params.values()), default=0)
+        dtype = np.result_type(*params.values()) if params else np.float32
+        self._scratch = np.empty(largest, dtype=dtype)
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+             lr: float) -> None:
+        """Update every parameter in place with its gradient at learning rate ``lr``.
+
+        ``params`` and ``grads`` are keyed like the dict given to the constructor.
+        """
+        if set(grads) != set(self.velocity) or set(params) != set(self.velocity):
+            missing = set(self.velocity) - set(grads)
+            extra = set(grads) - set(self.velocity)
+            raise ValueError(f"SGD.step: parameter names differ from the optimizer's "
+                             f"(missing gradients {sorted(missing)}, unknown {sorted(extra)}, "
+                             f"or params keys changed)")
+        if not (math.isfinite(lr) and lr >= 0.0):
+            raise ValueError(f"SGD.step: learning rate must be finite and >= 0, got {lr}")
+        for name, v in self.velocity.items():
+            w, g = params[name], grads[name]
+            if w.shape != v.shape or g.shape != v.shape:
+                raise ValueError(f"SGD.step: {name} has shape {w.shape}, gradient "
+                                 f"{g.shape}, velocity {v.shape}")
+            scratch = self._scratch[:w.size].reshape(w.shape)
+            # v <- momentum * v - weight_decay * lr * w - lr * g
+            v *= self.momentum
+            np.multiply(w, self.weight_decay * lr, out=scratch, casting="same_kind")
+            v -= scratch
+            np.multiply(g, lr, out=scratch, casting="same_kind")
+            v -= scratch
+            # w <- w + v
+            w += v
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The velocities by parameter name. These are the live arrays, not copies: save them
+        (e.g. with ``save_checkpoint``) before the next ``step``."""
+        return dict(self.velocity)
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy saved velocities into this optimizer's arrays.
+
+        Raises CheckpointError if the names or shapes differ from the parameters'.
+        """
+        if set(state) != set(self.velocity):
+            missing = sorted(set(self.velocity) - set(state))
+            extra = sorted(set(state) - set(self.velocity))
+            raise CheckpointError(f"optimizer state does not match the model: "
+                                  f"missing {missing}, unexpected {extra}")
+        for name, v in self.velocity.items():
+            saved = np.asarray(state[name])
+            if saved.shape != v.shape:
+                raise CheckpointError(f"optimizer state for {name} has shape {saved.shape}, "
+                                      f"the parameter has {v.shape}")
+            np.copyto(v, saved, casting="same_kind")
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules
+
+
+# One-cycle peak learning rates: the values the PyTorch reference was tuned with
+# (../shared/reference/anchors.md); "tiny" is the test model and borrows cifar's.
+ONECYCLE_PEAK = {"cifar": 0.05, "paper": 0.02, "tiny": 0.05}
+# The seed's and the paper's starting rate for the step and plateau schedules.
+DEFAULT_LR = 0.01
+SCHEDULES = ("onecycle", "step", "plateau")
+
+
+class OneCycle:
+    """Linear one-cycle schedule, updated every iteration.
+
+    With ``T = epochs * steps_per_epoch`` iterations, iteration ``i = epoch *
+    steps_per_epoch + step``, ``start = peak / 25`` and ``final = start / 1e4``:
+
+        warm-up end   e = 0.15 * T - 1           (a float, as in PyTorch)
+        i <= e:       lr = start + (peak - start) * i / e
+        i >  e:       lr = peak + (final - peak) * (i - e) / (T - 1 - e)
+
+    so the rate climbs from ``start`` at i = 0 to ``peak`` at i = e and falls to ``final``
+    at the last iteration i = T - 1. These are exactly the boundaries of PyTorch's
+    ``OneCycleLR(max_lr=peak, total_steps=T, pct_start=0.15, anneal_strategy='linear',
+    div_factor=25, final_div_factor=1e4, three_phase=False)``, where the k-th call of
+    ``scheduler.step()`` sets the rate of iteration k. (When ``e < 0``, i.e. fewer than
+    7 iterations in all, there is no warm-up, as in PyTorch.)
+    """
+
+    name = "onecycle"
+    pct_start = 0.15
+    div_factor = 25.0
+    final_div_factor = 1e4
+
+    def __init__(self, *, peak: float, epochs: int, steps_per_epoch: int):
+        self.peak = float(peak)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    @property
+    def total(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def lr_at(self, epoch: int, step: int) -> float:
+        i = _iteration(epoch, step, self.epochs, self.steps_per_epoch)
+        start = self.peak / self.div_factor
+        final = start / self.final_div_factor
+        warmup_end = float(self.pct_start * self.total) - 1
+        if i <= warmup_end:
+            return start + (self.peak - start) * (i / warmup_end)
+        last = self.total - 1
+        return self.peak + (final - self.peak) * ((i - warmup_end) / (last - warmup_end))
+
+    def end_epoch(self, epoch: int, val_acc: float | None) -> None:
+        """Nothing to do: the rate depends on the iteration only."""
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "peak": self.peak, "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_name(state, self.name)
+        try:
+            self.peak = float(state["peak"])
+            self.epochs = int(state["epochs"])
+            self.steps_per_epoch = int(state["steps_per_epoch"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"bad onecycle schedule state: {e!r}") from None
+
+
+class MultiStep:
+    """The seed's schedule: ``lr`` for epochs 0-4, ``lr/10`` for 5-7, ``lr/100`` from 8 on.
+
+    PyTorch's ``MultiStepLR(milestones=[5, 8], gamma=0.1)`` stepped once per epoch; the rate
+    is constant within an epoch.
+    """
+
+    name = "step"
+    milestones = (5, 8)
+    gamma = 0.1
+
+    def __init__(self, *, lr: float, epochs: int, steps_per_epoch: int):
+        self.lr = float(lr)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def lr_at(self, epoch: int, step: int) -> float:
+        _iteration(epoch, step, self.epochs, self.steps_per_epoch)
+        drops = sum(epoch >= m for m in self.milestones)
+        return self.lr * self.gamma ** drops
+
+    def end_epoch(self, epoch: int, val_acc: float | None) -> None:
+        """Nothing to do: the rate depends on the epoch only."""
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "lr": self.lr, "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_name(state, self.name)
+        try:
+            self.lr = float(state["lr"])
+            self.epochs = int(state["epochs"])
+            self.steps_per_epoch = int(state["steps_per_epoch"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"bad step schedule state: {e!r}") from None
+
+
+class Plateau:
+    """The paper's schedule: divide the rate by 10 when validation accuracy stops improving.
+
+    "Improved" means strictly greater than the best validation accuracy of any earlier
+    epoch (no threshold; the first epoch always improves). After each epoch,
+    ``end_epoch(epoch, val_acc)`` counts the epochs in a row without improvement; when the
+    count reaches ``patience``, the rate is divided by 10 (from the next epoch on) and the
+    count restarts at 0, so a further ``patience`` epochs without beating the best divide
+    it again. The best accuracy is never reset.
+
+    With patience p this is PyTorch's ``ReduceLROnPlateau(mode='max', factor=0.1,
+    patience=p - 1, threshold=0, threshold_mode='abs')``: PyTorch reduces when the count
+    *exceeds* its patience. The rate, the best accuracy and the count are all in
+    ``state_dict()``, so a resumed run continues exactly.
+    """
+
+    name = "plateau"
+    factor = 0.1
+
+    def __init__(self, *, lr: float, epochs: int, steps_per_epoch: int, patience: int):
+        self.lr = float(lr)
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.patience = int(patience)
+        self.best: float | None = None      # best validation accuracy so far
+        self.bad_epochs = 0                 # epochs in a row without improvement
+        self.last_epoch = -1                # the last epoch end_epoch was told about
+
+    def lr_at(self, epoch: int, step: int) -> float:
+        _iteration(epoch, step, self.epochs, self.steps_per_epoch)
+        return self.lr
+
+    def end_epoch(self, epoch: int, val_acc: float | None) -> None:
+        if val_acc is None or not math.isfinite(val_acc):
+            raise ValueError("the plateau schedule needs a validation accuracy every epoch "
+                             f"(got {val_acc!r}); use a validation split or another schedule")
+        if epoch <= self.last_epoch:
+            raise ValueError(f"end_epoch({epoch}) called after epoch {self.last_epoch} "
+                             "already ended")
+        self.last_epoch = epoch
+        if self.best is None or val_acc > self.best:
+            self.best = float(val_acc)
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            self.lr *= self.factor
+            self.bad_epochs = 0
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "lr": self.lr, "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch, "patience": self.patience,
+                "best": self.best, "bad_epochs": self.bad_epochs,
+                "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_name(state, self.name)
+        try:
+            self.lr = float(state["lr"])
+            self.epochs = int(state["epochs"])
+            self.steps_per_epoch = int(state["steps_per_epoch"])
+            self.patience = int(state["patience"])
+            self.best = None if state["best"] is None else float(state["best"])
+            self.bad_epochs = int(state["bad_epochs"])
+            self.last_epoch = int(state["last_epoch"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"bad plateau schedule state: {e!r}") from None
+
+
+def make_schedule(name: str = "onecycle", *, lr: float | None = None, epochs: int,
+                  steps_per_epoch: int, patience: int = 2, model: str = "cifar"):
+    """Build a learning-rate schedule.
+
+    Inputs:
+    - name: "onecycle", "step" or "plateau" (see the module docstring).
+    - lr: onecycle's peak rate (default ONECYCLE_PEAK[model]: 0.05 cifar, 0.02 paper), or
+      the starting rate of step and plateau (default 0.01).
+    - epochs, steps_per_epoch: the length of the run; iterations are numbered
+      ``epoch * steps_per_epoch + step``.
+    - patience: plateau only, epochs without improvement before the rate drops.
+    - model: "cifar", "paper" or "tiny"; chooses onecycle's default peak.
+
+    Returns an object with ``.name``, ``.lr_at(epoch, step) -> float``,
+    ``.end_epoch(epoch, val_acc)``, ``.state_dict() -> dict`` (JSON-serialisable) and
+    ``.load_state_dict(d)``, which restores the whole schedule, its settings included.
+
+    Raises TinyAlexError for an unknown name or model, a learning rate that is not a
+    positive number, or fewer than one epoch, step or patience.
+    """
+    if name not in SCHEDULES:
+        raise TinyAlexError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if model not in ONECYCLE_PEAK:
+        raise TinyAlexError(f"unknown model {model!r}; choose one of {', '.join(ONECYCLE_PEAK)}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise TinyAlexError(f"learning rate must be a positive number, got {lr}")
+    for what, value in (("epochs", epochs), ("steps per epoch", steps_per_epoch),
+                        ("patience", patience)):
+        if int(value) != value or value < 1:
+            raise TinyAlexError(f"{what} must be a whole number >= 1, got {value}")
+    if name == "onecycle":
+        return OneCycle(peak=ONECYCLE_PEAK[model] if lr is None else lr,
+                        epochs=epochs, steps_per_epoch=steps_per_epoch)
+    if name == "step":
+        return MultiStep(lr=DEFAULT_LR if lr is None else lr,
+                         epochs=epochs, steps_per_epoch=steps_per_epoch)
+    return Plateau(lr=DEFAULT_LR if lr is None else lr, epochs=epochs,
+                   steps_per_epoch=steps_per_epoch, patience=patience)
+
+
+def _iteration(epoch: int, step: int, epochs: int, steps_per_epoch: int) -> int:
+    """The 0-based global iteration number; ValueError outside the run."""
+    if not (0 <= epoch < epochs and 0 <= step < steps_per_epoch):
+        raise ValueError(f"lr_at(epoch={epoch}, step={step}) is outside the schedule's "
+                         f"{epochs} epochs of {steps_per_epoch} steps")
+    return epoch * steps_per_epoch + step
+
+
+def _check_name(state: dict, name: str) -> None:
+    if not isinstance(state, dict) or state.get("name") != name:
+        got = state.get("name") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"the checkpoint's schedule is {got!r}, not {name!r}")
