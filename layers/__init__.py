@@ -1,0 +1,38 @@
+"""The teaching core of tinyalex: every AlexNet layer as a pure forward/backward pair.
+
+Each `*_forward` returns `(out, cache)`; each `*_backward(dout, cache)` returns fresh gradients
+and never touches parameters. Modules, in the order the network uses them:
+
+    conv.py      convolution: strided, padded, grouped (im2col + matrix product)
+    relu.py      rectified linear unit
+    lrn.py       local response normalisation across channels
+    pool.py      max-pooling (overlapping 3x3 / stride 2)
+    dropout.py   inverted dropout with an explicit generator
+    dense.py     fully connected layer
+    loss.py      softmax cross-entropy
+    kernels.py   the Numba kernels (im2col, col2im, pool, LRN), fast
+    reference.py the same kernels as plain loops that read like the formulas, slow
+
+Numba compile cache: kernels are compiled on first use and cached (`cache=True`) in
+`layers/__pycache__`. When that folder cannot be written (a read-only checkout or install),
+Numba falls back to a per-user cache directory by itself; set NUMBA_CACHE_DIR to choose the
+place explicitly.
+"""
+
+from .conv import ConvCache, conv_backward, conv_forward
+from .dense import DenseCache, dense_backward, dense_forward
+from .dropout import DropoutCache, dropout_backward, dropout_forward
+from .loss import softmax_cross_entropy
+from .lrn import LRNCache, lrn_backward, lrn_forward
+from .pool import PoolCache, maxpool_backward, maxpool_forward
+from .relu import ReluCache, relu_backward, relu_forward
+
+__all__ = [
+    "conv_forward", "conv_backward", "ConvCache",
+    "maxpool_forward", "maxpool_backward", "PoolCache",
+    "lrn_forward", "lrn_backward", "LRNCache",
+    "dropout_forward", "dropout_backward", "DropoutCache",
+    "dense_forward", "dense_backward", "DenseCache",
+    "relu_forward", "relu_backward", "ReluCache",
+    "softmax_cross_entropy",
+]

@@ -1,0 +1,154 @@
+"""Convolution (strided, zero-padded, grouped) as im2col + one matrix product per group.
+
+Dimensions: N batch, C input channels, H, W input size, F filters (output channels),
+G groups, KH, KW kernel size, OH, OW output size, P = OH*OW, K = (C/G)*KH*KW.
+
+    OH = (H + 2*pad - KH) // stride + 1        OW = (W + 2*pad - KW) // stride + 1
+
+Forward. Each output pixel is a dot product between a filter and the receptive field under it:
+
+    out[n, f, oh, ow] = b[f] + sum_{c in group(f), i, j} w[f, c', i, j] * xpad[n, c, oh*stride + i, ow*stride + j]
+
+im2col copies every receptive field into a column of `cols` (C*KH*KW, N*P), so the whole
+convolution becomes a matrix product: out (F, N*P) = w (F, K) @ cols (K, N*P).
+
+Groups (the paper's two GPUs). Filters f in group g see only input channels
+g*C/G ... (g+1)*C/G - 1. Because the rows of `cols` are ordered by channel first, group g's
+rows are one contiguous block, so `cols.reshape(G, K, N*P)` hands each group its slice without
+copying the input, and one batched product does all groups:
+
+    out_g (F/G, N*P) = w_g (F/G, K) @ cols_g (K, N*P)          for g = 0 .. G-1
+
+Backward. With dout_g (F/G, N*P) the output gradient of group g laid out like out_g:
+
+    forward:  out_g = w_g @ cols_g + b
+    so:       dw_g    = dout_g @ cols_g.T        (F/G, K)
+              dcols_g = w_g.T @ dout_g           (K, N*P)
+              db[f]   = sum over n, oh, ow of dout[n, f, oh, ow]
+              dx      = col2im(dcols)            (the adjoint of im2col: overlapping receptive
+                                                  fields add their gradients into one pixel)
+
+Memory. `cols` is KH*KW/stride^2 times larger than the input, so the batch is processed in
+chunks of images whose `cols` fits in COLS_BYTES, one buffer reused for every chunk. The
+backward pass rebuilds `cols` chunk by chunk rather than keeping the forward's copy alive.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import kernels
+from ._checks import check_float_array, check_positive_int, check_same_dtype
+from .reference import out_size
+
+COLS_BYTES = 64 * 2**20  # the largest im2col buffer a chunk of images may use
+
+
+class ConvCache(NamedTuple):
+    x: np.ndarray  # (N, C, H, W) the input, C-contiguous
+    w: np.ndarray  # (F, C/G, KH, KW)
+    stride: int
+    pad: int
+    groups: int
+
+
+def _check_conv_args(x, w, b, stride, pad, groups):
+    check_float_array(x, "conv input x", 4, "(N, C, H, W)")
+    check_float_array(w, "conv weight w", 4, "(F, C/groups, KH, KW)")
+    check_float_array(b, "conv bias b", 1, "(F,)")
+    check_same_dtype(x=x, w=w, b=b)
+    check_positive_int(stride, "stride")
+    check_positive_int(groups, "groups")
+    if not isinstance(pad, (int, np.integer)) or pad < 0:
+        raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = w.shape
+    if C % groups or F % groups:
+        raise ValueError(f"input channels ({C}) and filters ({F}) must both be divisible by groups ({groups})")
+    if Cg != C // groups:
+        raise ValueError(f"weight expects {Cg} channels per group but the input has {C} channels "
+                         f"in {groups} group(s), i.e. {C // groups} per group")
+    if b.shape[0] != F:
+        raise ValueError(f"bias has {b.shape[0]} entries for {F} filters")
+    if KH > H + 2 * pad or KW > W + 2 * pad:
+        raise ValueError(f"kernel {KH}x{KW} is larger than the padded input {H + 2 * pad}x{W + 2 * pad}")
+
+
+def _chunks(N, bytes_per_image):
+    """Split N images into consecutive [n0, n1) chunks whose im2col buffer fits COLS_BYTES."""
+    per_chunk = max(1, min(N, COLS_BYTES // max(1, bytes_per_image)))
+    return [(n0, min(N, n0 + per_chunk)) for n0 in range(0, N, per_chunk)]
+
+
+def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
+    """Inputs: x (N, C, H, W), w (F, C/groups, KH, KW), b (F,); stride, pad, groups ints.
+    Returns: out (N, F, OH, OW), cache (ConvCache) for conv_backward.
+    """
+    _check_conv_args(x, w, b, stride, pad, groups)
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = w.shape
+    G, K = groups, Cg * KH * KW
+    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
+    P = OH * OW
+
+    w_g = np.ascontiguousarray(w).reshape(G, F // G, K)             # (G, F/G, K)
+    out = np.empty((N, F, P), dtype=x.dtype)                         # (N, F, P)
+    chunks = _chunks(N, C * KH * KW * P * x.itemsize)
+    largest = max(n1 - n0 for n0, n1 in chunks)
+    cols_buf = np.empty(C * KH * KW * largest * P, dtype=x.dtype)
+    mat_buf = np.empty(F * largest * P, dtype=x.dtype)
+    for n0, n1 in chunks:
+        NP = (n1 - n0) * P
+        cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad,
+                              out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
+        mat = mat_buf[:F * NP].reshape(G, F // G, NP)                # (G, F/G, nb*P)
+        np.matmul(w_g, cols.reshape(G, K, NP), out=mat)              # out_g = w_g @ cols_g
+        kernels.mat_to_nchw(mat.reshape(F, NP), b, out[n0:n1])       # + b, back to (nb, F, P)
+    return out.reshape(N, F, OH, OW), ConvCache(x, w, stride, pad, groups)
+
+
+def conv_backward(dout, cache, *, need_dx=True):
+    """Inputs: dout (N, F, OH, OW), cache from conv_forward.
+    Returns: dx (N, C, H, W) (None when need_dx=False: the first layer's input is the image),
+             dw (F, C/groups, KH, KW), db (F,).
+    """
+    x, w, stride, pad, G = cache
+    check_float_array(dout, "conv upstream gradient dout", 4, "(N, F, OH, OW)")
+    check_same_dtype(dout=dout, x=x)
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = w.shape
+    K = Cg * KH * KW
+    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
+    if dout.shape != (N, F, OH, OW):
+        raise ValueError(f"dout has shape {dout.shape}, the convolution's output is {(N, F, OH, OW)}")
+    P = OH * OW
+    dout = np.ascontiguousarray(dout).reshape(N, F, P)
+
+    # forward: out[n, f, :] = ... + b[f], so db[f] sums dout over images and positions
+    db = dout.sum(axis=(0, 2))
+    w_g = np.ascontiguousarray(w).reshape(G, F // G, K)              # (G, F/G, K)
+    w_gT = w_g.transpose(0, 2, 1)                                    # (G, K, F/G)
+    dw_g = np.zeros((G, F // G, K), dtype=x.dtype)
+    dx = np.empty_like(x) if need_dx else None
+
+    chunks = _chunks(N, C * KH * KW * P * x.itemsize)
+    largest = max(n1 - n0 for n0, n1 in chunks)
+    cols_buf = np.empty(C * KH * KW * largest * P, dtype=x.dtype)
+    dmat_buf = np.empty(F * largest * P, dtype=x.dtype)
+    for n0, n1 in chunks:
+        NP = (n1 - n0) * P
+        cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad,
+                              out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
+        cols = cols.reshape(G, K, NP)                                # (G, K, nb*P)
+        dmat = dmat_buf[:F * NP].reshape(F, NP)
+        kernels.nchw_to_mat(dout[n0:n1], dmat)                       # (F, nb*P)
+        dmat = dmat.reshape(G, F // G, NP)                           # (G, F/G, nb*P)
+        # forward: out_g = w_g @ cols_g, so dw_g = dout_g @ cols_g.T
+        dw_g += np.matmul(dmat, cols.transpose(0, 2, 1))
+        if need_dx:
+            # and dcols_g = w_g.T @ dout_g; cols is spent, so its buffer takes dcols
+            dcols = np.matmul(w_gT, dmat, out=cols)                  # (G, K, nb*P)
+            kernels.col2im(dcols.reshape(C * KH * KW, NP), (n1 - n0, C, H, W),
+                           KH, KW, stride, pad, out=dx[n0:n1])
+    return dx, dw_g.reshape(F, Cg, KH, KW), db

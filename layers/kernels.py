@@ -1,0 +1,242 @@
+"""Numba kernels: the fast versions of the loops in `layers.reference`.
+
+Every kernel here computes exactly what its namesake in `layers.reference` computes (the tests
+assert it on awkward shapes); only the loop order, the parallelism and the bookkeeping differ.
+Read the reference first: it is the formula. This module is where speed is allowed to cost
+readability.
+
+    fast (this module)                       plain reference (layers.reference)
+    im2col(x, KH, KW, stride, pad, out=None) im2col(x, KH, KW, stride, pad)
+    col2im(cols, x_shape, KH, KW, stride, pad) col2im(...)
+    maxpool(x, KH, KW, stride)               maxpool(...)
+    maxpool_grad(dout, argmax, x_shape)      maxpool_grad(...)
+    lrn(x, size, k, alpha, beta)             lrn(...)
+    lrn_grad(dout, x, out, scale, size, alpha, beta) lrn_grad(...)
+    mat_to_nchw(mat, b, out)                 (conv helper: out[n, f, p] = mat[f, n*P + p] + b[f])
+    nchw_to_mat(a, out)                      (conv helper: out[f, n*P + p] = a[n, f, p])
+
+Dimensions: N batch, C channels, H, W input size, KH, KW kernel size, OH, OW output size,
+P = OH*OW output positions per image, F filters.
+
+All kernels are compiled on first use for the dtypes they meet (float32 in training, float64
+in gradient checks) and cached on disk (`cache=True`): see `layers/__init__.py` for where.
+Parallel loops (`prange`) always split work so that no two threads write the same element.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .reference import out_size
+
+_JIT = dict(cache=True, nogil=True)
+
+
+@njit(parallel=True, **_JIT)
+def _im2col(x, KH, KW, stride, pad, cols):
+    N, C, H, W = x.shape
+    OH = (H + 2 * pad - KH) // stride + 1
+    OW = (W + 2 * pad - KW) // stride + 1
+    for r in prange(C * KH * KW):  # one row of cols per thread-task: rows never overlap
+        c = r // (KH * KW)
+        i = (r // KW) % KH
+        j = r % KW
+        # the output columns ow whose input column iw = ow*stride - pad + j is inside [0, W)
+        ow_lo = max(0, (pad - j + stride - 1) // stride)
+        ow_hi = min(OW, (W - 1 + pad - j) // stride + 1)
+        for n in range(N):
+            for oh in range(OH):
+                q = (n * OH + oh) * OW
+                ih = oh * stride - pad + i
+                if ih < 0 or ih >= H:
+                    for ow in range(OW):
+                        cols[r, q + ow] = 0
+                    continue
+                for ow in range(ow_lo):
+                    cols[r, q + ow] = 0
+                for ow in range(ow_lo, ow_hi):
+                    cols[r, q + ow] = x[n, c, ih, ow * stride - pad + j]
+                for ow in range(max(ow_lo, ow_hi), OW):
+                    cols[r, q + ow] = 0
+
+
+def im2col(x, KH, KW, stride, pad, out=None):
+    """Fast `reference.im2col`; writes into `out` (C*KH*KW, N*OH*OW) when given."""
+    N, C, H, W = x.shape
+    shape = (C * KH * KW, N * out_size(H, KH, stride, pad) * out_size(W, KW, stride, pad))
+    cols = np.empty(shape, dtype=x.dtype) if out is None else out
+    _im2col(x, KH, KW, stride, pad, cols)
+    return cols
+
+
+@njit(parallel=True, **_JIT)
+def _col2im(cols, KH, KW, stride, pad, dx):
+    N, C, H, W = dx.shape
+    OH = (H + 2 * pad - KH) // stride + 1
+    OW = (W + 2 * pad - KW) // stride + 1
+    for nc in prange(N * C):  # one (image, channel) plane per task: planes never overlap
+        n = nc // C
+        c = nc % C
+        for ih in range(H):
+            for iw in range(W):
+                dx[n, c, ih, iw] = 0
+        for i in range(KH):
+            for j in range(KW):
+                r = (c * KH + i) * KW + j
+                ow_lo = max(0, (pad - j + stride - 1) // stride)
+                ow_hi = min(OW, (W - 1 + pad - j) // stride + 1)
+                for oh in range(OH):
+                    ih = oh * stride - pad + i
+                    if ih < 0 or ih >= H:
+                        continue
+                    q = (n * OH + oh) * OW
+                    for ow in range(ow_lo, ow_hi):
+                        dx[n, c, ih, ow * stride - pad + j] += cols[r, q + ow]
+
+
+def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
+    """Fast `reference.col2im`; writes into `out` (N, C, H, W) when given."""
+    dx = np.empty(x_shape, dtype=cols.dtype) if out is None else out
+    _col2im(cols, KH, KW, stride, pad, dx)
+    return dx
+
+
+@njit(parallel=True, **_JIT)
+def _maxpool(x, KH, KW, stride, out, argmax):
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for oh in range(OH):
+            for ow in range(OW):
+                h0, w0 = oh * stride, ow * stride
+                best = x[n, c, h0, w0]
+                best_at = h0 * W + w0
+                for i in range(KH):
+                    for j in range(KW):
+                        v = x[n, c, h0 + i, w0 + j]
+                        if v > best:  # strict: the first maximum in row-major order wins ties
+                            best = v
+                            best_at = (h0 + i) * W + w0 + j
+                out[n, c, oh, ow] = best
+                argmax[n, c, oh, ow] = best_at
+
+
+def maxpool(x, KH, KW, stride):
+    """Fast `reference.maxpool`: (out, argmax), argmax an int32 flat index into the (H, W) plane."""
+    N, C, H, W = x.shape
+    shape = (N, C, out_size(H, KH, stride, 0), out_size(W, KW, stride, 0))
+    out = np.empty(shape, dtype=x.dtype)
+    argmax = np.empty(shape, dtype=np.int32)
+    _maxpool(x, KH, KW, stride, out, argmax)
+    return out, argmax
+
+
+@njit(parallel=True, **_JIT)
+def _maxpool_grad(dout, argmax, dx):
+    N, C, OH, OW = dout.shape
+    H, W = dx.shape[2], dx.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        for ih in range(H):
+            for iw in range(W):
+                dx[n, c, ih, iw] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                a = argmax[n, c, oh, ow]
+                dx[n, c, a // W, a % W] += dout[n, c, oh, ow]  # overlapping windows accumulate
+
+
+def maxpool_grad(dout, argmax, x_shape):
+    """Fast `reference.maxpool_grad`."""
+    dx = np.empty(x_shape, dtype=dout.dtype)
+    _maxpool_grad(dout, argmax, dx)
+    return dx
+
+
+@njit(inline="always")
+def _neg_pow(s, beta):
+    """s ** -beta, with the paper's beta = 0.75 done by square roots (several times faster than pow)."""
+    if beta == 0.75:
+        r = np.sqrt(s)
+        return 1.0 / (r * np.sqrt(r))
+    return s ** -beta
+
+
+@njit(parallel=True, **_JIT)
+def _lrn(x, size, k, alpha, beta, out, scale):
+    N, C, H, W = x.shape
+    P = H * W
+    xf = x.reshape(N, C, P)
+    of = out.reshape(N, C, P)
+    sf = scale.reshape(N, C, P)
+    lo_off, hi_off = size // 2, (size - 1) // 2
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        lo, hi = max(0, c - lo_off), min(C - 1, c + hi_off)
+        for p in range(P):
+            sum_sq = 0.0
+            for j in range(lo, hi + 1):
+                sum_sq += xf[n, j, p] * xf[n, j, p]
+            s = k + alpha * sum_sq
+            sf[n, c, p] = s
+            of[n, c, p] = xf[n, c, p] * _neg_pow(s, beta)
+
+
+def lrn(x, size, k, alpha, beta):
+    """Fast `reference.lrn`: (out, scale)."""
+    out = np.empty_like(x)
+    scale = np.empty_like(x)
+    _lrn(x, size, k, alpha, beta, out, scale)
+    return out, scale
+
+
+@njit(parallel=True, **_JIT)
+def _lrn_grad(dout, x, out, scale, size, alpha, beta, dx):
+    N, C, H, W = x.shape
+    P = H * W
+    gf, xf, of, sf, df = (dout.reshape(N, C, P), x.reshape(N, C, P), out.reshape(N, C, P),
+                          scale.reshape(N, C, P), dx.reshape(N, C, P))
+    # channel j is in the window of channel i for i in [j - (size-1)//2, j + size//2]
+    lo_off, hi_off = (size - 1) // 2, size // 2
+    for nc in prange(N * C):
+        n = nc // C
+        j = nc % C
+        lo, hi = max(0, j - lo_off), min(C - 1, j + hi_off)
+        for p in range(P):
+            cross = 0.0
+            for i in range(lo, hi + 1):
+                cross += gf[n, i, p] * of[n, i, p] / sf[n, i, p]
+            df[n, j, p] = (gf[n, j, p] * _neg_pow(sf[n, j, p], beta)
+                           - 2.0 * alpha * beta * xf[n, j, p] * cross)
+
+
+def lrn_grad(dout, x, out, scale, size, alpha, beta):
+    """Fast `reference.lrn_grad`."""
+    dx = np.empty_like(x)
+    _lrn_grad(dout, x, out, scale, size, alpha, beta, dx)
+    return dx
+
+
+@njit(parallel=True, **_JIT)
+def mat_to_nchw(mat, b, out):
+    """out[n, f, p] = mat[f, n*P + p] + b[f]: a GEMM result (F, N*P) back to NCHW, plus bias."""
+    N, F, P = out.shape
+    for nf in prange(N * F):
+        n = nf // F
+        f = nf % F
+        for p in range(P):
+            out[n, f, p] = mat[f, n * P + p] + b[f]
+
+
+@njit(parallel=True, **_JIT)
+def nchw_to_mat(a, out):
+    """out[f, n*P + p] = a[n, f, p]: NCHW gradients laid out as the GEMM's (F, N*P) operand."""
+    N, F, P = a.shape
+    for nf in prange(N * F):
+        n = nf // F
+        f = nf % F
+        for p in range(P):
+            out[f, n * P + p] = a[n, f, p]

@@ -1,0 +1,38 @@
+"""Softmax cross-entropy, averaged over the batch.
+
+Dimensions: N batch, M classes. For logits z (N, M) and integer labels y (N,):
+
+    p_nm = exp(z_nm) / sum_k exp(z_nk)              (softmax)
+    L    = -(1/N) * sum_n log p_{n, y_n}            (mean cross-entropy)
+
+Numerical stability: softmax is unchanged by subtracting a constant from a row, so each row's
+maximum is subtracted first (no overflow in exp), and log p is computed as
+z - max - log(sum exp(z - max)) rather than log(p) (no log of an underflowed 0).
+
+Gradient: dL/dz_nm = (p_nm - [m == y_n]) / N. (d/dz of -log p_y = -(1[m==y] - p_m).)
+"""
+
+import numpy as np
+
+from ._checks import check_float_array
+
+
+def softmax_cross_entropy(logits, y):
+    """Inputs: logits (N, M) float, y (N,) integer labels in [0, M).
+    Returns: loss (a Python float, mean over the batch), dlogits (N, M).
+    """
+    check_float_array(logits, "logits", 2, "(N, M)")
+    y = np.asarray(y)
+    N, M = logits.shape
+    if y.shape != (N,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be {N} integers, got {y.dtype} array of shape {y.shape}")
+    if N and (y.min() < 0 or y.max() >= M):
+        raise ValueError(f"labels must be in [0, {M}), got values from {y.min()} to {y.max()}")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = shifted - log_sum                                   # (N, M) log-softmax
+    loss = -log_p[np.arange(N), y].mean()
+    dlogits = np.exp(log_p)                                     # p
+    dlogits[np.arange(N), y] -= 1
+    dlogits /= N
+    return float(loss), dlogits
