@@ -156,40 +156,49 @@ def maxpool_grad(dout, argmax, x_shape):
 
 
 @njit(inline="always")
-def _neg_pow(s, beta):
-    """s ** -beta, with the paper's beta = 0.75 done by square roots (several times faster than pow)."""
+def _neg_pow_rows(s, beta, out):
+    """out[p] = s[p] ** -beta over a row; the paper's beta = 0.75 by square roots, which
+    vectorise (pow does not), with the branch outside the loop."""
     if beta == 0.75:
-        r = np.sqrt(s)
-        return 1.0 / (r * np.sqrt(r))
-    return s ** -beta
+        for p in range(s.shape[0]):
+            r = np.sqrt(s[p])
+            out[p] = r * np.sqrt(r)
+        for p in range(s.shape[0]):
+            out[p] = 1 / out[p]
+    else:
+        for p in range(s.shape[0]):
+            out[p] = s[p] ** -beta
 
 
 @njit(parallel=True, **_JIT)
 def _lrn(x, size, k, alpha, beta, out, scale):
+    # Works on whole rows of P = H*W pixels at a time (vectorisable), one image per task.
     N, C, H, W = x.shape
     P = H * W
-    xf = x.reshape(N, C, P)
-    of = out.reshape(N, C, P)
-    sf = scale.reshape(N, C, P)
+    xf, of, sf = x.reshape(N, C, P), out.reshape(N, C, P), scale.reshape(N, C, P)
     lo_off, hi_off = size // 2, (size - 1) // 2
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        lo, hi = max(0, c - lo_off), min(C - 1, c + hi_off)
-        for p in range(P):
-            sum_sq = 0.0
-            for j in range(lo, hi + 1):
-                sum_sq += xf[n, j, p] * xf[n, j, p]
-            s = k + alpha * sum_sq
-            sf[n, c, p] = s
-            of[n, c, p] = xf[n, c, p] * _neg_pow(s, beta)
+    for n in prange(N):
+        for c in range(C):
+            s = sf[n, c]
+            s[:] = 0
+            for j in range(max(0, c - lo_off), min(C - 1, c + hi_off) + 1):
+                a = xf[n, j]
+                for p in range(P):
+                    s[p] += a[p] * a[p]
+            a, b = xf[n, c], of[n, c]
+            for p in range(P):
+                s[p] = k + alpha * s[p]
+            _neg_pow_rows(s, beta, b)                  # b = s^-beta
+            for p in range(P):
+                b[p] *= a[p]                           # b = a * s^-beta
 
 
 def lrn(x, size, k, alpha, beta):
     """Fast `reference.lrn`: (out, scale)."""
     out = np.empty_like(x)
     scale = np.empty_like(x)
-    _lrn(x, size, k, alpha, beta, out, scale)
+    t = x.dtype.type  # scalars in x's dtype, so float32 maths stays float32 (and vectorises)
+    _lrn(x, size, t(k), t(alpha), t(beta), out, scale)
     return out, scale
 
 
@@ -201,22 +210,30 @@ def _lrn_grad(dout, x, out, scale, size, alpha, beta, dx):
                           scale.reshape(N, C, P), dx.reshape(N, C, P))
     # channel j is in the window of channel i for i in [j - (size-1)//2, j + size//2]
     lo_off, hi_off = (size - 1) // 2, size // 2
-    for nc in prange(N * C):
-        n = nc // C
-        j = nc % C
-        lo, hi = max(0, j - lo_off), min(C - 1, j + hi_off)
-        for p in range(P):
-            cross = 0.0
-            for i in range(lo, hi + 1):
-                cross += gf[n, i, p] * of[n, i, p] / sf[n, i, p]
-            df[n, j, p] = (gf[n, j, p] * _neg_pow(sf[n, j, p], beta)
-                           - 2.0 * alpha * beta * xf[n, j, p] * cross)
+    two_alpha_beta = 2 * alpha * beta
+    for n in prange(N):
+        t = np.empty((C, P), dtype=x.dtype)           # t_i = g_i * b_i / s_i, once per channel
+        row = np.empty(P, dtype=x.dtype)
+        for i in range(C):
+            for p in range(P):
+                t[i, p] = gf[n, i, p] * of[n, i, p] / sf[n, i, p]
+        for j in range(C):
+            d = df[n, j]
+            d[:] = 0
+            for i in range(max(0, j - lo_off), min(C - 1, j + hi_off) + 1):
+                for p in range(P):
+                    d[p] += t[i, p]
+            g, a, s = gf[n, j], xf[n, j], sf[n, j]
+            _neg_pow_rows(s, beta, row)                # row = s_j^-beta
+            for p in range(P):
+                d[p] = g[p] * row[p] - two_alpha_beta * a[p] * d[p]
 
 
 def lrn_grad(dout, x, out, scale, size, alpha, beta):
     """Fast `reference.lrn_grad`."""
     dx = np.empty_like(x)
-    _lrn_grad(dout, x, out, scale, size, alpha, beta, dx)
+    t = x.dtype.type
+    _lrn_grad(dout, x, out, scale, size, t(alpha), t(beta), dx)
     return dx
 
 

@@ -1,0 +1,219 @@
+"""The AlexNet models, assembled from the layers in `layers/`.
+
+Both models keep the paper's eight weight layers and its two-tower ("two GPU") split, done with
+grouped convolutions: conv2, conv4 and conv5 have groups=2 (each half of the filters sees only
+its own tower's half of the channels), while conv3 and the dense layers see both towers.
+
+    paper (3x224x224)                                  cifar (3x32x32)
+    conv1 96 11x11/4 pad 2 -> 55x55 ReLU LRN pool 27   conv1 96 3x3/1 pad 1 -> 32x32 ReLU LRN pool 15
+    conv2 256 5x5 g2 pad 2 -> 27x27 ReLU LRN pool 13   conv2 256 5x5 g2 pad 2 -> 15x15 ReLU LRN pool 7
+    conv3 384 3x3 pad 1 ReLU                           same
+    conv4 384 3x3 g2 pad 1 ReLU                        same
+    conv5 256 3x3 g2 pad 1 ReLU pool -> 6x6 (9216)     same, pool -> 3x3 (2304)
+    fc6   dropout 0.5, 9216 -> 4096, ReLU              dropout, 2304 -> 4096, ReLU
+    fc7   dropout 0.5, 4096 -> 4096, ReLU              same
+    fc8   4096 -> classes, softmax cross-entropy       same
+
+Pools are the paper's overlapping 3x3 windows with stride 2; LRN uses the paper's constants
+(k=2, n=5, alpha=1e-4, beta=0.75, alpha multiplying the sum). `tiny` is the same topology
+shrunk to a 3x24x24 input and a few channels, for gradient checks and fast tests.
+
+The model holds the parameters in a dict keyed "conv1.w", "conv1.b", ..., "fc8.b" (PyTorch's
+layouts: conv (F, C/groups, KH, KW), dense (out, in)); `loss` returns gradients with the same
+keys, and an optimizer loops over them. Nothing here updates a parameter.
+"""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+from layers import (conv_backward, conv_forward, dense_backward, dense_forward, dropout_backward,
+                    dropout_forward, lrn_backward, lrn_forward, maxpool_backward, maxpool_forward,
+                    relu_backward, relu_forward, softmax_cross_entropy)
+
+LRN = dict(size=5, k=2.0, alpha=1e-4, beta=0.75)   # the paper's constants (paper alpha convention)
+POOL = dict(size=3, stride=2)                       # overlapping pooling
+DROP_PROB = 0.5                                     # probability of zeroing a unit
+
+
+@dataclass(frozen=True)
+class Conv:
+    filters: int
+    kernel: int
+    stride: int
+    pad: int
+    groups: int
+    lrn: bool = False
+    pool: bool = False
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    input_shape: Tuple[int, int, int]
+    convs: Tuple[Conv, ...]
+    hidden: int            # width of fc6 and fc7
+
+
+def _alexnet_convs(conv1, widths=(96, 256, 384, 384, 256)):
+    c1, c2, c3, c4, c5 = widths
+    return (conv1,
+            Conv(c2, 5, 1, 2, 2, lrn=True, pool=True),
+            Conv(c3, 3, 1, 1, 1),
+            Conv(c4, 3, 1, 1, 2),
+            Conv(c5, 3, 1, 1, 2, pool=True))
+
+
+ARCHS = {
+    "paper": Arch("paper", (3, 224, 224), _alexnet_convs(Conv(96, 11, 4, 2, 1, lrn=True, pool=True)), 4096),
+    "cifar": Arch("cifar", (3, 32, 32), _alexnet_convs(Conv(96, 3, 1, 1, 1, lrn=True, pool=True)), 4096),
+    "tiny": Arch("tiny", (3, 24, 24),
+                 _alexnet_convs(Conv(8, 3, 1, 1, 1, lrn=True, pool=True), widths=(8, 16, 12, 12, 8)), 16),
+}
+INITS = ("torch", "paper", "he")
+
+
+def conv_output_shape(arch):
+    """(C, H, W) after conv5's pool: what fc6 sees, flattened."""
+    C, H, W = arch.input_shape
+    for spec in arch.convs:
+        H = (H + 2 * spec.pad - spec.kernel) // spec.stride + 1
+        W = (W + 2 * spec.pad - spec.kernel) // spec.stride + 1
+        if spec.pool:
+            H = (H - POOL["size"]) // POOL["stride"] + 1
+            W = (W - POOL["size"]) // POOL["stride"] + 1
+        C = spec.filters
+    return C, H, W
+
+
+def param_shapes(arch, num_classes):
+    """Parameter name -> shape, in network order."""
+    shapes = {}
+    C = arch.input_shape[0]
+    for i, spec in enumerate(arch.convs, start=1):
+        shapes[f"conv{i}.w"] = (spec.filters, C // spec.groups, spec.kernel, spec.kernel)
+        shapes[f"conv{i}.b"] = (spec.filters,)
+        C = spec.filters
+    widths = [int(np.prod(conv_output_shape(arch))), arch.hidden, arch.hidden, num_classes]
+    for name, d_in, d_out in zip(("fc6", "fc7", "fc8"), widths[:-1], widths[1:]):
+        shapes[f"{name}.w"] = (d_out, d_in)
+        shapes[f"{name}.b"] = (d_out,)
+    return shapes
+
+
+def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
+    """Initial parameters.
+
+    torch: PyTorch's default for Conv2d/Linear: weights and biases uniform in +-1/sqrt(fan_in)
+           (fan_in = inputs per output: (C/groups)*KH*KW or D). What the PyTorch reference used.
+    paper: the paper's: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7 (to give
+           ReLUs positive inputs early) and 0 elsewhere. On CIFAR-10 this stays at chance.
+    he:    He et al.: weights N(0, sqrt(2/fan_in)), biases 0.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(arch, num_classes).items():
+        layer, kind = name.split(".")
+        fan_in = int(np.prod(params[f"{layer}.w"].shape[1:])) if kind == "b" else int(np.prod(shape[1:]))
+        if init == "torch":
+            bound = 1.0 / np.sqrt(fan_in)
+            value = rng.uniform(-bound, bound, size=shape)
+        elif kind == "b":
+            one = init == "paper" and layer in ("conv2", "conv4", "conv5", "fc6", "fc7")
+            value = np.full(shape, 1.0 if one else 0.0)
+        elif init == "paper":
+            value = rng.normal(0.0, 0.01, size=shape)
+        else:
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
+        params[name] = value.astype(dtype)
+    return params
+
+
+class AlexNet:
+    """An AlexNet: parameters plus the forward and backward passes through `layers/`."""
+
+    def __init__(self, arch, num_classes=10, *, init="torch", seed=0, dtype=np.float32):
+        self.arch = arch
+        self.name = arch.name
+        self.input_shape = arch.input_shape
+        self.num_classes = int(num_classes)
+        self.dtype = np.dtype(dtype)
+        self.params = init_params(arch, self.num_classes, init, seed, dtype)
+
+    def _check_input(self, x):
+        if x.ndim != 4 or x.shape[1:] != self.input_shape:
+            raise ValueError(f"the {self.name} model takes input of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {x.shape}")
+
+    def _forward(self, x, train, rng):
+        """Logits (N, classes) and the caches of every layer, in order, for the backward pass."""
+        self._check_input(x)
+        p, tape = self.params, []
+        h = x
+        for i, spec in enumerate(self.arch.convs, start=1):
+            h, cache = conv_forward(h, p[f"conv{i}.w"], p[f"conv{i}.b"],
+                                    stride=spec.stride, pad=spec.pad, groups=spec.groups)
+            tape.append(("conv", f"conv{i}", cache))
+            h, cache = relu_forward(h)
+            tape.append(("relu", None, cache))
+            if spec.lrn:
+                h, cache = lrn_forward(h, **LRN)
+                tape.append(("lrn", None, cache))
+            if spec.pool:
+                h, cache = maxpool_forward(h, **POOL)
+                tape.append(("pool", None, cache))
+        tape.append(("flatten", None, h.shape))
+        h = h.reshape(h.shape[0], -1)                                   # (N, C*H*W)
+        for name in ("fc6", "fc7"):
+            h, cache = dropout_forward(h, drop_prob=DROP_PROB, train=train, rng=rng)
+            tape.append(("dropout", None, cache))
+            h, cache = dense_forward(h, p[f"{name}.w"], p[f"{name}.b"])
+            tape.append(("dense", name, cache))
+            h, cache = relu_forward(h)
+            tape.append(("relu", None, cache))
+        h, cache = dense_forward(h, p["fc8.w"], p["fc8.b"])
+        tape.append(("dense", "fc8", cache))
+        return h, tape
+
+    def forward(self, x):
+        """Evaluation mode (no dropout). Inputs: x (N, C, H, W). Returns: logits (N, classes)."""
+        return self._forward(x, train=False, rng=None)[0]
+
+    def loss(self, x, y, *, rng=None, train=True, return_dx=False):
+        """Training step maths: forward with dropout, softmax cross-entropy, backward.
+
+        Inputs: x (N, C, H, W), y (N,) labels, rng (np.random.Generator) for the dropout masks.
+        Returns: (loss, grads) with grads keyed like params; (loss, grads, dx) with return_dx
+        (the input gradient, for gradient checks).
+        """
+        logits, tape = self._forward(x, train=train, rng=rng)
+        loss, dout = softmax_cross_entropy(logits, y)
+        grads = {}
+        for kind, name, cache in reversed(tape):
+            if kind == "conv":
+                first = name == "conv1" and not return_dx   # the image needs no gradient
+                dout, grads[f"{name}.w"], grads[f"{name}.b"] = conv_backward(dout, cache, need_dx=not first)
+            elif kind == "dense":
+                dout, grads[f"{name}.w"], grads[f"{name}.b"] = dense_backward(dout, cache)
+            elif kind == "relu":
+                dout = relu_backward(dout, cache)
+            elif kind == "lrn":
+                dout = lrn_backward(dout, cache)
+            elif kind == "pool":
+                dout = maxpool_backward(dout, cache)
+            elif kind == "dropout":
+                dout = dropout_backward(dout, cache)
+            elif kind == "flatten":
+                dout = dout.reshape(cache)
+        grads = {k: grads[k] for k in self.params}                      # network order
+        return (loss, grads, dout) if return_dx else (loss, grads)
+
+
+def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.float32):
+    """An AlexNet by name: "paper" (224x224), "cifar" (32x32) or "tiny" (24x24, for checks)."""
+    if name not in ARCHS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
+    return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype)
