@@ -16,7 +16,8 @@ its own tower's half of the channels), while conv3 and the dense layers see both
 
 Pools are the paper's overlapping 3x3 windows with stride 2; LRN uses the paper's constants
 (k=2, n=5, alpha=1e-4, beta=0.75, alpha multiplying the sum). `tiny` is the same topology
-shrunk to a 3x24x24 input and a few channels, for gradient checks and fast tests.
+shrunk to a few channels (3x32x32 input, 72 features into fc6, 16 hidden units), for
+gradient checks and fast end-to-end tests.
 
 The model holds the parameters in a dict keyed "conv1.w", "conv1.b", ..., "fc8.b" (PyTorch's
 layouts: conv (F, C/groups, KH, KW), dense (out, in)); `loss` returns gradients with the same
@@ -68,7 +69,7 @@ def _alexnet_convs(conv1, widths=(96, 256, 384, 384, 256)):
 ARCHS = {
     "paper": Arch("paper", (3, 224, 224), _alexnet_convs(Conv(96, 11, 4, 2, 1, lrn=True, pool=True)), 4096),
     "cifar": Arch("cifar", (3, 32, 32), _alexnet_convs(Conv(96, 3, 1, 1, 1, lrn=True, pool=True)), 4096),
-    "tiny": Arch("tiny", (3, 24, 24),
+    "tiny": Arch("tiny", (3, 32, 32),
                  _alexnet_convs(Conv(8, 3, 1, 1, 1, lrn=True, pool=True), widths=(8, 16, 12, 12, 8)), 16),
 }
 INITS = ("torch", "paper", "he")
@@ -213,7 +214,7 @@ class AlexNet:
 
 
 def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.float32):
-    """An AlexNet by name: "paper" (224x224), "cifar" (32x32) or "tiny" (24x24, for checks)."""
+    """An AlexNet by name: "paper" (224x224), "cifar" (32x32) or "tiny" (32x32, few channels: for checks and tests)."""
     if name not in ARCHS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
     return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype)
