@@ -110,7 +110,7 @@ def to_image(rgb: np.ndarray, mode: str) -> Image.Image:
     image = Image.fromarray(rgb, "RGB")
     if mode == "I;16":
         grey = np.asarray(image.convert("L"), dtype=np.uint16) * 257
-        return Image.fromarray(grey, "I;16")
+        return Image.fromarray(grey)          # uint16 -> mode I;16
     if mode == "P":
         return image.quantize(256)
     return image.convert(mode)
