@@ -19,19 +19,49 @@ Dimensions: N batch, C channels, H, W input size, KH, KW kernel size, OH, OW out
 P = OH*OW output positions per image, F filters.
 
 All kernels are compiled on first use for the dtypes they meet (float32 in training, float64
-in gradient checks) and cached on disk (`cache=True`): see `layers/__init__.py` for where.
-Parallel loops (`prange`) always split work so that no two threads write the same element.
+in gradient checks) and cached on disk (`cache=True`): see `layers/__init__.py` for where. Each is compiled twice, serial and with its
+`prange` loops run by the thread pool, and the parallel version is used on large arrays only.
+Parallel loops always split work so that no two threads write the same element.
 """
 
+import types
+
+import numba
 import numpy as np
 from numba import njit, prange
 
 from .reference import out_size
 
 _JIT = dict(cache=True, nogil=True)
+# Below this many output elements a kernel runs on one thread: waking the thread pool costs
+# more than it saves (and on a busy machine, far more).
+PARALLEL_MIN_WORK = 1 << 16
 
 
-@njit(parallel=True, **_JIT)
+def _renamed(fn, suffix):
+    """A copy of fn under another name, so its two compilations get two cache files."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__,
+                              fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__module__ = fn.__module__
+    return copy
+
+
+def _kernel(fn):
+    """Compile fn serially and with its prange loops parallel; run the parallel one on large
+    outputs only. The last argument of every kernel is its output array, the measure of work."""
+    serial = njit(**_JIT)(_renamed(fn, "_serial"))
+    parallel = njit(parallel=True, **_JIT)(_renamed(fn, "_parallel"))
+
+    def call(*args):
+        big = args[-1].size >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+        return (parallel if big else serial)(*args)
+    call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+    call.serial, call.parallel = serial, parallel
+    return call
+
+
+@_kernel
 def _im2col(x, KH, KW, stride, pad, cols):
     N, C, H, W = x.shape
     OH = (H + 2 * pad - KH) // stride + 1
@@ -68,7 +98,7 @@ def im2col(x, KH, KW, stride, pad, out=None):
     return cols
 
 
-@njit(parallel=True, **_JIT)
+@_kernel
 def _col2im(cols, KH, KW, stride, pad, dx):
     N, C, H, W = dx.shape
     OH = (H + 2 * pad - KH) // stride + 1
@@ -100,7 +130,7 @@ def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
     return dx
 
 
-@njit(parallel=True, **_JIT)
+@_kernel
 def _maxpool(x, KH, KW, stride, out, argmax):
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
@@ -132,7 +162,7 @@ def maxpool(x, KH, KW, stride):
     return out, argmax
 
 
-@njit(parallel=True, **_JIT)
+@_kernel
 def _maxpool_grad(dout, argmax, dx):
     N, C, OH, OW = dout.shape
     H, W = dx.shape[2], dx.shape[3]
@@ -170,7 +200,7 @@ def _neg_pow_rows(s, beta, out):
             out[p] = s[p] ** -beta
 
 
-@njit(parallel=True, **_JIT)
+@_kernel
 def _lrn(x, size, k, alpha, beta, out, scale):
     # Works on whole rows of P = H*W pixels at a time (vectorisable), one image per task.
     N, C, H, W = x.shape
@@ -202,7 +232,7 @@ def lrn(x, size, k, alpha, beta):
     return out, scale
 
 
-@njit(parallel=True, **_JIT)
+@_kernel
 def _lrn_grad(dout, x, out, scale, size, alpha, beta, dx):
     N, C, H, W = x.shape
     P = H * W
@@ -237,7 +267,7 @@ def lrn_grad(dout, x, out, scale, size, alpha, beta):
     return dx
 
 
-@njit(parallel=True, **_JIT)
+@_kernel
 def mat_to_nchw(mat, b, out):
     """out[n, f, p] = mat[f, n*P + p] + b[f]: a GEMM result (F, N*P) back to NCHW, plus bias."""
     N, F, P = out.shape
@@ -248,7 +278,7 @@ def mat_to_nchw(mat, b, out):
             out[n, f, p] = mat[f, n * P + p] + b[f]
 
 
-@njit(parallel=True, **_JIT)
+@_kernel
 def nchw_to_mat(a, out):
     """out[f, n*P + p] = a[n, f, p]: NCHW gradients laid out as the GEMM's (F, N*P) operand."""
     N, F, P = a.shape

@@ -22,6 +22,13 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(autouse=True, params=["serial", "parallel"])
+def threading(request, monkeypatch):
+    """Run every test with each kernel's serial and its parallel compilation."""
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if request.param == "parallel" else 2**62)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", CONV_SHAPES)
 def test_im2col_and_col2im_match_reference(shape, dtype, rng):

@@ -183,12 +183,12 @@ class AlexNet:
         """Evaluation mode (no dropout). Inputs: x (N, C, H, W). Returns: logits (N, classes)."""
         return self._forward(x, train=False, rng=None)[0]
 
-    def loss(self, x, y, *, rng=None, train=True, return_dx=False):
+    def loss(self, x, y, *, rng=None, train=True, return_dx=False, return_logits=False):
         """Training step maths: forward with dropout, softmax cross-entropy, backward.
 
         Inputs: x (N, C, H, W), y (N,) labels, rng (np.random.Generator) for the dropout masks.
-        Returns: (loss, grads) with grads keyed like params; (loss, grads, dx) with return_dx
-        (the input gradient, for gradient checks).
+        Returns: (loss, grads) with grads keyed like params; then, if asked, dx (the input
+        gradient, for gradient checks) and the logits (for the running accuracy).
         """
         logits, tape = self._forward(x, train=train, rng=rng)
         loss, dout = softmax_cross_entropy(logits, y)
@@ -210,7 +210,8 @@ class AlexNet:
             elif kind == "flatten":
                 dout = dout.reshape(cache)
         grads = {k: grads[k] for k in self.params}                      # network order
-        return (loss, grads, dout) if return_dx else (loss, grads)
+        extra = ((dout,) if return_dx else ()) + ((logits,) if return_logits else ())
+        return (loss, grads) + extra
 
 
 def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.float32):

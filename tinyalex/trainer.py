@@ -1,0 +1,260 @@
+"""The training loop: data in, SGD steps, a run directory out.
+
+A run directory holds:
+
+    config.json   the options of the run
+    metrics.csv   one row per epoch (train/val loss and accuracy, lr, seconds, images/s)
+    curves.png    loss and accuracy per epoch, redrawn after every epoch
+    last.npz      the latest checkpoint: written at every epoch end and every --save-every
+                  minutes mid-epoch, and on Ctrl-C
+    best.npz      the checkpoint with the best validation accuracy so far
+
+Exact resumption. Every random draw of a step is a pure function of its position: the data
+loader's shuffle and augmentation of (seed, epoch, batch), the dropout masks of
+(seed, epoch, batch) below. A checkpoint therefore only has to store the position (epoch,
+batch), the parameters, the momentum buffers, the schedule's state and the running sums of the
+epoch in progress; a resumed run then takes the very same steps as an uninterrupted one.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .data import BatchLoader, load_dataset
+from .errors import TinyAlexError
+from .model import build_model
+from .optim import SGD, make_schedule
+from .pictures import plot_curves
+from layers import softmax_cross_entropy
+
+METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s"]
+IMAGE_SIZE = {"paper": 224, "cifar": 32, "tiny": 32}
+DROPOUT_STREAM = 2     # the loader uses streams 0 (shuffle) and 1 (augmentation) of the seed
+
+
+class TrainingError(TinyAlexError):
+    """The run cannot go on (a non-finite loss, an incompatible resume)."""
+
+
+@dataclass
+class Progress:
+    """Where the run is, and the running sums of the epoch in progress."""
+    epoch: int = 0          # epochs completed
+    batch: int = 0          # batches completed in the epoch in progress
+    loss_sum: float = 0.0   # sum over the epoch's images of the training loss
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0    # training time spent in the epoch so far
+    metrics: list = field(default_factory=list)
+    best_val_acc: float = -1.0
+
+
+def dropout_rng(seed, epoch, batch):
+    return np.random.default_rng([seed, DROPOUT_STREAM, epoch, batch])
+
+
+def evaluate_loader(model, loader):
+    """Mean loss, top-1 and top-5 accuracy over a loader (eval mode: no dropout)."""
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    for x, y in loader.epoch(0):
+        logits = model.forward(x)
+        loss, _ = softmax_cross_entropy(logits, y)
+        loss_sum += loss * len(y)
+        ranked = np.argsort(-logits, axis=1)[:, :5]
+        top1 += int((ranked[:, 0] == y).sum())
+        top5 += int((ranked == y[:, None]).any(axis=1).sum())
+        n += len(y)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    return loss_sum / n, top1 / n, top5 / n
+
+
+class Run:
+    """One training run: its options, data, model, optimizer, schedule and run directory."""
+
+    def __init__(self, config, out_dir, resume_from=None, log=print):
+        self.config = config
+        self.out_dir = out_dir
+        self.log = log
+        c = config
+        self.data = load_dataset(c["data"], data_dir=c["data_dir"], val_size=c["val_size"],
+                                 seed=c["seed"], skip_bad_images=c["skip_bad_images"])
+        d = self.data
+        train_x, train_y = d.train_x[:c["limit_train"]], d.train_y[:c["limit_train"]]
+        val_x, val_y = d.val_x[:c["limit_val"]], d.val_y[:c["limit_val"]]
+        if c["schedule"] == "plateau" and len(val_y) == 0:
+            raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
+        self.image_size = IMAGE_SIZE[c["model"]]
+        common = dict(batch_size=c["batch_size"], image_size=self.image_size, mean=d.mean, std=d.std,
+                      seed=c["seed"])
+        self.train_loader = BatchLoader(train_x, train_y, train=True, augment=c["augment"],
+                                        pca=(d.pca_eigval, d.pca_eigvec), **common)
+        self.val_loader = BatchLoader(val_x, val_y, train=False, **common) if len(val_y) else None
+        self.test_loader = (BatchLoader(d.test_x, d.test_y, train=False, **common)
+                            if d.test_x is not None and len(d.test_y) else None)
+
+        self.model = build_model(c["model"], d.num_classes, init=c["init"], seed=c["seed"])
+        self.sgd = SGD(self.model.params, momentum=c["momentum"], weight_decay=c["weight_decay"])
+        self.schedule = make_schedule(c["schedule"], lr=c["lr"], epochs=c["epochs"],
+                                      steps_per_epoch=len(self.train_loader),
+                                      patience=c["patience"], model=c["model"])
+        self.progress = Progress()
+        if resume_from is not None:
+            self._restore(resume_from)
+
+    # --- checkpoints ------------------------------------------------------------------
+    def _meta(self):
+        p = self.progress
+        return {"model": self.config["model"], "num_classes": self.model.num_classes,
+                "classes": self.data.classes, "image_size": self.image_size,
+                "init": self.config["init"], "config": self.config, "epoch": p.epoch,
+                "batch": p.batch, "schedule": self.schedule.state_dict(), "metrics": p.metrics,
+                "best_val_acc": p.best_val_acc,
+                "running": {"loss_sum": p.loss_sum, "correct": p.correct, "seen": p.seen,
+                            "seconds": p.seconds}}
+
+    def save(self, name):
+        d = self.data
+        save_checkpoint(os.path.join(self.out_dir, name), params=self.model.params,
+                        optimizer=self.sgd.state_dict(),
+                        arrays={"mean": d.mean, "std": d.std, "pca_eigval": d.pca_eigval,
+                                "pca_eigvec": d.pca_eigvec},
+                        meta=self._meta())
+
+    def _restore(self, path):
+        ckpt = load_checkpoint(path, model_name=self.config["model"])
+        meta = ckpt.meta
+        if meta["classes"] != self.data.classes:
+            raise TrainingError(f"{path} was trained on classes {meta['classes']}, the data has {self.data.classes}")
+        for name, value in ckpt.params.items():
+            if name not in self.model.params or self.model.params[name].shape != value.shape:
+                raise TrainingError(f"{path}: parameter {name} does not fit the {self.config['model']} model")
+            self.model.params[name][...] = value
+        self.sgd.load_state_dict(ckpt.optimizer)
+        self.schedule.load_state_dict(meta["schedule"])
+        r = meta["running"]
+        self.progress = Progress(epoch=meta["epoch"], batch=meta["batch"], loss_sum=r["loss_sum"],
+                                 correct=r["correct"], seen=r["seen"], seconds=r["seconds"],
+                                 metrics=meta["metrics"], best_val_acc=meta["best_val_acc"])
+
+    def write_metrics(self):
+        rows = self.progress.metrics
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRICS_FIELDS})
+        text = buf.getvalue()
+        atomic_write(os.path.join(self.out_dir, "metrics.csv"), lambda f: f.write(text.encode()))
+        plot_curves(rows, os.path.join(self.out_dir, "curves.png"))
+
+    # --- the loop -----------------------------------------------------------------------
+    def train(self, stop_requested=lambda: False, show_progress=True):
+        """Train to the configured number of epochs. Returns "done" or "interrupted"."""
+        c, p = self.config, self.progress
+        seed, steps = c["seed"], len(self.train_loader)
+        save_every = c["save_every"] * 60.0
+        while p.epoch < c["epochs"]:
+            epoch = p.epoch
+            last_save = time.monotonic()
+            lr = self.schedule.lr_at(epoch, min(p.batch, steps - 1))
+            bar = tqdm(total=steps, initial=p.batch, desc=f"epoch {epoch + 1}/{c['epochs']}",
+                       unit="batch", dynamic_ncols=True, leave=False, disable=not show_progress,
+                       file=sys.stderr)
+            try:
+                for x, y in self.train_loader.epoch(epoch, p.batch):
+                    t0 = time.perf_counter()
+                    lr = self.schedule.lr_at(epoch, p.batch)
+                    loss, grads, logits = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
+                                                          return_logits=True)
+                    if not math.isfinite(loss):
+                        raise TrainingError(
+                            f"the loss became {loss} at epoch {epoch + 1}, batch {p.batch + 1} "
+                            f"(lr {lr:.3g}); stopped. {os.path.join(self.out_dir, 'last.npz')} "
+                            "holds the last good state; try a lower --lr")
+                    self.sgd.step(self.model.params, grads, lr)
+                    dt = time.perf_counter() - t0
+                    p.batch += 1
+                    p.loss_sum += loss * len(y)
+                    p.correct += int((logits.argmax(axis=1) == y).sum())
+                    p.seen += len(y)
+                    p.seconds += dt
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {p.loss_sum / p.seen:.3f} acc {100 * p.correct / p.seen:.1f}% "
+                                        f"{p.seen / p.seconds:.0f} img/s lr {lr:.3g}", refresh=False)
+                    if stop_requested():
+                        self.save("last.npz")
+                        return "interrupted"
+                    if save_every > 0 and time.monotonic() - last_save > save_every and p.batch < steps:
+                        self.save("last.npz")
+                        last_save = time.monotonic()
+            finally:
+                bar.close()
+            self._end_epoch(epoch, lr)
+        return "done"
+
+    def _end_epoch(self, epoch, lr):
+        p = self.progress
+        t0 = time.perf_counter()
+        val_loss, val_acc, _ = evaluate_loader(self.model, self.val_loader) if self.val_loader else (None, None, None)
+        row = {"epoch": epoch + 1, "train_loss": p.loss_sum / max(1, p.seen),
+               "train_acc": p.correct / max(1, p.seen), "val_loss": val_loss, "val_acc": val_acc,
+               "lr": lr, "seconds": round(p.seconds + time.perf_counter() - t0, 3),
+               "img_per_s": round(p.seen / max(p.seconds, 1e-9), 1)}
+        p.metrics.append(row)
+        if val_acc is not None:
+            self.schedule.end_epoch(epoch, val_acc)
+        improved = val_acc is not None and val_acc > p.best_val_acc
+        if improved:
+            p.best_val_acc = val_acc
+        p.epoch, p.batch, p.loss_sum, p.correct, p.seen, p.seconds = epoch + 1, 0, 0.0, 0, 0, 0.0
+        self.save("last.npz")
+        if improved or self.val_loader is None:
+            self.save("best.npz")
+        self.write_metrics()
+        val = f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}%" if val_acc is not None else "no validation split"
+        self.log(f"epoch {epoch + 1:3d}/{self.config['epochs']}  train loss {row['train_loss']:.4f} "
+                 f"acc {100 * row['train_acc']:.2f}%  {val}  {row['seconds']:.0f}s ({row['img_per_s']:.0f} img/s)")
+
+    def test(self):
+        """Top-1 and top-5 on the test split with the final parameters, or None without one."""
+        if self.test_loader is None:
+            return None
+        loss, top1, top5 = evaluate_loader(self.model, self.test_loader)
+        return {"test_loss": loss, "test_top1": top1, "test_top5": top5}
+
+
+class StopOnSigint:
+    """First Ctrl-C: finish the current step, save, stop. A second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def write_config(out_dir, config):
+    text = json.dumps({**config, "tinyalex_version": __version__}, indent=2) + "\n"
+    atomic_write(os.path.join(out_dir, "config.json"), lambda f: f.write(text.encode()))
