@@ -130,6 +130,24 @@ def test_image_folder_archive(tmp_path):
     assert ds.train_x.shape == (9, 32, 32, 3) and ds.classes == ["airplane", "automobile", "bird"]
 
 
+def test_corrupt_archive_path_leaves_nothing_behind(tmp_path):
+    write_cifar_archive(str(tmp_path / "c.tar.gz"), per_batch=4)
+    data = (tmp_path / "c.tar.gz").read_bytes()
+    (tmp_path / "c.tar.gz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_dataset(str(tmp_path / "c.tar.gz"), data_dir=str(tmp_path / "d"))
+    assert os.listdir(tmp_path / "d") == []
+
+
+def test_archive_does_not_overwrite_a_folder_it_did_not_make(tmp_path):
+    write_cifar_archive(str(tmp_path / "c.tar.gz"), per_batch=4)
+    (tmp_path / "d" / "c").mkdir(parents=True)
+    (tmp_path / "d" / "c" / "mine.txt").write_text("keep me")
+    with pytest.raises(DataError, match="already exists and was not made by tinyalex"):
+        load_dataset(str(tmp_path / "c.tar.gz"), data_dir=str(tmp_path / "d"))
+    assert (tmp_path / "d" / "c" / "mine.txt").read_text() == "keep me"
+
+
 def test_missing_path_and_unsupported_file(tmp_path):
     with pytest.raises(DataError, match="no such file or directory"):
         load_dataset(str(tmp_path / "nope"), data_dir=str(tmp_path))

@@ -135,9 +135,13 @@ def _unpack(archive: str, data_dir: str) -> str:
     staging = dest + ".unpacking"
     if os.path.isdir(staging):          # left over from a crash
         shutil.rmtree(staging)
-    safe_extract(archive, staging)
-    with open(os.path.join(staging, ".unpacked-from"), "w") as f:
-        f.write(stamp)
+    try:
+        safe_extract(archive, staging)
+        with open(os.path.join(staging, ".unpacked-from"), "w") as f:
+            f.write(stamp)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if os.path.isdir(dest):             # unpacked from an older version of the archive
         shutil.rmtree(dest)
     os.replace(staging, dest)

@@ -225,6 +225,11 @@ def _decode(root: str, classes, splits) -> dict:
     return arrays
 
 
+# the arrays a cache directory holds, one NAME.npy each
+_CACHED = ("train_x", "train_y", "test_x", "test_y", "has_test", "classes", "bad",
+           "first_error")
+
+
 def _cache_path(cache_dir: str, root: str, key: str) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(root)) or "root"
     where = hashlib.sha256(root.encode()).hexdigest()[:8]   # two folders of the same name
@@ -242,10 +247,6 @@ def _read_cache(path: str):
         return arrays
     except Exception:   # truncated or damaged: rebuild it
         return None
-
-
-_CACHED = ("train_x", "train_y", "test_x", "test_y", "has_test", "classes", "bad",
-           "first_error")
 
 
 def _write_cache(path: str, arrays: dict) -> None:
