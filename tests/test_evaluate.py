@@ -209,7 +209,8 @@ def test_evaluate_val_split_is_carved_out_as_in_training(world, capsys):
     ds = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=VAL_SIZE, seed=SEED)
     assert report["images"] == VAL_SIZE
     check_scores(report, world["model"], ds.val_x, ds.val_y, "flip")
-    other = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=VAL_SIZE, seed=SEED + 1)
+    other = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=VAL_SIZE,
+                         seed=SEED + 1)
     assert not np.array_equal(other.val_x, ds.val_x)     # so the seed really mattered
 
 
@@ -232,6 +233,30 @@ def test_evaluate_agrees_with_the_trainers_own_scores(world):
     result = evaluate_arrays(world["model"], ds.test_x, ds.test_y, mean=MEAN, std=STD)
     assert (result["top1"], result["top5"]) == (top1, top5)
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_evaluate_reproduces_a_training_runs_validation_and_test_scores(world, capsys, tmp_path):
+    """A checkpoint written by the real trainer: --split val gives the logged val loss/acc."""
+    out = tmp_path / "run"
+    code = cli.train_main(["--model", "tiny", "--epochs", "1", "--batch-size", "8",
+                           "--val-size", "10", "--seed", "4", "--data", world["cifar"],
+                           "--data-dir", world["data_dir"], "--out", str(out), "--no-progress"])
+    assert code == 0
+    capsys.readouterr()
+    last = str(out / "last.npz")
+    val = run_json(["evaluate", last, "--data", world["cifar"], "--data-dir", world["data_dir"],
+                    "--split", "val"], capsys)
+    with open(out / "metrics.csv") as f:
+        row = dict(zip(*(line.strip().split(",") for line in f)))
+    assert val["images"] == 10
+    assert val["top1"] == pytest.approx(float(row["val_acc"]), abs=1e-9)
+    assert val["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)
+    test = run_json(["evaluate", last, "--data", world["cifar"], "--data-dir", world["data_dir"]],
+                    capsys)
+    with open(out / "test.json") as f:
+        logged = json.load(f)
+    assert (test["top1"], test["top5"]) == (logged["test_top1"], logged["test_top5"])
+    assert test["loss"] == pytest.approx(logged["test_loss"], rel=1e-5)
 
 
 def test_evaluate_single_split_folder_whole_with_a_subset_of_classes(world, capsys):

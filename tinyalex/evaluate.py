@@ -5,7 +5,7 @@
     python -m tinyalex predict CKPT IMAGE... [--top K] [--json]
     python -m tinyalex filters CKPT --out conv1.png
 
-The functions under them, for other code (the trainer's final test evaluation among it):
+The functions under them, for other code to reuse:
 
     load_model(path) -> (model, ckpt)          a checkpoint, checked, as a ready model
     predict_logits(model, x, batch_size)       batched forward pass, dropout off
@@ -45,7 +45,6 @@ model does not know is an error. Predictions still range over all the model's cl
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -220,9 +219,9 @@ def evaluate_arrays(model, images, labels, *, mean, std, image_size=None, tta="n
     starts = range(0, len(labels), chunk)
     for start in tqdm(starts, desc="evaluating", unit="batch", leave=False,
                       disable=None if progress else True):
-        views = eval_views(images[start:start + chunk], tta, image_size, mean, std)  # V x (B, 3, S, S)
-        logits = predict_logits(model, np.concatenate(views), batch_size)           # (V*B, K)
-        p = softmax(logits).reshape(len(views), -1, K)                               # (V, B, K)
+        views = eval_views(images[start:start + chunk], tta, image_size, mean, std)
+        logits = predict_logits(model, np.concatenate(views), batch_size)   # (V*B, K), V views
+        p = softmax(logits).reshape(len(views), -1, K)                       # (V, B, K)
         probs[start:start + p.shape[1]] = p.mean(axis=0)
 
     predicted = probs.argmax(axis=1)                                   # (N,)
