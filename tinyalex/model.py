@@ -16,7 +16,7 @@ its own tower's half of the channels), while conv3 and the dense layers see both
 
 Pools are the paper's overlapping 3x3 windows with stride 2; LRN uses the paper's constants
 (k=2, n=5, alpha=1e-4, beta=0.75, alpha multiplying the sum). `tiny` is the same topology
-shrunk to a few channels (3x32x32 input, 72 features into fc6, 16 hidden units), for
+shrunk to a few channels (3x32x32 input, 144 features into fc6, 32 hidden units), for
 gradient checks and fast end-to-end tests.
 
 The model holds the parameters in a dict keyed "conv1.w", "conv1.b", ..., "fc8.b" (PyTorch's
@@ -70,7 +70,7 @@ ARCHS = {
     "paper": Arch("paper", (3, 224, 224), _alexnet_convs(Conv(96, 11, 4, 2, 1, lrn=True, pool=True)), 4096),
     "cifar": Arch("cifar", (3, 32, 32), _alexnet_convs(Conv(96, 3, 1, 1, 1, lrn=True, pool=True)), 4096),
     "tiny": Arch("tiny", (3, 32, 32),
-                 _alexnet_convs(Conv(8, 3, 1, 1, 1, lrn=True, pool=True), widths=(8, 16, 12, 12, 8)), 16),
+                 _alexnet_convs(Conv(16, 3, 1, 1, 1, lrn=True, pool=True), widths=(16, 32, 24, 24, 16)), 32),
 }
 INITS = ("torch", "paper", "he")
 
