@@ -223,15 +223,9 @@ def main(argv=None):
     train = sub.add_parser("train", help="train a model (the same as python train.py)", allow_abbrev=False)
     add_train_arguments(train)
     train.set_defaults(func=lambda args: train_command(args, train, argv[1:]))
-    try:
-        from . import evaluate
-        evaluate.register(sub)
-    except ImportError:
-        pass
-    try:
-        from . import bench
-        bench.register(sub)
-    except ImportError:
-        pass
+    from . import evaluate
+    evaluate.register(sub)
+    from . import bench
+    bench.register(sub)
     args = parser.parse_args(argv)
     return _run(lambda: args.func(args))

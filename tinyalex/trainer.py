@@ -176,8 +176,9 @@ class Run:
                 for x, y in self.train_loader.epoch(epoch, p.batch):
                     t0 = time.perf_counter()
                     lr = self.schedule.lr_at(epoch, p.batch)
-                    loss, grads, logits = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
-                                                          return_logits=True)
+                    with np.errstate(over="ignore", invalid="ignore"):   # caught just below
+                        loss, grads, logits = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
+                                                              return_logits=True)
                     if not math.isfinite(loss):
                         raise TrainingError(
                             f"the loss became {loss} at epoch {epoch + 1}, batch {p.batch + 1} "
