@@ -1,0 +1,651 @@
+"""The benchmark: `python -m tinyalex bench`, tinyalex against PyTorch on the same CPU.
+
+    python -m tinyalex bench [--model cifar|paper|tiny] [--batch-size 128] [--threads N]
+                             [--steps 5] [--warmup 1] [--vs-torch] [--layers] [--json]
+                             [--rss-only tinyalex|torch]
+
+What is timed, on random float32 images of the model's input shape and random labels:
+
+    training step   model.loss(x, y, rng=...) + SGD.step (the real optimizer: momentum 0.9,
+                    weight decay 5e-4), i.e. forward with dropout, loss, backward, update
+    evaluation      model.forward(x): forward pass, dropout off
+
+The very first training step is timed on its own ("cold": Numba compiles its kernels, or loads
+them from its cache) and kept out of the figures. Then `--warmup` untimed rounds, then
+`--steps` timed rounds; a round runs, one after the other,
+
+    tinyalex train, PyTorch train, tinyalex eval, PyTorch eval        (PyTorch with --vs-torch)
+
+so both frameworks see the same machine load, which on a shared machine drifts by the
+minute. Figures are medians over the rounds, in images per second; only a ratio measured
+side by side like this means much.
+
+--vs-torch builds the same network in PyTorch (`torch_model`): Conv2d with the same groups,
+ReLU, LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2) (PyTorch divides alpha by the window
+size, so this is the paper's alpha=1e-4 on the sum), MaxPool2d(3, 2), Dropout(0.5), Linear;
+the tinyalex weights are copied in, and it trains with torch.optim.SGD(momentum=0.9,
+weight_decay=5e-4) and cross_entropy, with torch.set_num_threads(the same thread count).
+PyTorch is imported only then.
+
+--layers times every layer's forward and backward pass separately. For tinyalex it walks the
+model's own layer sequence (`layer_plan`, read from tinyalex.model.ARCHS) calling the
+`layers/` functions directly, exactly as `AlexNet.loss` does; for PyTorch it runs each module
+alone on a detached copy of its input (requires_grad, except conv1's: the image needs no
+gradient, in either framework) and calls backward with a random upstream gradient. PyTorch's
+in-place ReLU is timed out of place there (autograd forbids in-place on such a leaf).
+
+Memory. The peak resident set size (RSS) of the process is printed at the end, but with
+--vs-torch it holds both frameworks. To compare the two, run each alone:
+
+    /usr/bin/time -v python -m tinyalex bench --model cifar --rss-only tinyalex
+    /usr/bin/time -v python -m tinyalex bench --model cifar --rss-only torch
+
+and read "Maximum resident set size" (or the peak RSS the command prints itself). --rss-only
+runs training steps of one framework only: the tinyalex run never imports torch, the torch
+run builds no tinyalex model (it still imports NumPy and Numba via the architecture table).
+
+Speed depends on the BLAS kernels: the report names the BLAS library, its kernel type and
+thread count (via threadpoolctl, when installed), and Numba's threading layer, and warns
+when OPENBLAS_CORETYPE is set (it forces one kernel type whatever the CPU supports).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from tinyalex.errors import TinyAlexError
+
+MODELS = ("cifar", "paper", "tiny")
+LR = 0.01            # learning rate of the timed steps; any value costs the same
+MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
+INSTALL_HINT = 'pip install -e ".[bench]"'
+
+
+# ---------------------------------------------------------------------------------------------
+# The network as a sequence of named layers, shared by the tinyalex walk and the PyTorch model
+
+def layer_plan(arch):
+    """The layers of `arch` in network order: [(name, kind, options)], as AlexNet._forward
+    runs them. kind is one of conv, relu, lrn, pool, flatten, dropout, dense."""
+    from tinyalex.model import DROP_PROB, LRN, POOL
+    plan = []
+    for i, spec in enumerate(arch.convs, start=1):
+        plan.append((f"conv{i}", "conv", dict(stride=spec.stride, pad=spec.pad, groups=spec.groups)))
+        plan.append((f"relu{i}", "relu", {}))
+        if spec.lrn:
+            plan.append((f"lrn{i}", "lrn", dict(LRN)))
+        if spec.pool:
+            plan.append((f"pool{i}", "pool", dict(POOL)))
+    plan.append(("flatten", "flatten", {}))
+    for i in (6, 7):
+        plan.append((f"drop{i}", "dropout", dict(drop_prob=DROP_PROB)))
+        plan.append((f"fc{i}", "dense", {}))
+        plan.append((f"relu{i}", "relu", {}))
+    plan.append(("fc8", "dense", {}))
+    return plan
+
+
+def tinyalex_forward(params, plan, x, *, train, rng, times=None):
+    """The model's forward pass, layer by layer through `layers/`; times[name] = seconds.
+    Returns: logits (N, classes), tape (one cache per layer, in order)."""
+    from layers import conv_forward, dense_forward, dropout_forward, lrn_forward, \
+        maxpool_forward, relu_forward
+    h, tape = x, []
+    for name, kind, opts in plan:
+        start = time.perf_counter()
+        if kind == "conv":
+            h, cache = conv_forward(h, params[f"{name}.w"], params[f"{name}.b"], **opts)
+        elif kind == "relu":
+            h, cache = relu_forward(h)
+        elif kind == "lrn":
+            h, cache = lrn_forward(h, **opts)
+        elif kind == "pool":
+            h, cache = maxpool_forward(h, **opts)
+        elif kind == "flatten":
+            h, cache = h.reshape(h.shape[0], -1), h.shape             # (N, C*H*W)
+        elif kind == "dropout":
+            h, cache = dropout_forward(h, train=train, rng=rng, **opts)
+        elif kind == "dense":
+            h, cache = dense_forward(h, params[f"{name}.w"], params[f"{name}.b"])
+        if times is not None:
+            times[name] = time.perf_counter() - start
+        tape.append(cache)
+    return h, tape
+
+
+def tinyalex_backward(plan, tape, dout, *, times=None):
+    """The model's backward pass, layer by layer in reverse; times[name] = seconds.
+    Returns: grads keyed like the parameters."""
+    from layers import conv_backward, dense_backward, dropout_backward, lrn_backward, \
+        maxpool_backward, relu_backward
+    grads = {}
+    for (name, kind, _), cache in zip(reversed(plan), reversed(tape)):
+        start = time.perf_counter()
+        if kind == "conv":   # the image needs no gradient: conv1 skips dx, as the model does
+            dout, grads[f"{name}.w"], grads[f"{name}.b"] = conv_backward(
+                dout, cache, need_dx=name != plan[0][0])
+        elif kind == "relu":
+            dout = relu_backward(dout, cache)
+        elif kind == "lrn":
+            dout = lrn_backward(dout, cache)
+        elif kind == "pool":
+            dout = maxpool_backward(dout, cache)
+        elif kind == "flatten":
+            dout = dout.reshape(cache)
+        elif kind == "dropout":
+            dout = dropout_backward(dout, cache)
+        elif kind == "dense":
+            dout, grads[f"{name}.w"], grads[f"{name}.b"] = dense_backward(dout, cache)
+        if times is not None:
+            times[name] = time.perf_counter() - start
+    return grads
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch, imported only when asked
+
+def import_torch():
+    """PyTorch, or a one-line TinyAlexError saying how to install it."""
+    try:
+        import torch
+    except ImportError:
+        raise TinyAlexError(f"PyTorch is not installed; the comparison needs it: {INSTALL_HINT}") from None
+    return torch
+
+
+def torch_model(arch, num_classes, params=None):
+    """The same network as a torch.nn.Sequential with modules named like `layer_plan`'s
+    layers; params (tinyalex's dict, same layouts) are copied in when given, else PyTorch's
+    own initialisation is kept."""
+    from tinyalex.model import param_shapes
+    torch = import_torch()
+    nn = torch.nn
+    shapes = param_shapes(arch, num_classes)
+    modules = OrderedDict()
+    for name, kind, opts in layer_plan(arch):
+        if kind == "conv":
+            F, Cg, KH, KW = shapes[f"{name}.w"]
+            modules[name] = nn.Conv2d(Cg * opts["groups"], F, (KH, KW), stride=opts["stride"],
+                                      padding=opts["pad"], groups=opts["groups"])
+        elif kind == "relu":
+            modules[name] = nn.ReLU(inplace=True)        # as torchvision's AlexNet
+        elif kind == "lrn":
+            # PyTorch multiplies the window's mean of squares by alpha, the paper its sum
+            modules[name] = nn.LocalResponseNorm(opts["size"], alpha=opts["alpha"] * opts["size"],
+                                                 beta=opts["beta"], k=opts["k"])
+        elif kind == "pool":
+            modules[name] = nn.MaxPool2d(opts["size"], opts["stride"])
+        elif kind == "flatten":
+            modules[name] = nn.Flatten()
+        elif kind == "dropout":
+            modules[name] = nn.Dropout(opts["drop_prob"])   # PyTorch's p is also the drop probability
+        elif kind == "dense":
+            M, D = shapes[f"{name}.w"]
+            modules[name] = nn.Linear(D, M)
+    net = nn.Sequential(modules)
+    if params is not None:
+        with torch.no_grad():
+            for key, value in params.items():
+                layer, kind = key.split(".")
+                target = getattr(net, layer).weight if kind == "w" else getattr(net, layer).bias
+                target.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+    return net
+
+
+# ---------------------------------------------------------------------------------------------
+# The timed tasks
+
+def random_batch(model_input_shape, num_classes, batch, seed):
+    """Random images (batch, C, H, W) float32 and labels (batch,) int64."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch,) + tuple(model_input_shape), dtype=np.float32)
+    y = rng.integers(0, num_classes, size=batch).astype(np.int64)
+    return x, y
+
+
+def tinyalex_tasks(model, x, y, seed):
+    """(train, evaluate) closures: one training step with the real SGD, one forward pass."""
+    from tinyalex.optim import SGD
+    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    rng = np.random.default_rng(seed)
+
+    def train():
+        _, grads = model.loss(x, y, rng=rng)
+        sgd.step(model.params, grads, LR)
+
+    def evaluate():
+        model.forward(x)
+    return train, evaluate
+
+
+def torch_tasks(net, x, y):
+    """(train, evaluate) closures for the PyTorch model, the same work as tinyalex_tasks."""
+    torch = import_torch()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+    def train():
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+
+    def evaluate():
+        net.eval()
+        with torch.inference_mode():
+            net(xt)
+    return train, evaluate
+
+
+def seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_rounds(tasks, rounds, warmup):
+    """Run `warmup` untimed rounds, then `rounds` timed ones, of every task in order (so the
+    tasks interleave). tasks: {name: fn}. Returns {name: [seconds per round]}."""
+    for _ in range(warmup):
+        for fn in tasks.values():
+            fn()
+    times = {name: [] for name in tasks}
+    for _ in range(rounds):
+        for name, fn in tasks.items():
+            times[name].append(seconds(fn))
+    return times
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer timing
+
+def tinyalex_layer_times(model, x, y, rounds, seed):
+    """Median seconds per layer: {name: (forward, backward)}, plus "loss" (one call: the loss
+    and its gradient, backward None) and "update" (SGD.step, backward None)."""
+    from layers import softmax_cross_entropy
+    from tinyalex.optim import SGD
+    plan = layer_plan(model.arch)
+    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for r in range(rounds + 1):                       # round 0 is a warm-up
+        fwd, bwd = {}, {}
+        logits, tape = tinyalex_forward(model.params, plan, x, train=True, rng=rng, times=fwd)
+        start = time.perf_counter()
+        _, dlogits = softmax_cross_entropy(logits, y)
+        fwd["loss"] = time.perf_counter() - start
+        grads = tinyalex_backward(plan, tape, dlogits, times=bwd)
+        grads = {k: grads[k] for k in model.params}
+        fwd["update"] = seconds(lambda: sgd.step(model.params, grads, LR))
+        if r:
+            samples.append((fwd, bwd))
+    names = [name for name, kind, _ in plan if kind != "flatten"] + ["loss", "update"]
+    return {name: (statistics.median(f[name] for f, _ in samples),
+                   statistics.median(b[name] for _, b in samples) if name in samples[0][1] else None)
+            for name in names}
+
+
+def torch_layer_times(net, x, y, rounds, seed):
+    """Median seconds per module, {name: (forward, backward)}, like tinyalex_layer_times: each
+    module runs alone on a detached copy of its input and gets a random upstream gradient."""
+    torch = import_torch()
+    generator = torch.Generator().manual_seed(seed)
+    F = torch.nn.functional
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    net.train()
+    modules = [(name, torch.relu if isinstance(m, torch.nn.ReLU) else m)
+               for name, m in net.named_children() if not isinstance(m, torch.nn.Flatten)]
+    inputs, upstream = {}, {}
+    with torch.no_grad():
+        h = xt
+        for name, m in net.named_children():
+            fn = torch.relu if isinstance(m, torch.nn.ReLU) else m
+            if not isinstance(m, torch.nn.Flatten):
+                inputs[name] = h
+            h = fn(h)
+            upstream[name] = torch.randn(h.shape, generator=generator)
+    logits = h
+    first = modules[0][0]
+    samples = []
+    for r in range(rounds + 1):                       # round 0 is a warm-up
+        opt.zero_grad(set_to_none=True)
+        fwd, bwd = {}, {}
+        for name, fn in modules:
+            a = inputs[name].detach().requires_grad_(name != first)
+            start = time.perf_counter()
+            out = fn(a)
+            mid = time.perf_counter()
+            out.backward(upstream[name])
+            fwd[name], bwd[name] = mid - start, time.perf_counter() - mid
+        a = logits.detach().requires_grad_(True)
+        start = time.perf_counter()
+        loss = F.cross_entropy(a, yt)
+        mid = time.perf_counter()
+        loss.backward()
+        fwd["loss"], bwd["loss"] = mid - start, time.perf_counter() - mid
+        fwd["update"] = seconds(opt.step)
+        if r:
+            samples.append((fwd, bwd))
+    return {name: (statistics.median(f[name] for f, _ in samples),
+                   statistics.median(b[name] for _, b in samples) if name in samples[0][1] else None)
+            for name in samples[0][0]}
+
+
+def layer_rows(tx, pt=None):
+    """JSON-able rows: layer, forward/backward ms per framework and each layer's share of the
+    sum over all rows (the step)."""
+    def total(t):
+        return sum(f + (b or 0.0) for f, b in t.values())
+    rows = []
+    for name in tx:
+        row = {"layer": name}
+        for label, t in (("tinyalex", tx), ("torch", pt)):
+            f, b = t[name] if t is not None and name in t else (None, None)
+            row[f"{label}_forward_ms"] = None if f is None else 1e3 * f
+            row[f"{label}_backward_ms"] = None if b is None else 1e3 * b
+            row[f"{label}_share"] = None if f is None else (f + (b or 0.0)) / total(t)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# What the machine runs on
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def coretype_warning(environ=os.environ):
+    """A warning when OPENBLAS_CORETYPE is set, else None."""
+    core = environ.get("OPENBLAS_CORETYPE")
+    if not core:
+        return None
+    flags = _cpu_flags()
+    if flags is None:
+        note = ""
+    elif "avx512f" in flags:
+        note = " (this CPU has AVX-512, whose faster kernels then go unused)"
+    else:
+        note = " (this CPU has no AVX-512, so OpenBLAS may well pick the same by itself)"
+    return (f"warning: OPENBLAS_CORETYPE={core} is set: OpenBLAS uses that kernel type whatever "
+            f"the CPU supports{note}; for speed figures run "
+            f"env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m tinyalex bench ...")
+
+
+def runtime_info():
+    """The BLAS and OpenMP libraries loaded (threadpoolctl, if installed) and Numba's threading:
+    {"blas": [...], "openmp": [...], "numba_threading_layer", "numba_threads", ...}. The blas
+    and openmp lists are None without threadpoolctl."""
+    import numba
+    info = {"blas": None, "openmp": None, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        info["threadpoolctl"] = f"not installed ({INSTALL_HINT} to see the BLAS kernel type)"
+    else:
+        keep = ("internal_api", "version", "architecture", "num_threads", "threading_layer")
+        pools = threadpool_info()
+        for api in ("blas", "openmp"):
+            info[api] = [dict({k: pool.get(k) for k in keep},
+                              library=os.path.basename(pool.get("filepath") or ""))
+                         for pool in pools if pool.get("user_api") == api]
+    try:
+        layer = numba.threading_layer()
+    except ValueError:       # chosen only once a parallel kernel has run
+        layer = f"not started (no parallel kernel ran; configured: {numba.config.THREADING_LAYER})"
+    info["numba_threading_layer"] = layer
+    info["numba_threads"] = numba.get_num_threads()
+    return info
+
+
+def describe_runtime(info):
+    """Lines of text for runtime_info()."""
+    lines = []
+    if info["blas"] is None:
+        lines.append(f"BLAS: unknown, threadpoolctl {info['threadpoolctl']}")
+    for api in ("blas", "openmp"):
+        for pool in info[api] or []:
+            parts = [" ".join(str(p) for p in (pool["internal_api"], pool["version"]) if p)]
+            if pool.get("architecture"):
+                parts.append(f"{pool['architecture']} kernels")
+            parts.append(f"{pool['num_threads']} threads")
+            if pool.get("threading_layer"):
+                parts.append(pool["threading_layer"])
+            lines.append(f"{'BLAS' if api == 'blas' else 'OpenMP'}: {', '.join(parts)} ({pool['library']})")
+    lines.append(f"Numba: threading layer {info['numba_threading_layer']}, {info['numba_threads']} threads")
+    return lines
+
+
+def peak_rss_bytes():
+    """The process's peak resident set size so far, or None where `resource` is missing."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024      # Linux counts KiB
+
+
+def seconds_since_launch():
+    """Seconds since this process started (Linux /proc), or None."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")   # field 22: start time
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+def run_bench(args):
+    from tinyalex.model import ARCHS, build_model
+    if args.rss_only and (args.vs_torch or args.layers):
+        raise TinyAlexError("--rss-only runs one framework alone: drop --vs-torch and --layers")
+    warning = coretype_warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    threads = args.threads or available_cores()
+    import numba
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch = None
+    if args.vs_torch or args.rss_only == "torch":
+        torch = import_torch()
+        torch.set_num_threads(threads)
+    say = (lambda *a: None) if args.json else print
+    arch = ARCHS[args.model]
+    x, y = random_batch(arch.input_shape, 10, args.batch_size, args.seed)
+    say(f"tinyalex bench: model {args.model}, batch {args.batch_size}, {threads} threads, "
+        f"{args.steps} timed rounds after {args.warmup} warm-up; load average "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    result = {"model": args.model, "batch": args.batch_size, "threads": threads,
+              "steps": args.steps, "warmup": args.warmup, "loadavg_start": list(os.getloadavg())}
+
+    if args.rss_only:
+        return _rss_only(args, arch, x, y, threads, result, say)
+
+    model = build_model(args.model, 10, seed=args.seed)
+    tasks = OrderedDict()
+    tx_train, tx_eval = tinyalex_tasks(model, x, y, args.seed)
+    net = None
+    if args.vs_torch:
+        net = torch_model(arch, model.num_classes, model.params)   # same weights, before any step
+        pt_train, pt_eval = torch_tasks(net, x, y)
+    result["cold_first_step_s"] = seconds(tx_train)
+    result["launch_to_first_step_s"] = seconds_since_launch()
+    result["torch_first_step_s"] = seconds(pt_train) if net is not None else None
+    say(f"cold first training step: {result['cold_first_step_s']:.2f} s (Numba compiling its "
+        f"kernels or loading them from its cache)" +
+        (f"; {result['launch_to_first_step_s']:.1f} s after launch" if result["launch_to_first_step_s"] else ""))
+
+    tasks["tinyalex_train"] = tx_train
+    if net is not None:
+        tasks["torch_train"] = pt_train
+    tasks["tinyalex_eval"] = tx_eval
+    if net is not None:
+        tasks["torch_eval"] = pt_eval
+    times = time_rounds(tasks, args.steps, args.warmup)
+    for kind in ("train", "eval"):
+        for who in ("tinyalex", "torch"):
+            t = times.get(f"{who}_{kind}")
+            result[f"{who}_{kind}_img_s"] = args.batch_size / statistics.median(t) if t else None
+            result[f"{who}_{kind}_times_s"] = t
+        both = result[f"tinyalex_{kind}_img_s"], result[f"torch_{kind}_img_s"]
+        result[f"{kind}_ratio"] = both[0] / both[1] if both[1] else None
+
+    if args.layers:
+        tx = tinyalex_layer_times(model, x, y, args.steps, args.seed)
+        pt = torch_layer_times(net, x, y, args.steps, args.seed) if net is not None else None
+        result["layers"] = layer_rows(tx, pt)
+
+    result["runtime"] = runtime_info()
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["loadavg_end"] = list(os.getloadavg())
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    _print_report(result, args)
+    return 0
+
+
+def _rss_only(args, arch, x, y, threads, result, say):
+    """Training steps of one framework alone, for a separate peak-RSS measurement."""
+    from tinyalex.model import build_model
+    if args.rss_only == "tinyalex":
+        train, _ = tinyalex_tasks(build_model(args.model, 10, seed=args.seed), x, y, args.seed)
+    else:
+        train, _ = torch_tasks(torch_model(arch, 10), x, y)    # PyTorch's own initialisation
+    result["only"] = args.rss_only
+    result["cold_first_step_s"] = seconds(train)
+    t = time_rounds({"train": train}, args.steps, args.warmup)["train"]
+    result["train_img_s"] = args.batch_size / statistics.median(t)
+    result["train_times_s"] = t
+    result["runtime"] = runtime_info()
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["loadavg_end"] = list(os.getloadavg())
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rss = result["peak_rss_bytes"]
+    say(f"{args.rss_only} training alone: {result['train_img_s']:.1f} img/s (median of {args.steps}); "
+        f"first step {result['cold_first_step_s']:.2f} s")
+    say(f"peak RSS of this process: {rss / 2**30:.2f} GiB" if rss else "peak RSS: unknown on this system")
+    for line in describe_runtime(result["runtime"]):
+        say(line)
+    return 0
+
+
+def _cell(value, width, spec=".1f", suffix=""):
+    """value formatted right-aligned in `width` characters; "-" for None."""
+    return f"{'-' if value is None else format(value, spec) + suffix:>{width}}"
+
+
+def _print_report(result, args):
+    for line in describe_runtime(result["runtime"]):
+        print(line)
+    print()
+    print(f"{'':12}{'tinyalex img/s':>16}{'PyTorch img/s':>16}{'tinyalex/PyTorch':>18}")
+    for kind, label in (("train", "training"), ("eval", "evaluation")):
+        print(f"{label:12}{_cell(result[f'tinyalex_{kind}_img_s'], 16)}"
+              f"{_cell(result[f'torch_{kind}_img_s'], 16)}{_cell(result[f'{kind}_ratio'], 18, '.2f')}")
+    print(f"(medians of {args.steps} interleaved rounds; training = forward + backward + SGD update)")
+    if "layers" in result:
+        _print_layers(result)
+    rss = result["peak_rss_bytes"]
+    if rss:
+        both = " (tinyalex and PyTorch together; measure each alone with --rss-only)" if args.vs_torch else ""
+        print(f"peak RSS of this process: {rss / 2**30:.2f} GiB{both}")
+    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in result['loadavg_end'])}")
+
+
+def _print_layers(result):
+    print()
+    print(f"{'layer':10}{'tinyalex fwd ms':>16}{'bwd ms':>9}{'share':>8}   "
+          f"{'PyTorch fwd ms':>15}{'bwd ms':>9}{'share':>8}")
+    sums = {"tinyalex": 0.0, "torch": 0.0}
+    for row in result["layers"]:
+        line = f"{row['layer']:10}"
+        for who, width, gap in (("tinyalex", 16, "   "), ("torch", 15, "")):
+            f, b, share = row[f"{who}_forward_ms"], row[f"{who}_backward_ms"], row[f"{who}_share"]
+            sums[who] += (f or 0.0) + (b or 0.0)
+            line += (_cell(f, width) + _cell(b, 9) +
+                     _cell(None if share is None else 100 * share, 8, ".1f", "%") + gap)
+        print(line)
+    step = {who: 1e3 * statistics.median(result[f"{who}_train_times_s"])
+            if result[f"{who}_train_times_s"] else None for who in sums}
+    has_torch = step["torch"] is not None
+    print(f"{'sum':10}{_cell(sums['tinyalex'], 16)}{'':17}   {_cell(sums['torch'] if has_torch else None, 15)}")
+    print(f"{'step':10}{_cell(step['tinyalex'], 16)}{'':17}   {_cell(step['torch'], 15)}"
+          "   (a whole training step, timed above)")
+    print("loss: tinyalex computes the loss and its gradient in one call (fwd column); "
+          "update: the SGD step (fwd column)")
+
+
+def register(subparsers):
+    """Add the `bench` command to an argparse subparsers object; its handler is run_bench."""
+    from tinyalex.cli import _positive_int
+
+    def non_negative_int(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+        return value
+
+    p = subparsers.add_parser(
+        "bench", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="training and evaluation speed, alone or side by side with PyTorch",
+        description="Time a training step (forward, backward, SGD update) and an evaluation "
+                    "forward pass on random data, after warm-up, as medians over interleaved "
+                    "rounds, in images per second.",
+        epilog="Peak memory of each framework alone:\n"
+               "  /usr/bin/time -v python -m tinyalex bench --model cifar --rss-only tinyalex\n"
+               "  /usr/bin/time -v python -m tinyalex bench --model cifar --rss-only torch\n"
+               "For speed figures on a machine that sets OPENBLAS_CORETYPE:\n"
+               "  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m tinyalex bench --vs-torch")
+    p.add_argument("--model", choices=MODELS, default="cifar",
+                   help="cifar (32x32 input, default), paper (224x224) or tiny (a few channels)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="N",
+                   help="images per step (default 128)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads for BLAS, Numba and PyTorch (default: all cores)")
+    p.add_argument("--steps", type=_positive_int, default=5, metavar="N",
+                   help="timed rounds; the figures are their medians (default 5)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N",
+                   help="untimed rounds after the cold first step (default 1)")
+    p.add_argument("--vs-torch", action="store_true",
+                   help="also time the same model in PyTorch, interleaved, and print the ratios")
+    p.add_argument("--layers", action="store_true",
+                   help="also time every layer's forward and backward pass")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--rss-only", choices=("tinyalex", "torch"), default=None,
+                   help="train with one framework only (nothing else loaded), to measure its "
+                        "peak memory alone, e.g. under /usr/bin/time -v")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random data and weights (default 0)")
+    p.set_defaults(func=run_bench)
