@@ -1,0 +1,172 @@
+"""`python -m tinyalex bench` on the tiny model: the report's fields, the per-layer walk, and
+that the PyTorch rival is the same network (same logits and gradients for the same weights)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinyalex import bench, cli
+import tinyalex.model as model_module
+from tinyalex.model import ARCHS, build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_LAYERS = ["conv1", "relu1", "lrn1", "pool1", "conv2", "relu2", "lrn2", "pool2",
+               "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5",
+               "drop6", "fc6", "relu6", "drop7", "fc7", "relu7", "fc8", "loss", "update"]
+QUICK = ["bench", "--model", "tiny", "--batch-size", "4", "--steps", "2", "--warmup", "0"]
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """--vs-torch sets PyTorch's thread count; give the other tests theirs back."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def run_json(capsys, *extra):
+    assert cli.main(QUICK + ["--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_report_without_torch(capsys):
+    out = run_json(capsys)
+    assert (out["model"], out["batch"], out["steps"]) == ("tiny", 4, 2)
+    assert out["threads"] >= 1
+    assert len(out["tinyalex_train_times_s"]) == 2 and len(out["tinyalex_eval_times_s"]) == 2
+    assert out["tinyalex_train_img_s"] == pytest.approx(4 / np.median(out["tinyalex_train_times_s"]))
+    assert out["tinyalex_eval_img_s"] == pytest.approx(4 / np.median(out["tinyalex_eval_times_s"]))
+    assert out["tinyalex_train_img_s"] > 0 and out["tinyalex_eval_img_s"] > 0
+    assert out["cold_first_step_s"] > 0
+    for field in ("torch_train_img_s", "torch_eval_img_s", "train_ratio", "eval_ratio"):
+        assert out[field] is None
+    assert "layers" not in out
+    runtime = out["runtime"]
+    assert runtime["numba_threads"] >= 1 and runtime["numba_threading_layer"]
+    if runtime["blas"] is not None:            # threadpoolctl installed (the test extra has it)
+        assert any(pool["internal_api"] for pool in runtime["blas"])
+    assert out["peak_rss_bytes"] is None or out["peak_rss_bytes"] > 10 * 2**20
+
+
+def test_vs_torch_ratios_and_layer_table(capsys, keep_torch_threads):
+    out = run_json(capsys, "--vs-torch", "--layers")
+    for kind in ("train", "eval"):
+        tx, pt = out[f"tinyalex_{kind}_img_s"], out[f"torch_{kind}_img_s"]
+        assert tx > 0 and pt > 0
+        assert out[f"{kind}_ratio"] == pytest.approx(tx / pt, rel=1e-12)
+    assert out["torch_first_step_s"] > 0
+    rows = out["layers"]
+    assert [row["layer"] for row in rows] == TINY_LAYERS
+    for who in ("tinyalex", "torch"):
+        assert all(row[f"{who}_forward_ms"] >= 0 for row in rows)
+        assert sum(row[f"{who}_share"] for row in rows) == pytest.approx(1.0)
+        convs = [row for row in rows if row["layer"].startswith("conv")]
+        assert all(row[f"{who}_backward_ms"] > 0 for row in convs)
+    # one-call rows: tinyalex's loss (loss and gradient together) and both SGD updates
+    assert rows[-2]["tinyalex_backward_ms"] is None and rows[-2]["torch_backward_ms"] >= 0
+    assert rows[-1]["tinyalex_backward_ms"] is None and rows[-1]["torch_backward_ms"] is None
+
+
+def test_text_report_names_every_layer(capsys):
+    assert cli.main(QUICK + ["--layers"]) == 0
+    text = capsys.readouterr().out
+    first_words = {line.split()[0] for line in text.splitlines() if line.strip()}
+    assert set(TINY_LAYERS) <= first_words
+    assert "training" in first_words and "evaluation" in first_words
+    assert "Numba: threading layer" in text
+
+
+def test_layer_walk_is_the_models_own_pass():
+    """The per-layer timing walks exactly what AlexNet.loss and forward compute."""
+    model = build_model("tiny", seed=3)
+    x, y = bench.random_batch(model.input_shape, 10, 5, seed=4)
+    plan = bench.layer_plan(model.arch)
+    logits, _ = bench.tinyalex_forward(model.params, plan, x, train=False, rng=None)
+    np.testing.assert_array_equal(logits, model.forward(x))
+
+    from layers import softmax_cross_entropy
+    logits, tape = bench.tinyalex_forward(model.params, plan, x, train=True,
+                                          rng=np.random.default_rng(7))
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    grads = bench.tinyalex_backward(plan, tape, dlogits)
+    want_loss, want_grads = model.loss(x, y, rng=np.random.default_rng(7))
+    assert loss == want_loss
+    assert set(grads) == set(want_grads)
+    for name in want_grads:
+        np.testing.assert_array_equal(grads[name], want_grads[name], err_msg=name)
+
+
+@pytest.mark.parametrize("alpha", [1e-4, 0.05])
+@pytest.mark.parametrize("name", ["tiny", "cifar"])
+def test_torch_rival_is_the_same_network(name, alpha, monkeypatch):
+    """At the paper's alpha=1e-4 the LRN barely changes anything, so PyTorch's alpha/n
+    convention could be got wrong unnoticed: a large alpha (in both models) makes it count."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(model_module, "LRN", dict(model_module.LRN, alpha=alpha))
+    model = build_model(name, seed=1)
+    batch = 3 if name == "tiny" else 1
+    x, y = bench.random_batch(model.input_shape, 10, batch, seed=2)
+    net = bench.torch_model(model.arch, 10, model.params)
+    names = [n for n, kind, _ in bench.layer_plan(model.arch)]
+    assert [n for n, _ in net.named_children()] == names
+    net.eval()
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        want = net(xt).numpy()
+    got = model.forward(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+    if name == "cifar":
+        return                                   # the gradients: on the tiny model only
+    # gradients too, dropout off in both (its masks come from different generators)
+    loss, grads = model.loss(x, y, train=False)
+    out = torch.nn.functional.cross_entropy(net(xt), torch.from_numpy(y))
+    out.backward()
+    assert loss == pytest.approx(out.item(), rel=1e-5)
+    for key, g in grads.items():
+        layer, kind = key.split(".")
+        tg = getattr(net, layer).weight.grad if kind == "w" else getattr(net, layer).bias.grad
+        np.testing.assert_allclose(g, tg.numpy(), rtol=1e-3, atol=1e-4 * np.abs(tg.numpy()).max(),
+                                   err_msg=key)
+
+
+def test_lrn_module_uses_the_papers_alpha():
+    pytest.importorskip("torch")
+    net = bench.torch_model(ARCHS["tiny"], 10)
+    assert (net.lrn1.size, net.lrn1.alpha, net.lrn1.beta, net.lrn1.k) == (5, 5e-4, 0.75, 2.0)
+
+
+def test_vs_torch_without_torch_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)        # makes `import torch` fail
+    assert cli.main(QUICK + ["--vs-torch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error:")
+    assert 'pip install -e ".[bench]"' in err
+
+
+def test_rss_only_refuses_the_comparison(capsys):
+    assert cli.main(QUICK + ["--rss-only", "tinyalex", "--vs-torch"]) == 2
+    assert "--rss-only" in capsys.readouterr().err
+
+
+def test_rss_only_tinyalex_never_loads_torch():
+    code = ("import json, sys; from tinyalex import cli; "
+            f"rc = cli.main({QUICK + ['--rss-only', 'tinyalex', '--json']!r}); "
+            "assert rc == 0; assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["only"] == "tinyalex" and out["train_img_s"] > 0
+    assert out["peak_rss_bytes"] is None or out["peak_rss_bytes"] > 10 * 2**20
+
+
+def test_coretype_warning_only_when_set():
+    assert bench.coretype_warning({}) is None
+    message = bench.coretype_warning({"OPENBLAS_CORETYPE": "Haswell"})
+    assert "OPENBLAS_CORETYPE=Haswell" in message and "env -u OPENBLAS_CORETYPE" in message
