@@ -33,6 +33,9 @@ model's own layer sequence (`layer_plan`, read from tinyalex.model.ARCHS) callin
 alone on a detached copy of its input (requires_grad, except conv1's: the image needs no
 gradient, in either framework) and calls backward with a random upstream gradient. PyTorch's
 in-place ReLU is timed out of place there (autograd forbids in-place on such a leaf).
+These layer rounds interleave too (one warm-up, then `--steps` of each framework in turn);
+the table ends with the sum of its rows beside the whole step timed before, so the cost
+of timing layer by layer (and any change in the machine's load) shows.
 
 Memory. The peak resident set size (RSS) of the process is printed at the end, but with
 --vs-torch it holds both frameworks. To compare the two, run each alone:
@@ -265,60 +268,58 @@ def time_rounds(tasks, rounds, warmup):
 # ---------------------------------------------------------------------------------------------
 # Per-layer timing
 
-def tinyalex_layer_times(model, x, y, rounds, seed):
-    """Median seconds per layer: {name: (forward, backward)}, plus "loss" (one call: the loss
-    and its gradient, backward None) and "update" (SGD.step, backward None)."""
+def tinyalex_layer_round(model, x, y, seed):
+    """A function running one training step layer by layer, returning ({name: forward seconds},
+    {name: backward seconds}); "loss" (one call: the loss and its gradient) and "update"
+    (SGD.step) have a forward time only."""
     from layers import softmax_cross_entropy
     from tinyalex.optim import SGD
     plan = layer_plan(model.arch)
     sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     rng = np.random.default_rng(seed)
-    samples = []
-    for r in range(rounds + 1):                       # round 0 is a warm-up
+
+    def one_round():
         fwd, bwd = {}, {}
         logits, tape = tinyalex_forward(model.params, plan, x, train=True, rng=rng, times=fwd)
+        del fwd["flatten"]
         start = time.perf_counter()
         _, dlogits = softmax_cross_entropy(logits, y)
         fwd["loss"] = time.perf_counter() - start
         grads = tinyalex_backward(plan, tape, dlogits, times=bwd)
-        grads = {k: grads[k] for k in model.params}
         fwd["update"] = seconds(lambda: sgd.step(model.params, grads, LR))
-        if r:
-            samples.append((fwd, bwd))
-    names = [name for name, kind, _ in plan if kind != "flatten"] + ["loss", "update"]
-    return {name: (statistics.median(f[name] for f, _ in samples),
-                   statistics.median(b[name] for _, b in samples) if name in samples[0][1] else None)
-            for name in names}
+        return fwd, bwd
+    return one_round
 
 
-def torch_layer_times(net, x, y, rounds, seed):
-    """Median seconds per module, {name: (forward, backward)}, like tinyalex_layer_times: each
-    module runs alone on a detached copy of its input and gets a random upstream gradient."""
+def torch_layer_round(net, x, y, seed):
+    """Like tinyalex_layer_round, for the PyTorch model: each module runs alone on a detached
+    copy of its input and gets a random upstream gradient; the loss has both times."""
     torch = import_torch()
     generator = torch.Generator().manual_seed(seed)
-    F = torch.nn.functional
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    net.train()
+    # ReLU(inplace=True) may not write into a leaf that requires grad: time it out of place
     modules = [(name, torch.relu if isinstance(m, torch.nn.ReLU) else m)
                for name, m in net.named_children() if not isinstance(m, torch.nn.Flatten)]
     inputs, upstream = {}, {}
-    with torch.no_grad():
+    net.train()
+    with torch.no_grad():                             # every module's input, once
         h = xt
         for name, m in net.named_children():
-            fn = torch.relu if isinstance(m, torch.nn.ReLU) else m
-            if not isinstance(m, torch.nn.Flatten):
-                inputs[name] = h
-            h = fn(h)
+            if isinstance(m, torch.nn.Flatten):
+                h = m(h)
+                continue
+            inputs[name] = h
+            h = (torch.relu if isinstance(m, torch.nn.ReLU) else m)(h)
             upstream[name] = torch.randn(h.shape, generator=generator)
-    logits = h
-    first = modules[0][0]
-    samples = []
-    for r in range(rounds + 1):                       # round 0 is a warm-up
+    logits, first = h, modules[0][0]
+
+    def one_round():
+        net.train()
         opt.zero_grad(set_to_none=True)
         fwd, bwd = {}, {}
         for name, fn in modules:
-            a = inputs[name].detach().requires_grad_(name != first)
+            a = inputs[name].detach().requires_grad_(name != first)   # the image: no gradient
             start = time.perf_counter()
             out = fn(a)
             mid = time.perf_counter()
@@ -326,16 +327,29 @@ def torch_layer_times(net, x, y, rounds, seed):
             fwd[name], bwd[name] = mid - start, time.perf_counter() - mid
         a = logits.detach().requires_grad_(True)
         start = time.perf_counter()
-        loss = F.cross_entropy(a, yt)
+        loss = torch.nn.functional.cross_entropy(a, yt)
         mid = time.perf_counter()
         loss.backward()
         fwd["loss"], bwd["loss"] = mid - start, time.perf_counter() - mid
         fwd["update"] = seconds(opt.step)
-        if r:
-            samples.append((fwd, bwd))
-    return {name: (statistics.median(f[name] for f, _ in samples),
-                   statistics.median(b[name] for _, b in samples) if name in samples[0][1] else None)
-            for name in samples[0][0]}
+        return fwd, bwd
+    return one_round
+
+
+def layer_times(round_fns, rounds):
+    """Interleave one warm-up and then `rounds` timed rounds of every layer-round function.
+    round_fns: {who: one_round}. Returns {who: {layer: (median forward s, median backward s
+    or None)}}."""
+    samples = {who: [] for who in round_fns}
+    for r in range(rounds + 1):                       # round 0 is a warm-up
+        for who, one_round in round_fns.items():
+            result = one_round()
+            if r:
+                samples[who].append(result)
+    return {who: {name: (statistics.median(f[name] for f, _ in got),
+                         statistics.median(b[name] for _, b in got) if name in got[0][1] else None)
+                  for name in got[0][0]}
+            for who, got in samples.items()}
 
 
 def layer_rows(tx, pt=None):
@@ -518,9 +532,11 @@ def run_bench(args):
         result[f"{kind}_ratio"] = both[0] / both[1] if both[1] else None
 
     if args.layers:
-        tx = tinyalex_layer_times(model, x, y, args.steps, args.seed)
-        pt = torch_layer_times(net, x, y, args.steps, args.seed) if net is not None else None
-        result["layers"] = layer_rows(tx, pt)
+        round_fns = {"tinyalex": tinyalex_layer_round(model, x, y, args.seed)}
+        if net is not None:
+            round_fns["torch"] = torch_layer_round(net, x, y, args.seed)
+        per_layer = layer_times(round_fns, args.steps)
+        result["layers"] = layer_rows(per_layer["tinyalex"], per_layer.get("torch"))
 
     result["runtime"] = runtime_info()
     result["peak_rss_bytes"] = peak_rss_bytes()
