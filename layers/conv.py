@@ -59,10 +59,12 @@ def _check_conv_args(x, w, b, stride, pad, groups):
     check_same_dtype(x=x, w=w, b=b)
     check_positive_int(stride, "stride")
     check_positive_int(groups, "groups")
-    if not isinstance(pad, (int, np.integer)) or pad < 0:
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
     N, C, H, W = x.shape
     F, Cg, KH, KW = w.shape
+    if N == 0:
+        raise ValueError("conv input x holds no images (N = 0)")
     if C % groups or F % groups:
         raise ValueError(f"input channels ({C}) and filters ({F}) must both be divisible by groups ({groups})")
     if Cg != C // groups:

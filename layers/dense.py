@@ -39,6 +39,7 @@ def dense_backward(dout, cache):
     """Inputs: dout (N, M), cache. Returns: dx (N, D), dw (M, D), db (M,)."""
     x, w = cache
     check_float_array(dout, "dense upstream gradient dout", 2, "(N, M)")
+    check_same_dtype(dout=dout, x=x)
     if dout.shape != (x.shape[0], w.shape[0]):
         raise ValueError(f"dout has shape {dout.shape}, the dense output is {(x.shape[0], w.shape[0])}")
     # forward: out = x @ w.T + b

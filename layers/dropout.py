@@ -24,6 +24,7 @@ from ._checks import check_float_array
 class DropoutCache(NamedTuple):
     mask: Optional[np.ndarray]  # boolean keep-mask, None in eval mode (identity)
     scale: float                # 1 / (1 - drop_prob)
+    shape: tuple                # x's shape
 
 
 def dropout_forward(x, *, drop_prob=0.5, train=True, rng=None, mask=None):
@@ -35,21 +36,24 @@ def dropout_forward(x, *, drop_prob=0.5, train=True, rng=None, mask=None):
     if not 0.0 <= drop_prob < 1.0:
         raise ValueError(f"drop_prob (the probability of zeroing a unit) must be in [0, 1), got {drop_prob}")
     if not train or drop_prob == 0.0:
-        return x, DropoutCache(None, 1.0)
+        return x, DropoutCache(None, 1.0, x.shape)
     if mask is None:
-        if rng is None:
+        if not isinstance(rng, np.random.Generator):
             raise ValueError("training-mode dropout needs an rng (np.random.Generator) or a mask")
         mask = rng.random(x.shape, dtype=np.float32) >= drop_prob
-    elif mask.shape != x.shape or mask.dtype != np.bool_:
-        raise ValueError(f"dropout mask must be boolean of shape {x.shape}, got {mask.dtype} {mask.shape}")
+    elif not isinstance(mask, np.ndarray) or mask.shape != x.shape or mask.dtype != np.bool_:
+        raise ValueError(f"dropout mask must be a boolean array of shape {x.shape}, "
+                         f"got {getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}")
     scale = 1.0 / (1.0 - drop_prob)
     out = x * mask
     out *= x.dtype.type(scale)
-    return out, DropoutCache(mask, scale)
+    return out, DropoutCache(mask, scale, x.shape)
 
 
 def dropout_backward(dout, cache):
     """Inputs: dout (the output's shape), cache. Returns: dx."""
+    if not isinstance(dout, np.ndarray) or dout.shape != cache.shape:
+        raise ValueError(f"dout has shape {getattr(dout, 'shape', None)}, the dropout's output is {cache.shape}")
     if cache.mask is None:
         return dout
     dx = dout * cache.mask

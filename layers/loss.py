@@ -26,7 +26,9 @@ def softmax_cross_entropy(logits, y):
     N, M = logits.shape
     if y.shape != (N,) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be {N} integers, got {y.dtype} array of shape {y.shape}")
-    if N and (y.min() < 0 or y.max() >= M):
+    if N == 0:
+        raise ValueError("logits hold no examples (N = 0)")
+    if y.min() < 0 or y.max() >= M:
         raise ValueError(f"labels must be in [0, {M}), got values from {y.min()} to {y.max()}")
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import kernels
-from ._checks import check_float_array, check_positive_int
+from ._checks import check_float_array, check_positive_int, check_same_dtype
 
 
 class LRNCache(NamedTuple):
@@ -55,7 +55,7 @@ def lrn_forward(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, alpha_over_n=False):
     """
     check_float_array(x, "LRN input x", 4, "(N, C, H, W)")
     check_positive_int(size, "LRN size")
-    if k <= 0 or alpha < 0 or beta < 0:
+    if not (k > 0 and alpha >= 0 and beta >= 0):   # also refuses NaN
         raise ValueError(f"LRN needs k > 0, alpha >= 0 and beta >= 0, got k={k}, alpha={alpha}, beta={beta}")
     coeff = alpha / size if alpha_over_n else alpha
     x = np.ascontiguousarray(x)
@@ -66,6 +66,7 @@ def lrn_forward(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, alpha_over_n=False):
 def lrn_backward(dout, cache):
     """Inputs: dout (N, C, H, W), cache from lrn_forward. Returns: dx (N, C, H, W)."""
     check_float_array(dout, "LRN upstream gradient dout", 4, "(N, C, H, W)")
+    check_same_dtype(dout=dout, x=cache.x)
     if dout.shape != cache.x.shape:
         raise ValueError(f"dout has shape {dout.shape}, the LRN's output is {cache.x.shape}")
     return kernels.lrn_grad(np.ascontiguousarray(dout), cache.x, cache.out, cache.scale,

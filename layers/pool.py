@@ -32,6 +32,7 @@ from ._checks import check_float_array, check_positive_int, pair
 
 class PoolCache(NamedTuple):
     x_shape: tuple   # (N, C, H, W)
+    dtype: np.dtype
     argmax: np.ndarray  # (N, C, OH, OW) int32 flat index h*W + w of each window's winner
 
 
@@ -46,12 +47,14 @@ def maxpool_forward(x, *, size=3, stride=2):
     if KH > H or KW > W:
         raise ValueError(f"pool window {KH}x{KW} is larger than the input {H}x{W}")
     out, argmax = kernels.maxpool(np.ascontiguousarray(x), KH, KW, stride)
-    return out, PoolCache(x.shape, argmax)
+    return out, PoolCache(x.shape, x.dtype, argmax)
 
 
 def maxpool_backward(dout, cache):
     """Inputs: dout (N, C, OH, OW), cache from maxpool_forward. Returns: dx (N, C, H, W)."""
     check_float_array(dout, "max-pool upstream gradient dout", 4, "(N, C, OH, OW)")
+    if dout.dtype != cache.dtype:
+        raise ValueError(f"dtypes must match: dout {dout.dtype}, x {cache.dtype}")
     if dout.shape != cache.argmax.shape:
         raise ValueError(f"dout has shape {dout.shape}, the pool's output is {cache.argmax.shape}")
     return kernels.maxpool_grad(np.ascontiguousarray(dout), cache.argmax, cache.x_shape)

@@ -24,6 +24,9 @@ def relu_forward(x):
 
 def relu_backward(dout, cache):
     """Inputs: dout, cache. Returns: dx (dout's shape)."""
+    check_float_array(dout, "ReLU upstream gradient dout", cache.out.ndim, "array")
+    if dout.dtype != cache.out.dtype:
+        raise ValueError(f"dtypes must match: dout {dout.dtype}, x {cache.out.dtype}")
     if dout.shape != cache.out.shape:
         raise ValueError(f"dout has shape {dout.shape}, the ReLU's output is {cache.out.shape}")
-    return np.where(cache.out > 0, dout, 0).astype(dout.dtype, copy=False)
+    return dout * (cache.out > 0)

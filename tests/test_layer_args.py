@@ -87,9 +87,9 @@ CASES = {
     "dropout train without rng or mask": (lambda: layers.dropout_forward(X, drop_prob=0.5),
                                           r"needs an rng.*or a mask"),
     "dropout mask of the wrong shape": (
-        lambda: layers.dropout_forward(X, mask=np.ones((2, 4), bool)), r"mask must be boolean of shape"),
+        lambda: layers.dropout_forward(X, mask=np.ones((2, 4), bool)), r"mask must be a boolean array of shape"),
     "dropout mask not boolean": (
-        lambda: layers.dropout_forward(X, mask=np.ones(X.shape, np.int64)), r"mask must be boolean.*int64"),
+        lambda: layers.dropout_forward(X, mask=np.ones(X.shape, np.int64)), r"mask must be a boolean array.*int64"),
     "dropout integer input": (lambda: layers.dropout_forward(np.ones((2, 3), np.int64), rng=rng),
                               r"float32 or float64"),
     # --- dense
@@ -120,6 +120,33 @@ CASES = {
                             r"logits must be 2-D"),
     "loss integer logits": (lambda: layers.softmax_cross_entropy(np.ones((2, 3), int), np.array([0, 1])),
                             r"logits must be float32 or float64"),
+    "loss empty batch": (lambda: layers.softmax_cross_entropy(normal(0, 10), np.array([], int)),
+                         r"no examples"),
+    # --- gaps found by review: empty batches, bools, NaN, dtypes and shapes of backward inputs
+    "conv empty batch": (lambda: layers.conv_forward(normal(0, 3, 8, 8), normal(4, 3, 3, 3), normal(4)),
+                         r"no images"),
+    "conv pad True": (lambda: layers.conv_forward(normal(1, 3, 8, 8), normal(4, 3, 3, 3), normal(4), pad=True),
+                      r"pad must be a non-negative integer"),
+    "lrn k nan": (lambda: layers.lrn_forward(normal(1, 4, 3, 3), k=float("nan")), r"k > 0"),
+    "dropout rng not a generator": (lambda: layers.dropout_forward(X, rng=0), r"needs an rng"),
+    "dropout mask a list": (lambda: layers.dropout_forward(normal(1, 2), mask=[[True, False]]),
+                            r"mask must be a boolean array"),
+    "dropout backward wrong shape": (
+        lambda: layers.dropout_backward(normal(1, 3), layers.dropout_forward(normal(2, 3), rng=rng)[1]),
+        r"dout has shape \(1, 3\)"),
+    "pool backward dtype": (
+        lambda: layers.maxpool_backward(normal(1, 2, 3, 3, dtype=np.float32),
+                                        layers.maxpool_forward(normal(1, 2, 7, 7))[1]), r"dtypes must match"),
+    "lrn backward dtype": (
+        lambda: layers.lrn_backward(normal(1, 4, 3, 3, dtype=np.float32), layers.lrn_forward(normal(1, 4, 3, 3))[1]),
+        r"dtypes must match"),
+    "dense backward dtype": (
+        lambda: layers.dense_backward(normal(2, 3, dtype=np.float32),
+                                      layers.dense_forward(normal(2, 5), normal(3, 5), normal(3))[1]),
+        r"dtypes must match"),
+    "relu backward dtype": (
+        lambda: layers.relu_backward(normal(2, 3, dtype=np.float32), layers.relu_forward(normal(2, 3))[1]),
+        r"dtypes must match"),
 }
 
 
@@ -189,3 +216,15 @@ def test_float32_is_kept_float32():
     assert all(g.dtype == np.float32 for g in layers.conv_backward(out, cache))
     assert layers.maxpool_forward(out)[0].dtype == np.float32
     assert layers.lrn_forward(out)[0].dtype == np.float32
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dtype=np.int32), r"float32 or float64"),
+    (dict(num_classes=0), r"num_classes must be a positive integer"),
+    (dict(name="vgg"), r"unknown model 'vgg'"),
+    (dict(init="xavier"), r"unknown init 'xavier'"),
+])
+def test_bad_model_arguments_raise_a_clear_value_error(kwargs, message):
+    from tinyalex.model import build_model
+    with pytest.raises(ValueError, match=message):
+        build_model(**{"name": "tiny", **kwargs})

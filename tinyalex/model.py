@@ -218,4 +218,8 @@ def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.
     """An AlexNet by name: "paper" (224x224), "cifar" (32x32) or "tiny" (32x32, few channels: for checks and tests)."""
     if name not in ARCHS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"models compute in float32 or float64, not {np.dtype(dtype)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype)
