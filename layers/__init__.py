@@ -19,13 +19,19 @@ Numba falls back to a per-user cache directory by itself; set NUMBA_CACHE_DIR to
 place explicitly.
 """
 
-from .conv import ConvCache, conv_backward, conv_forward
-from .dense import DenseCache, dense_backward, dense_forward
-from .dropout import DropoutCache, dropout_backward, dropout_forward
-from .loss import softmax_cross_entropy
-from .lrn import LRNCache, lrn_backward, lrn_forward
-from .pool import PoolCache, maxpool_backward, maxpool_forward
-from .relu import ReluCache, relu_backward, relu_forward
+import os
+
+# Short OpenBLAS spin-waits, so BLAS and Numba threads do not fight (tinyalex/_threads.py).
+# It only takes effect when layers is imported before NumPy.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .conv import ConvCache, conv_backward, conv_forward  # noqa: E402
+from .dense import DenseCache, dense_backward, dense_forward  # noqa: E402
+from .dropout import DropoutCache, dropout_backward, dropout_forward  # noqa: E402
+from .loss import softmax_cross_entropy  # noqa: E402
+from .lrn import LRNCache, lrn_backward, lrn_forward  # noqa: E402
+from .pool import PoolCache, maxpool_backward, maxpool_forward  # noqa: E402
+from .relu import ReluCache, relu_backward, relu_forward  # noqa: E402
 
 __all__ = [
     "conv_forward", "conv_backward", "ConvCache",

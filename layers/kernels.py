@@ -13,6 +13,7 @@ readability.
     lrn(x, size, k, alpha, beta)             lrn(...)
     lrn_grad(dout, x, out, scale, size, alpha, beta) lrn_grad(...)
     mat_to_nchw(mat, b, out)                 (conv helper: out[n, f, p] = mat[f, n*P + p] + b[f])
+    (_pad and _crop: the zero border im2col reads and col2im writes, so their loops need no bounds tests)
     nchw_to_mat(a, out)                      (conv helper: out[f, n*P + p] = a[n, f, p])
 
 Dimensions: N batch, C channels, H, W input size, KH, KW kernel size, OH, OW output size,
@@ -62,71 +63,97 @@ def _kernel(fn):
 
 
 @_kernel
-def _im2col(x, KH, KW, stride, pad, cols):
+def _pad(x, pad, xp):
+    """xp = x with `pad` zeros around every (H, W) plane."""
     N, C, H, W = x.shape
-    OH = (H + 2 * pad - KH) // stride + 1
-    OW = (W + 2 * pad - KW) // stride + 1
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        xp[n, c] = 0
+        xp[n, c, pad:pad + H, pad:pad + W] = x[n, c]
+
+
+def _padded(x, pad):
+    if pad == 0:
+        return x
+    N, C, H, W = x.shape
+    xp = np.empty((N, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
+    _pad(x, pad, xp)
+    return xp
+
+
+@_kernel
+def _im2col(xp, KH, KW, stride, OH, OW, cols):
+    # Reads the zero-padded input, so the inner loop needs no bounds tests: each (row r, image
+    # n, output row oh) is one slice copy, contiguous when stride is 1.
+    N, C = xp.shape[0], xp.shape[1]
     for r in prange(C * KH * KW):  # one row of cols per thread-task: rows never overlap
         c = r // (KH * KW)
         i = (r // KW) % KH
         j = r % KW
-        # the output columns ow whose input column iw = ow*stride - pad + j is inside [0, W)
-        ow_lo = max(0, (pad - j + stride - 1) // stride)
-        ow_hi = min(OW, (W - 1 + pad - j) // stride + 1)
+        row = cols[r]
         for n in range(N):
             for oh in range(OH):
+                src = xp[n, c, oh * stride + i]
                 q = (n * OH + oh) * OW
-                ih = oh * stride - pad + i
-                if ih < 0 or ih >= H:
+                if stride == 1:
+                    row[q:q + OW] = src[j:j + OW]
+                else:
                     for ow in range(OW):
-                        cols[r, q + ow] = 0
-                    continue
-                for ow in range(ow_lo):
-                    cols[r, q + ow] = 0
-                for ow in range(ow_lo, ow_hi):
-                    cols[r, q + ow] = x[n, c, ih, ow * stride - pad + j]
-                for ow in range(max(ow_lo, ow_hi), OW):
-                    cols[r, q + ow] = 0
+                        row[q + ow] = src[ow * stride + j]
 
 
 def im2col(x, KH, KW, stride, pad, out=None):
     """Fast `reference.im2col`; writes into `out` (C*KH*KW, N*OH*OW) when given."""
     N, C, H, W = x.shape
-    shape = (C * KH * KW, N * out_size(H, KH, stride, pad) * out_size(W, KW, stride, pad))
-    cols = np.empty(shape, dtype=x.dtype) if out is None else out
-    _im2col(x, KH, KW, stride, pad, cols)
+    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
+    cols = np.empty((C * KH * KW, N * OH * OW), dtype=x.dtype) if out is None else out
+    _im2col(_padded(x, pad), KH, KW, stride, OH, OW, cols)
     return cols
 
 
 @_kernel
-def _col2im(cols, KH, KW, stride, pad, dx):
-    N, C, H, W = dx.shape
-    OH = (H + 2 * pad - KH) // stride + 1
-    OW = (W + 2 * pad - KW) // stride + 1
+def _col2im(cols, KH, KW, stride, OH, OW, dxp):
+    # Accumulates into a zero-padded gradient (no bounds tests); the caller crops the padding.
+    N, C = dxp.shape[0], dxp.shape[1]
     for nc in prange(N * C):  # one (image, channel) plane per task: planes never overlap
         n = nc // C
         c = nc % C
-        for ih in range(H):
-            for iw in range(W):
-                dx[n, c, ih, iw] = 0
+        plane = dxp[n, c]
+        plane[:] = 0
         for i in range(KH):
             for j in range(KW):
-                r = (c * KH + i) * KW + j
-                ow_lo = max(0, (pad - j + stride - 1) // stride)
-                ow_hi = min(OW, (W - 1 + pad - j) // stride + 1)
+                row = cols[(c * KH + i) * KW + j]
                 for oh in range(OH):
-                    ih = oh * stride - pad + i
-                    if ih < 0 or ih >= H:
-                        continue
+                    dst = plane[oh * stride + i]
                     q = (n * OH + oh) * OW
-                    for ow in range(ow_lo, ow_hi):
-                        dx[n, c, ih, ow * stride - pad + j] += cols[r, q + ow]
+                    if stride == 1:
+                        dst[j:j + OW] += row[q:q + OW]
+                    else:
+                        for ow in range(OW):
+                            dst[ow * stride + j] += row[q + ow]
+
+
+@_kernel
+def _crop(xp, pad, x):
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc % C
+        x[n, c] = xp[n, c, pad:pad + H, pad:pad + W]
 
 
 def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
     """Fast `reference.col2im`; writes into `out` (N, C, H, W) when given."""
+    N, C, H, W = x_shape
+    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
     dx = np.empty(x_shape, dtype=cols.dtype) if out is None else out
-    _col2im(cols, KH, KW, stride, pad, dx)
+    if pad == 0:
+        _col2im(cols, KH, KW, stride, OH, OW, dx)
+    else:
+        dxp = np.empty((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+        _col2im(cols, KH, KW, stride, OH, OW, dxp)
+        _crop(dxp, pad, dx)
     return dx
 
 
