@@ -3,7 +3,8 @@
 Each `*_forward` returns `(out, cache)`; each `*_backward(dout, cache)` returns fresh gradients
 and never touches parameters. Modules, in the order the network uses them:
 
-    conv.py      convolution: strided, padded, grouped (im2col + matrix product)
+    conv.py      convolution: strided, padded, grouped (im2col + matrix product), and
+                 conv_relu_forward, the same with its ReLU fused in
     relu.py      rectified linear unit
     lrn.py       local response normalisation across channels
     pool.py      max-pooling (overlapping 3x3 / stride 2)
@@ -25,7 +26,7 @@ import os
 # It only takes effect when layers is imported before NumPy.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from .conv import ConvCache, conv_backward, conv_forward  # noqa: E402
+from .conv import ConvCache, conv_backward, conv_forward, conv_relu_forward  # noqa: E402
 from .dense import DenseCache, dense_backward, dense_forward  # noqa: E402
 from .dropout import DropoutCache, dropout_backward, dropout_forward  # noqa: E402
 from .loss import softmax_cross_entropy  # noqa: E402
@@ -34,7 +35,7 @@ from .pool import PoolCache, maxpool_backward, maxpool_forward  # noqa: E402
 from .relu import ReluCache, relu_backward, relu_forward  # noqa: E402
 
 __all__ = [
-    "conv_forward", "conv_backward", "ConvCache",
+    "conv_forward", "conv_backward", "conv_relu_forward", "ConvCache",
     "maxpool_forward", "maxpool_backward", "PoolCache",
     "lrn_forward", "lrn_backward", "LRNCache",
     "dropout_forward", "dropout_backward", "DropoutCache",

@@ -28,12 +28,19 @@ Backward. With dout_g (F/G, N*P) the output gradient of group g laid out like ou
               dx      = col2im(dcols)            (the adjoint of im2col: overlapping receptive
                                                   fields add their gradients into one pixel)
 
+Fused ReLU. In AlexNet every convolution is followed by a ReLU. `conv_relu_forward` computes
+relu(conv_forward(...)) with the ReLU applied in the same pass that adds the bias (one pass
+over the output instead of two, and one array instead of two), and `conv_backward` on its
+cache applies the ReLU's backward (dout where out > 0, else 0) in the pass that lays dout
+out for the matrix products. The maths is exactly conv_forward + relu_forward and
+relu_backward + conv_backward; the tests check that.
+
 Memory. `cols` is KH*KW/stride^2 times larger than the input, so the batch is processed in
 chunks of images whose `cols` fits in COLS_BYTES, one buffer reused for every chunk. The
 backward pass rebuilds `cols` chunk by chunk rather than keeping the forward's copy alive.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -50,6 +57,7 @@ class ConvCache(NamedTuple):
     stride: int
     pad: int
     groups: int
+    relu_out: Optional[np.ndarray] = None  # the output, when a ReLU was fused in (its mask)
 
 
 def _check_conv_args(x, w, b, stride, pad, groups):
@@ -86,6 +94,16 @@ def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
     """Inputs: x (N, C, H, W), w (F, C/groups, KH, KW), b (F,); stride, pad, groups ints.
     Returns: out (N, F, OH, OW), cache (ConvCache) for conv_backward.
     """
+    return _conv_forward(x, w, b, stride, pad, groups, relu=False)
+
+
+def conv_relu_forward(x, w, b, *, stride=1, pad=0, groups=1):
+    """relu(conv_forward(x, w, b, ...)), fused (see the module docstring); conv_backward
+    differentiates both. Returns: out (N, F, OH, OW), cache (ConvCache)."""
+    return _conv_forward(x, w, b, stride, pad, groups, relu=True)
+
+
+def _conv_forward(x, w, b, stride, pad, groups, relu):
     _check_conv_args(x, w, b, stride, pad, groups)
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
@@ -106,8 +124,10 @@ def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
                               out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
         mat = mat_buf[:F * NP].reshape(G, F // G, NP)                # (G, F/G, nb*P)
         np.matmul(w_g, cols.reshape(G, K, NP), out=mat)              # out_g = w_g @ cols_g
-        kernels.mat_to_nchw(mat.reshape(F, NP), b, out[n0:n1])       # + b, back to (nb, F, P)
-    return out.reshape(N, F, OH, OW), ConvCache(x, w, stride, pad, groups)
+        to_nchw = kernels.mat_to_nchw_relu if relu else kernels.mat_to_nchw
+        to_nchw(mat.reshape(F, NP), b, out[n0:n1])                   # + b (, ReLU), to (nb, F, P)
+    out = out.reshape(N, F, OH, OW)
+    return out, ConvCache(x, w, stride, pad, groups, out if relu else None)
 
 
 def conv_backward(dout, cache, *, need_dx=True):
@@ -115,7 +135,7 @@ def conv_backward(dout, cache, *, need_dx=True):
     Returns: dx (N, C, H, W) (None when need_dx=False: the first layer's input is the image),
              dw (F, C/groups, KH, KW), db (F,).
     """
-    x, w, stride, pad, G = cache
+    x, w, stride, pad, G, relu_out = cache
     check_float_array(dout, "conv upstream gradient dout", 4, "(N, F, OH, OW)")
     check_same_dtype(dout=dout, x=x)
     N, C, H, W = x.shape
@@ -126,9 +146,11 @@ def conv_backward(dout, cache, *, need_dx=True):
         raise ValueError(f"dout has shape {dout.shape}, the convolution's output is {(N, F, OH, OW)}")
     P = OH * OW
     dout = np.ascontiguousarray(dout).reshape(N, F, P)
-
-    # forward: out[n, f, :] = ... + b[f], so db[f] sums dout over images and positions
-    db = dout.sum(axis=(0, 2))
+    if relu_out is not None:
+        # forward was out = relu(conv): dout first goes back through the ReLU (dout where
+        # out > 0, else 0), fused into the layout pass below
+        relu_out = relu_out.reshape(N, F, P)
+    db = np.zeros(F, dtype=x.dtype)
     w_g = np.ascontiguousarray(w).reshape(G, F // G, K)              # (G, F/G, K)
     w_gT = w_g.transpose(0, 2, 1)                                    # (G, K, F/G)
     dw_g = np.zeros((G, F // G, K), dtype=x.dtype)
@@ -144,7 +166,12 @@ def conv_backward(dout, cache, *, need_dx=True):
                               out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
         cols = cols.reshape(G, K, NP)                                # (G, K, nb*P)
         dmat = dmat_buf[:F * NP].reshape(F, NP)
-        kernels.nchw_to_mat(dout[n0:n1], dmat)                       # (F, nb*P)
+        if relu_out is None:
+            kernels.nchw_to_mat(dout[n0:n1], dmat)                   # (F, nb*P)
+        else:
+            kernels.nchw_to_mat_relu(dout[n0:n1], relu_out[n0:n1], dmat)
+        # forward: out[n, f, :] = ... + b[f], so db[f] sums dout over images and positions
+        db += dmat.sum(axis=1)
         dmat = dmat.reshape(G, F // G, NP)                           # (G, F/G, nb*P)
         # forward: out_g = w_g @ cols_g, so dw_g = dout_g @ cols_g.T
         dw_g += np.matmul(dmat, cols.transpose(0, 2, 1))

@@ -15,6 +15,7 @@ readability.
     mat_to_nchw(mat, b, out)                 (conv helper: out[n, f, p] = mat[f, n*P + p] + b[f])
     (_pad and _crop: the zero border im2col reads and col2im writes, so their loops need no bounds tests)
     nchw_to_mat(a, out)                      (conv helper: out[f, n*P + p] = a[n, f, p])
+    mat_to_nchw_relu, nchw_to_mat_relu       (the same with a ReLU fused in: layers.conv_relu_forward)
 
 Dimensions: N batch, C channels, H, W input size, KH, KW kernel size, OH, OW output size,
 P = OH*OW output positions per image, F filters.
@@ -306,6 +307,17 @@ def mat_to_nchw(mat, b, out):
 
 
 @_kernel
+def mat_to_nchw_relu(mat, b, out):
+    """out[n, f, p] = max(mat[f, n*P + p] + b[f], 0): mat_to_nchw with the ReLU in the same pass."""
+    N, F, P = out.shape
+    for nf in prange(N * F):
+        n = nf // F
+        f = nf % F
+        for p in range(P):
+            out[n, f, p] = max(mat[f, n * P + p] + b[f], 0)
+
+
+@_kernel
 def nchw_to_mat(a, out):
     """out[f, n*P + p] = a[n, f, p]: NCHW gradients laid out as the GEMM's (F, N*P) operand."""
     N, F, P = a.shape
@@ -314,3 +326,15 @@ def nchw_to_mat(a, out):
         f = nf % F
         for p in range(P):
             out[f, n * P + p] = a[n, f, p]
+
+
+@_kernel
+def nchw_to_mat_relu(a, y, out):
+    """out[f, n*P + p] = a[n, f, p] where y[n, f, p] > 0, else 0: nchw_to_mat with the ReLU's
+    backward (y is the ReLU's output) in the same pass."""
+    N, F, P = a.shape
+    for nf in prange(N * F):
+        n = nf // F
+        f = nf % F
+        for p in range(P):
+            out[f, n * P + p] = a[n, f, p] if y[n, f, p] > 0 else 0

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import layers
+import layers.conv as conv_module
 import tinyalex.model as model_module
 from tinyalex.gradcheck import single_threaded
 from tinyalex.model import build_model
@@ -79,6 +80,28 @@ def test_conv_matches_torch(xs, ws, stride, pad, groups, dtype):
     assert_close(dx, xt.grad, dtype, "conv dx")
     assert_close(dw, wt.grad, dtype, "conv dw")
     assert_close(db, bt.grad, dtype, "conv db")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs, ws, stride, pad, groups", CONV_CASES[:4])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_fused_conv_relu_matches_torch_relu_of_conv2d(xs, ws, stride, pad, groups, dtype, chunked, monkeypatch):
+    if chunked:
+        monkeypatch.setattr(conv_module, "COLS_BYTES", 1)      # one image per chunk
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    out, cache = layers.conv_relu_forward(x, w, b, stride=stride, pad=pad, groups=groups)
+    assert (out == 0).any() and (out > 0).any()                 # the ReLU mask matters here
+    xt, wt, bt = leaf(x), leaf(w), leaf(b)
+    ref = torch.relu(F.conv2d(xt, wt, bt, stride=stride, padding=pad, groups=groups))
+    assert_close(out, ref, dtype, "conv+relu out")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx, dw, db = layers.conv_backward(dout, cache)
+    ref.backward(torch.from_numpy(dout))
+    assert_close(dx, xt.grad, dtype, "conv+relu dx")
+    assert_close(dw, wt.grad, dtype, "conv+relu dw")
+    assert_close(db, bt.grad, dtype, "conv+relu db")
 
 
 def test_conv_chunked_batch_matches_torch(monkeypatch):

@@ -29,7 +29,7 @@ from typing import Tuple
 
 import numpy as np
 
-from layers import (conv_backward, conv_forward, dense_backward, dense_forward, dropout_backward,
+from layers import (conv_backward, conv_relu_forward, dense_backward, dense_forward, dropout_backward,
                     dropout_forward, lrn_backward, lrn_forward, maxpool_backward, maxpool_forward,
                     relu_backward, relu_forward, softmax_cross_entropy)
 
@@ -155,11 +155,10 @@ class AlexNet:
         p, tape = self.params, []
         h = x
         for i, spec in enumerate(self.arch.convs, start=1):
-            h, cache = conv_forward(h, p[f"conv{i}.w"], p[f"conv{i}.b"],
-                                    stride=spec.stride, pad=spec.pad, groups=spec.groups)
+            # conv + ReLU in one pass (layers/conv.py); conv_backward differentiates both
+            h, cache = conv_relu_forward(h, p[f"conv{i}.w"], p[f"conv{i}.b"],
+                                         stride=spec.stride, pad=spec.pad, groups=spec.groups)
             tape.append(("conv", f"conv{i}", cache))
-            h, cache = relu_forward(h)
-            tape.append(("relu", None, cache))
             if spec.lrn:
                 h, cache = lrn_forward(h, **LRN)
                 tape.append(("lrn", None, cache))
