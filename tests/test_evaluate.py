@@ -220,8 +220,10 @@ def test_evaluate_val_split_honours_limit_val(world, capsys, tmp_path):
     report = run_json(["evaluate", ckpt, "--data", world["cifar"],
                        "--data-dir", world["data_dir"], "--split", "val"], capsys)
     ds = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=VAL_SIZE, seed=SEED)
-    assert report["images"] == 4 and "the first 4" in report["data"]
-    check_scores(report, world["model"], ds.val_x[:4], ds.val_y[:4], "none")
+    assert report["images"] == 4 and "the 4 sampled by --limit-val" in report["data"]
+    from tinyalex.trainer import subset
+    x, y = subset(ds.val_x, ds.val_y, 4, SEED, "val")     # the trainer's own sample
+    check_scores(report, world["model"], x, y, "none")
 
 
 def test_evaluate_agrees_with_the_trainers_own_scores(world):

@@ -168,3 +168,16 @@ def test_a_diverging_loss_stops_the_run_with_a_clear_message(data, tmp_path, cap
     err = _error_of(args(data, out, "--epochs", "1", "--lr", "1e8", "--schedule", "step"), capsys)
     assert "the loss became" in err and "lower --lr" in err
     assert not os.path.exists(os.path.join(out, "last.npz"))   # nothing non-finite was saved
+
+
+def test_limit_draws_a_seeded_sample_across_classes_not_the_first_images():
+    from tinyalex.trainer import subset
+    labels = np.repeat(np.arange(10), 100)                  # class by class, as image folders list them
+    images = np.arange(1000)
+    x, y = subset(images, labels, 50, seed=0, split="train")
+    assert len(y) == 50 and len(np.unique(y)) >= 8           # the first 50 would be class 0 only
+    assert np.all(np.diff(x) > 0) and np.array_equal(labels[x], y)   # original order, pairs kept
+    again, _ = subset(images, labels, 50, seed=0, split="train")
+    other, _ = subset(images, labels, 50, seed=1, split="train")
+    assert np.array_equal(x, again) and not np.array_equal(x, other)
+    assert subset(images, labels, None, 0, "val")[0] is images

@@ -86,9 +86,9 @@ def add_train_arguments(parser):
     r.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     r.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     r.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
-                   help="train on the first N training images only (quick runs)")
+                   help="train on N training images only, a seeded random sample (quick runs)")
     r.add_argument("--limit-val", type=_positive_int, default=None, metavar="N",
-                   help="validate on the first N validation images only")
+                   help="validate on N validation images only, a seeded random sample")
     r.add_argument("--save-every", type=_float_in(0), default=5.0, metavar="MIN",
                    help="also save last.npz every MIN minutes mid-epoch (default 5; 0: epoch ends only)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")

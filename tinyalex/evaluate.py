@@ -33,7 +33,7 @@ Which images `evaluate` uses (`--data` takes every source `tinyalex.data` reads)
     --split test   the source's test split (an error if it has none)
     --split val    the validation images held out in training, carved out again exactly as
                    the trainer did: the same source, `val_size` and `seed` (from the
-                   checkpoint's config), and only the first `limit_val` if that was set
+                   checkpoint's config), and only the `limit_val` sampled if that was set
     no --split     the test split if there is one; a single-split image folder
                    ROOT/<class>/* is evaluated whole (all its images)
 
@@ -280,7 +280,7 @@ def load_split(ckpt, path, *, data, data_dir, split, skip_bad_images=False):
     if split == "val":
         val_size = _config_int(ckpt.meta, "val_size", path)
         seed = _config_int(ckpt.meta, "seed", path)
-        # the trainer validated on the first --limit-val of them, if it was given
+        # the trainer validated on a seeded sample of --limit-val of them, if it was given
         limit = _config_int(ckpt.meta, "limit_val", path, optional=True)
         if val_size == 0:
             raise DataError(f"checkpoint {path} was trained without a validation split "
@@ -291,9 +291,10 @@ def load_split(ckpt, path, *, data, data_dir, split, skip_bad_images=False):
                       skip_bad_images=skip_bad_images)
 
     if split == "val":
-        images, labels = ds.val_x[:limit], ds.val_y[:limit]
+        from .trainer import subset
+        images, labels = subset(ds.val_x, ds.val_y, limit, seed, "val")
         what = (f"validation split (val_size {val_size}, seed {seed}"
-                f"{f', the first {len(labels)}' if limit else ''})")
+                f"{f', the {len(labels)} sampled by --limit-val' if limit else ''})")
     elif ds.test_x is not None:
         images, labels, what = ds.test_x, ds.test_y, "test split"
     elif split is None and _single_split_folder(ds):

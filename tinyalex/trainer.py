@@ -41,6 +41,7 @@ from layers import softmax_cross_entropy
 METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s"]
 IMAGE_SIZE = {"paper": 224, "cifar": 32, "tiny": 32}
 DROPOUT_STREAM = 2     # the loader uses streams 0 (shuffle) and 1 (augmentation) of the seed
+LIMIT_STREAMS = {"train": 3, "val": 4}
 
 
 class TrainingError(TinyAlexError):
@@ -58,6 +59,17 @@ class Progress:
     seconds: float = 0.0    # training time spent in the epoch so far
     metrics: list = field(default_factory=list)
     best_val_acc: float = -1.0
+
+
+def subset(images, labels, limit, seed, split):
+    """`limit` images drawn at random (seeded) from a split, kept in their original order; all
+    of them when limit is None. A random draw, not the first `limit`: image folders list their
+    images class by class, so the first few thousand would hold one or two classes only."""
+    if limit is None or limit >= len(labels):
+        return images, labels
+    pick = np.random.default_rng([seed, LIMIT_STREAMS[split]]).permutation(len(labels))[:limit]
+    pick.sort()
+    return images[pick], labels[pick]
 
 
 def dropout_rng(seed, epoch, batch):
@@ -91,8 +103,8 @@ class Run:
         self.data = load_dataset(c["data"], data_dir=c["data_dir"], val_size=c["val_size"],
                                  seed=c["seed"], skip_bad_images=c["skip_bad_images"])
         d = self.data
-        train_x, train_y = d.train_x[:c["limit_train"]], d.train_y[:c["limit_train"]]
-        val_x, val_y = d.val_x[:c["limit_val"]], d.val_y[:c["limit_val"]]
+        train_x, train_y = subset(d.train_x, d.train_y, c["limit_train"], c["seed"], "train")
+        val_x, val_y = subset(d.val_x, d.val_y, c["limit_val"], c["seed"], "val")
         if c["schedule"] == "plateau" and len(val_y) == 0:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
         self.image_size = IMAGE_SIZE[c["model"]]
