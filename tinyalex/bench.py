@@ -29,7 +29,9 @@ PyTorch is imported only then.
 
 --layers times every layer's forward and backward pass separately. For tinyalex it walks the
 model's own layer sequence (`layer_plan`, read from tinyalex.model.ARCHS) calling the
-`layers/` functions directly, exactly as `AlexNet.loss` does; for PyTorch it runs each module
+`layers/` functions directly, exactly as `AlexNet.loss` does (each convolution with its ReLU
+fused in, so tinyalex's conv rows include the ReLU and its relu1..relu5 rows read 0); for
+PyTorch it runs each module
 alone on a detached copy of its input (requires_grad, except conv1's: the image needs no
 gradient, in either framework) and calls backward with a random upstream gradient. PyTorch's
 in-place ReLU is timed out of place there (autograd forbids in-place on such a leaf).
@@ -94,16 +96,22 @@ def layer_plan(arch):
     return plan
 
 
+FUSED = "fused"   # the tape entry of a ReLU that runs inside the convolution before it
+
+
 def tinyalex_forward(params, plan, x, *, train, rng, times=None):
     """The model's forward pass, layer by layer through `layers/`; times[name] = seconds.
     Returns: logits (N, classes), tape (one cache per layer, in order)."""
-    from layers import conv_forward, dense_forward, dropout_forward, lrn_forward, \
+    from layers import conv_relu_forward, dense_forward, dropout_forward, lrn_forward, \
         maxpool_forward, relu_forward
     h, tape = x, []
+    previous = None
     for name, kind, opts in plan:
         start = time.perf_counter()
-        if kind == "conv":
-            h, cache = conv_forward(h, params[f"{name}.w"], params[f"{name}.b"], **opts)
+        if kind == "conv":   # with its ReLU fused in, as the model runs it
+            h, cache = conv_relu_forward(h, params[f"{name}.w"], params[f"{name}.b"], **opts)
+        elif kind == "relu" and previous == "conv":
+            cache = FUSED     # done inside the conv above: its row reads 0
         elif kind == "relu":
             h, cache = relu_forward(h)
         elif kind == "lrn":
@@ -119,6 +127,7 @@ def tinyalex_forward(params, plan, x, *, train, rng, times=None):
         if times is not None:
             times[name] = time.perf_counter() - start
         tape.append(cache)
+        previous = kind
     return h, tape
 
 
@@ -133,7 +142,7 @@ def tinyalex_backward(plan, tape, dout, *, times=None):
         if kind == "conv":   # the image needs no gradient: conv1 skips dx, as the model does
             dout, grads[f"{name}.w"], grads[f"{name}.b"] = conv_backward(
                 dout, cache, need_dx=name != plan[0][0])
-        elif kind == "relu":
+        elif kind == "relu" and cache is not FUSED:   # (a fused one is in conv_backward)
             dout = relu_backward(dout, cache)
         elif kind == "lrn":
             dout = lrn_backward(dout, cache)
