@@ -1,5 +1,5 @@
 """tinyalex: AlexNet from scratch in NumPy and Numba, trained on CIFAR-10 on a CPU."""
 
-from . import _threads  # noqa: F401  (before NumPy loads: see _threads.py)
+from . import _runtime  # noqa: F401  (before NumPy loads: see _runtime.py)
 
 __version__ = "0.1.0"
