@@ -632,16 +632,7 @@ def _print_layers(result):
 
 def register(subparsers):
     """Add the `bench` command to an argparse subparsers object; its handler is run_bench."""
-    from tinyalex.cli import _positive_int
-
-    def non_negative_int(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-        return value
+    from tinyalex.argtypes import non_negative_int, positive_int
 
     p = subparsers.add_parser(
         "bench", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -656,11 +647,11 @@ def register(subparsers):
                "  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m tinyalex bench --vs-torch")
     p.add_argument("--model", choices=MODELS, default="cifar",
                    help="cifar (32x32 input, default), paper (224x224) or tiny (a few channels)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=128, metavar="N",
                    help="images per step (default 128)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="threads for BLAS, Numba and PyTorch (default: all cores)")
-    p.add_argument("--steps", type=_positive_int, default=5, metavar="N",
+    p.add_argument("--steps", type=positive_int, default=5, metavar="N",
                    help="timed rounds; the figures are their medians (default 5)")
     p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N",
                    help="untimed rounds after the cold first step (default 1)")

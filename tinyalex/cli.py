@@ -10,35 +10,13 @@ import os
 import sys
 import time
 
+from .argtypes import number_in, positive_int
+
 MODELS = ("cifar", "paper", "tiny")
 SCHEDULES = ("onecycle", "step", "plateau")
 INITS = ("torch", "paper", "he")
 # options that may differ when resuming: they do not change what the run computes
 RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir"}
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _float_in(low, high=float("inf"), low_open=False):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        bad_low = value <= low if low_open else value < low
-        if bad_low or value >= high or value != value:
-            interval = f"{'(' if low_open else '['}{low}, {high})"
-            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value}")
-        return value
-    return parse
 
 
 def set_threads(threads):
@@ -61,18 +39,18 @@ def add_train_arguments(parser):
     g.add_argument("--model", choices=MODELS, default="cifar",
                    help="cifar: AlexNet for native 32x32 images (default); paper: the faithful "
                         "224x224 AlexNet, images upscaled; tiny: a few channels, for quick checks")
-    g.add_argument("--epochs", type=_positive_int, default=10, help="epochs to train (default 10)")
-    g.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default 128)")
-    g.add_argument("--lr", type=_float_in(0, low_open=True), default=None,
+    g.add_argument("--epochs", type=positive_int, default=10, help="epochs to train (default 10)")
+    g.add_argument("--batch-size", type=positive_int, default=128, help="images per step (default 128)")
+    g.add_argument("--lr", type=number_in(0, low_open=True), default=None,
                    help="learning rate: the peak for onecycle (default 0.05 cifar, 0.02 paper), "
                         "the start for step and plateau (default 0.01)")
     g.add_argument("--schedule", choices=SCHEDULES, default="onecycle",
                    help="onecycle: linear warm-up over 15%% of the steps from lr/25, then linear "
                         "decay to lr/25e4, every step (default); step: x0.1 after epochs 5 and 8; "
                         "plateau: /10 when validation accuracy stalls for --patience epochs")
-    g.add_argument("--patience", type=_positive_int, default=2, help="epochs without improvement for plateau (default 2)")
-    g.add_argument("--momentum", type=_float_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=_float_in(0), default=5e-4, help="weight decay (default 5e-4)")
+    g.add_argument("--patience", type=positive_int, default=2, help="epochs without improvement for plateau (default 2)")
+    g.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
     g.add_argument("--init", choices=INITS, default="torch",
                    help="torch: PyTorch's default uniform +-1/sqrt(fan_in) (default); he: "
                         "N(0, 2/fan_in); paper: N(0, 0.01) with biases 1, the paper's, which "
@@ -84,12 +62,12 @@ def add_train_arguments(parser):
     r.add_argument("--resume", metavar="PATH", default=None,
                    help="continue a run from its directory or a checkpoint file, exactly where it stopped")
     r.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    r.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
-    r.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
+    r.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    r.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on N training images only, a seeded random sample (quick runs)")
-    r.add_argument("--limit-val", type=_positive_int, default=None, metavar="N",
+    r.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
                    help="validate on N validation images only, a seeded random sample")
-    r.add_argument("--save-every", type=_float_in(0), default=5.0, metavar="MIN",
+    r.add_argument("--save-every", type=number_in(0), default=5.0, metavar="MIN",
                    help="also save last.npz every MIN minutes mid-epoch (default 5; 0: epoch ends only)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 

@@ -49,6 +49,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from tinyalex.argtypes import positive_int
 from tinyalex.checkpoint import load_checkpoint
 from tinyalex.data import eval_views, load_dataset, load_images
 from tinyalex.data.transforms import VIEW_MODES
@@ -457,16 +458,6 @@ def run_filters(args):
     return 0
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def register(subparsers):
     """Add the `evaluate`, `predict` and `filters` commands to an argparse subparsers object.
 
@@ -496,7 +487,7 @@ def register(subparsers):
                    help="test-time augmentation, softmax averaged over the views: none; flip "
                         "(image + mirror); 10crop (4 corners + centre, and their mirrors, as "
                         "in the paper). Default none")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"images per forward pass, each --tta view counting as one "
                         f"(default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -512,7 +503,7 @@ def register(subparsers):
                     "resized as the model needs) and print the top classes with probabilities.")
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--top", type=_positive_int, default=TOP_K, metavar="K",
+    p.add_argument("--top", type=positive_int, default=TOP_K, metavar="K",
                    help=f"how many classes to show per image (default {TOP_K})")
     p.add_argument("--json", action="store_true", help="print one JSON array instead of text")
     p.set_defaults(func=run_predict)

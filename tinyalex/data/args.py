@@ -1,17 +1,8 @@
 """The data options every tinyalex command shares."""
 import argparse
 
+from ..argtypes import non_negative_int
 from .transforms import AUGMENTS
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def add_data_arguments(parser: argparse.ArgumentParser):
@@ -25,7 +16,7 @@ def add_data_arguments(parser: argparse.ArgumentParser):
     group.add_argument("--data-dir", metavar="DIR", default=None,
                        help="where downloads, unpacked archives and the image cache go "
                             "(default: $TINYALEX_DATA_DIR, else ./data)")
-    group.add_argument("--val-size", type=_non_negative_int, default=5000, metavar="N",
+    group.add_argument("--val-size", type=non_negative_int, default=5000, metavar="N",
                        help="training images held out for validation, class-balanced "
                             "(default 5000; 0 trains on all of them)")
     group.add_argument("--augment", choices=AUGMENTS, default="basic",

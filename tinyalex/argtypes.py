@@ -1,0 +1,35 @@
+"""Argument types shared by every command: a bad value is argparse's one-line usage error."""
+
+import argparse
+
+
+def whole_number(minimum):
+    """An argparse type: an int of at least `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+positive_int = whole_number(1)
+non_negative_int = whole_number(0)
+
+
+def number_in(low, high=float("inf"), low_open=False):
+    """An argparse type: a float in [low, high), or (low, high) with low_open."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad_low = value <= low if low_open else value < low
+        if bad_low or value >= high or value != value:
+            interval = f"{'(' if low_open else '['}{low}, {high})"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value}")
+        return value
+    return parse
