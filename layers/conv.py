@@ -84,10 +84,15 @@ def _check_conv_args(x, w, b, stride, pad, groups):
         raise ValueError(f"kernel {KH}x{KW} is larger than the padded input {H + 2 * pad}x{W + 2 * pad}")
 
 
-def _chunks(N, bytes_per_image):
-    """Split N images into consecutive [n0, n1) chunks whose im2col buffer fits COLS_BYTES."""
-    per_chunk = max(1, min(N, COLS_BYTES // max(1, bytes_per_image)))
-    return [(n0, min(N, n0 + per_chunk)) for n0 in range(0, N, per_chunk)]
+def _chunks(x, KH, KW, P, F):
+    """Split the batch into consecutive [n0, n1) chunks of images whose im2col buffer fits
+    COLS_BYTES; returns them with the two buffers every chunk reuses: cols (flat, room for
+    C*KH*KW x nb*P) and a GEMM-side matrix (flat, room for F x nb*P)."""
+    N, C = x.shape[:2]
+    per_chunk = max(1, min(N, COLS_BYTES // max(1, C * KH * KW * P * x.itemsize)))
+    chunks = [(n0, min(N, n0 + per_chunk)) for n0 in range(0, N, per_chunk)]
+    return (chunks, np.empty(C * KH * KW * per_chunk * P, dtype=x.dtype),
+            np.empty(F * per_chunk * P, dtype=x.dtype))
 
 
 def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
@@ -114,10 +119,7 @@ def _conv_forward(x, w, b, stride, pad, groups, relu):
 
     w_g = np.ascontiguousarray(w).reshape(G, F // G, K)             # (G, F/G, K)
     out = np.empty((N, F, P), dtype=x.dtype)                         # (N, F, P)
-    chunks = _chunks(N, C * KH * KW * P * x.itemsize)
-    largest = max(n1 - n0 for n0, n1 in chunks)
-    cols_buf = np.empty(C * KH * KW * largest * P, dtype=x.dtype)
-    mat_buf = np.empty(F * largest * P, dtype=x.dtype)
+    chunks, cols_buf, mat_buf = _chunks(x, KH, KW, P, F)
     for n0, n1 in chunks:
         NP = (n1 - n0) * P
         cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad,
@@ -156,10 +158,7 @@ def conv_backward(dout, cache, *, need_dx=True):
     dw_g = np.zeros((G, F // G, K), dtype=x.dtype)
     dx = np.empty_like(x) if need_dx else None
 
-    chunks = _chunks(N, C * KH * KW * P * x.itemsize)
-    largest = max(n1 - n0 for n0, n1 in chunks)
-    cols_buf = np.empty(C * KH * KW * largest * P, dtype=x.dtype)
-    dmat_buf = np.empty(F * largest * P, dtype=x.dtype)
+    chunks, cols_buf, dmat_buf = _chunks(x, KH, KW, P, F)
     for n0, n1 in chunks:
         NP = (n1 - n0) * P
         cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad,
