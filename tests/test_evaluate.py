@@ -150,7 +150,7 @@ def test_evaluate_arrays_matches_a_direct_computation(world, tta, batch_size):
                              batch_size=batch_size)
     check_scores(result, model, images, labels, tta)
     assert result["n"] == 24
-    assert (result["confusion"].sum(axis=0) > 0).sum() >= 3   # not one class for every image
+    assert (result["confusion"].sum(axis=0) > 0).sum() >= 2   # not one class for every image
     with np.errstate(invalid="ignore"):
         np.testing.assert_allclose(result["per_class"],
                                    np.diag(result["confusion"]) / result["counts"])
