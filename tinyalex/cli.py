@@ -82,7 +82,7 @@ def _explicit(parser, argv):
     return found
 
 
-def _resume_config(args, explicit, parser):
+def _resume_config(args, explicit):
     from .checkpoint import load_checkpoint
     path = args.resume
     ckpt_path = os.path.join(path, "last.npz") if os.path.isdir(path) else path
@@ -108,7 +108,7 @@ def train_command(args, parser, argv):
     from .trainer import Run, StopOnSigint, write_config
     explicit = _explicit(parser, argv)
     if args.resume:
-        config, out, ckpt_path = _resume_config(args, explicit, parser)
+        config, out, ckpt_path = _resume_config(args, explicit)
     else:
         config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command")}
         out = args.out or os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
