@@ -85,8 +85,8 @@ def _padded(x, pad):
 
 @_kernel
 def _im2col(xp, KH, KW, stride, OH, OW, cols):
-    # Reads the zero-padded input, so the inner loop needs no bounds tests: each (row r, image
-    # n, output row oh) is one slice copy, contiguous when stride is 1.
+    # Reads the zero-padded input, so the inner loop needs no bounds tests. (An explicit loop:
+    # writing it as a slice copy per output row was up to 1.9x slower on these short rows.)
     N, C = xp.shape[0], xp.shape[1]
     for r in prange(C * KH * KW):  # one row of cols per thread-task: rows never overlap
         c = r // (KH * KW)
@@ -97,11 +97,8 @@ def _im2col(xp, KH, KW, stride, OH, OW, cols):
             for oh in range(OH):
                 src = xp[n, c, oh * stride + i]
                 q = (n * OH + oh) * OW
-                if stride == 1:
-                    row[q:q + OW] = src[j:j + OW]
-                else:
-                    for ow in range(OW):
-                        row[q + ow] = src[ow * stride + j]
+                for ow in range(OW):
+                    row[q + ow] = src[ow * stride + j]
 
 
 def im2col(x, KH, KW, stride, pad, out=None):
@@ -116,21 +113,20 @@ def im2col(x, KH, KW, stride, pad, out=None):
 @_kernel
 def _col2im(cols, KH, KW, stride, OH, OW, dxp):
     # Accumulates into a zero-padded gradient (no bounds tests); the caller crops the padding.
+    # Loops in the reference's order: each row of cols is read once, front to back (reading
+    # them image by image instead, jumping between rows, was 1.5x slower), and scattered into
+    # the planes of its channel, which stay in cache.
     N, C = dxp.shape[0], dxp.shape[1]
-    for nc in prange(N * C):  # one (image, channel) plane per task: planes never overlap
-        n = nc // C
-        c = nc % C
-        plane = dxp[n, c]
-        plane[:] = 0
+    for c in prange(C):  # one channel per thread-task: the rows of channel c write only its planes
+        for n in range(N):
+            dxp[n, c] = 0
         for i in range(KH):
             for j in range(KW):
                 row = cols[(c * KH + i) * KW + j]
-                for oh in range(OH):
-                    dst = plane[oh * stride + i]
-                    q = (n * OH + oh) * OW
-                    if stride == 1:
-                        dst[j:j + OW] += row[q:q + OW]
-                    else:
+                for n in range(N):
+                    for oh in range(OH):
+                        dst = dxp[n, c, oh * stride + i]
+                        q = (n * OH + oh) * OW
                         for ow in range(OW):
                             dst[ow * stride + j] += row[q + ow]
 
