@@ -280,7 +280,7 @@ def test_softmax_cross_entropy_matches_torch(n, m, scale, shift, dtype):
 # ---------------------------------------------------------------------------------------
 # the whole model
 #
-# The PyTorch network below is written from the paper's table (docs: reference/anchors.md),
+# The PyTorch network below is written from the architecture table (README, "The models"),
 # not from tinyalex.model: strides, padding, where ReLU / LRN / pooling / dropout go.
 # Filter counts, kernel sizes and groups are read off the parameter shapes and, for the
 # paper and cifar models, checked against the table.

@@ -135,7 +135,7 @@ class SGD:
 
 
 # One-cycle peak learning rates: the values the PyTorch reference was tuned with
-# (../shared/reference/anchors.md); "tiny" is the test model and borrows cifar's.
+# (README, "Training"); "tiny" is the test model and borrows cifar's.
 ONECYCLE_PEAK = {"cifar": 0.05, "paper": 0.02, "tiny": 0.05}
 # The seed's and the paper's starting rate for the step and plateau schedules.
 DEFAULT_LR = 0.01
