@@ -126,8 +126,7 @@ def _conv_forward(x, w, b, stride, pad, groups, relu):
                               out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
         mat = mat_buf[:F * NP].reshape(G, F // G, NP)                # (G, F/G, nb*P)
         np.matmul(w_g, cols.reshape(G, K, NP), out=mat)              # out_g = w_g @ cols_g
-        to_nchw = kernels.mat_to_nchw_relu if relu else kernels.mat_to_nchw
-        to_nchw(mat.reshape(F, NP), b, out[n0:n1])                   # + b (, ReLU), to (nb, F, P)
+        kernels.mat_to_nchw(mat.reshape(F, NP), b, relu, out[n0:n1])  # + b (, ReLU), to (nb, F, P)
     out = out.reshape(N, F, OH, OW)
     return out, ConvCache(x, w, stride, pad, groups, out if relu else None)
 

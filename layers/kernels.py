@@ -12,10 +12,10 @@ readability.
     maxpool_grad(dout, argmax, x_shape)      maxpool_grad(...)
     lrn(x, size, k, alpha, beta)             lrn(...)
     lrn_grad(dout, x, out, scale, size, alpha, beta) lrn_grad(...)
-    mat_to_nchw(mat, b, out)                 (conv helper: out[n, f, p] = mat[f, n*P + p] + b[f])
+    mat_to_nchw(mat, b, relu, out)           (conv helper: out[n, f, p] = mat[f, n*P + p] + b[f], ReLU if asked)
     (_pad and _crop: the zero border im2col reads and col2im writes, so their loops need no bounds tests)
     nchw_to_mat(a, out)                      (conv helper: out[f, n*P + p] = a[n, f, p])
-    mat_to_nchw_relu, nchw_to_mat_relu       (the same with a ReLU fused in: layers.conv_relu_forward)
+    nchw_to_mat_relu(a, y, out)              (nchw_to_mat with the ReLU's backward fused in: layers.conv_relu_forward)
 
 Dimensions: N batch, C channels, H, W input size, KH, KW kernel size, OH, OW output size,
 P = OH*OW output positions per image, F filters.
@@ -292,25 +292,16 @@ def lrn_grad(dout, x, out, scale, size, alpha, beta):
 
 
 @_kernel
-def mat_to_nchw(mat, b, out):
-    """out[n, f, p] = mat[f, n*P + p] + b[f]: a GEMM result (F, N*P) back to NCHW, plus bias."""
+def mat_to_nchw(mat, b, relu, out):
+    """out[n, f, p] = mat[f, n*P + p] + b[f]: a GEMM result (F, N*P) back to NCHW, plus bias;
+    with relu=True, max(that, 0): the ReLU in the same pass."""
     N, F, P = out.shape
     for nf in prange(N * F):
         n = nf // F
         f = nf % F
         for p in range(P):
-            out[n, f, p] = mat[f, n * P + p] + b[f]
-
-
-@_kernel
-def mat_to_nchw_relu(mat, b, out):
-    """out[n, f, p] = max(mat[f, n*P + p] + b[f], 0): mat_to_nchw with the ReLU in the same pass."""
-    N, F, P = out.shape
-    for nf in prange(N * F):
-        n = nf // F
-        f = nf % F
-        for p in range(P):
-            out[n, f, p] = max(mat[f, n * P + p] + b[f], 0)
+            v = mat[f, n * P + p] + b[f]
+            out[n, f, p] = max(v, 0) if relu else v
 
 
 @_kernel

@@ -107,7 +107,7 @@ def test_conv_layout_helpers_are_inverse_transposes(rng):
     np.testing.assert_array_equal(mat, a.transpose(1, 0, 2).reshape(4, 15))
     b = rng.standard_normal(4)
     back = np.empty_like(a)
-    kernels.mat_to_nchw(mat, b, back)
+    kernels.mat_to_nchw(mat, b, False, back)
     np.testing.assert_array_equal(back, a + b[None, :, None])
 
 
@@ -115,7 +115,7 @@ def test_relu_fused_layout_helpers(rng):
     mat = rng.standard_normal((4, 15))                       # (F, N*P) with N=3, P=5
     b = rng.standard_normal(4)
     out = np.empty((3, 4, 5))
-    kernels.mat_to_nchw_relu(mat, b, out)
+    kernels.mat_to_nchw(mat, b, True, out)
     np.testing.assert_array_equal(out, np.maximum(mat.reshape(4, 3, 5).transpose(1, 0, 2) + b[None, :, None], 0))
     dout = rng.standard_normal((3, 4, 5))
     back = np.empty((4, 15))
