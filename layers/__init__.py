@@ -22,7 +22,7 @@ place explicitly.
 
 import os
 
-# Short OpenBLAS spin-waits, so BLAS and Numba threads do not fight (tinyalex/_runtime.py).
+# Short OpenBLAS spin-waits, so BLAS threads do not fight the kernels' threads (tinyalex/_runtime.py).
 # It only takes effect when layers is imported before NumPy.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 

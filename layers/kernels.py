@@ -21,57 +21,103 @@ Dimensions: N batch, C channels, H, W input size, KH, KW kernel size, OH, OW out
 P = OH*OW output positions per image, F filters.
 
 All kernels are compiled on first use for the dtypes they meet (float32 in training, float64
-in gradient checks) and cached on disk (`cache=True`): see `layers/__init__.py` for where. Each is compiled twice, serial and with its
-`prange` loops run by the thread pool, and the parallel version is used on large arrays only.
-Parallel loops always split work so that no two threads write the same element.
+in gradient checks) and cached on disk (`cache=True`): see `layers/__init__.py` for where.
+
+Threads. Each kernel's outermost loop runs over independent pieces of work (rows of cols,
+channels, images, planes) that write disjoint parts of the output; every kernel takes that
+loop's range as its first two arguments, `lo, hi`. On a large output the range is cut into
+one slice per thread, and the slices run at the same time on a small pool of Python threads
+(the kernels release the GIL: `nogil=True`). This does what Numba's `parallel=True` and
+`prange` would, but each kernel is compiled once, not twice, with no parallel-compiler passes
+(with `prange`, the first `cifar` training step of a cold start took 28 s; now 10 s), and
+the idle workers sleep instead of spinning against OpenBLAS's threads. `set_num_threads(n)` sets
+the number of slices; the default is NUMBA_NUM_THREADS when it is set, else the number of
+cores this process may use.
 """
 
-import types
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .reference import out_size
 
 _JIT = dict(cache=True, nogil=True)
-# Below this many output elements a kernel runs on one thread: waking the thread pool costs
-# more than it saves (and on a busy machine, far more).
+# Below this many output elements a kernel runs on the calling thread alone: handing work to
+# another thread costs more than it saves (and on a busy machine, far more).
 PARALLEL_MIN_WORK = 1 << 16
 
 
-def _renamed(fn, suffix):
-    """A copy of fn under another name, so its two compilations get two cache files."""
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__,
-                              fn.__closure__)
-    copy.__qualname__ = fn.__qualname__ + suffix
-    copy.__module__ = fn.__module__
-    return copy
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
 
 
-def _kernel(fn):
-    """Compile fn serially and with its prange loops parallel; run the parallel one on large
-    outputs only. The last argument of every kernel is its output array, the measure of work."""
-    serial = njit(**_JIT)(_renamed(fn, "_serial"))
-    parallel = njit(parallel=True, **_JIT)(_renamed(fn, "_parallel"))
-
-    def call(*args):
-        big = args[-1].size >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
-        return (parallel if big else serial)(*args)
-    call.__name__, call.__doc__ = fn.__name__, fn.__doc__
-    call.serial, call.parallel = serial, parallel
-    return call
+_threads = int(os.environ.get("NUMBA_NUM_THREADS") or _available_cores())
+_pool = None
+_pool_lock = threading.Lock()
 
 
-@_kernel
-def _pad(x, pad, xp):
+def set_num_threads(n):
+    """Run each large kernel on n threads (the calling thread and n - 1 pool workers)."""
+    global _threads
+    if int(n) < 1:
+        raise ValueError(f"threads must be at least 1, got {n}")
+    _threads = int(n)
+
+
+def get_num_threads():
+    return _threads
+
+
+def _workers():
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(64, _available_cores()), thread_name_prefix="tinyalex-kernel")
+        return _pool
+
+
+def _kernel(extent):
+    """Compile a kernel `fn(lo, hi, *args)` whose outer loop is `for i in range(lo, hi)`, and
+    return `call(*args)`, which runs the whole range 0..extent(*args), cut into one slice per
+    thread when the output (the last argument of every kernel) is large."""
+    def wrap(fn):
+        jitted = njit(**_JIT)(fn)
+
+        def call(*args):
+            n = extent(*args)
+            tasks = min(_threads, n) if args[-1].size >= PARALLEL_MIN_WORK else 1
+            if tasks <= 1:
+                return jitted(0, n, *args)
+            cuts = [n * t // tasks for t in range(tasks + 1)]
+            pool = _workers()
+            others = [pool.submit(jitted, cuts[t], cuts[t + 1], *args) for t in range(1, tasks)]
+            jitted(cuts[0], cuts[1], *args)   # the calling thread takes the first slice
+            for task in others:
+                task.result()
+        call.__name__, call.__doc__, call.jitted = fn.__name__, fn.__doc__, jitted
+        return call
+    return wrap
+
+
+@_kernel(lambda x, pad, xp: x.shape[0] * x.shape[1])
+def _pad(lo, hi, x, pad, xp):
     """xp = x with `pad` zeros around every (H, W) plane."""
     N, C, H, W = x.shape
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         xp[n, c] = 0
-        xp[n, c, pad:pad + H, pad:pad + W] = x[n, c]
+        for h in range(H):  # explicit loops: a slice assignment here took seconds to compile
+            dst = xp[n, c, pad + h]
+            src = x[n, c, h]
+            for w in range(W):
+                dst[pad + w] = src[w]
 
 
 def _padded(x, pad):
@@ -83,12 +129,12 @@ def _padded(x, pad):
     return xp
 
 
-@_kernel
-def _im2col(xp, KH, KW, stride, OH, OW, cols):
+@_kernel(lambda xp, KH, KW, stride, OH, OW, cols: cols.shape[0])
+def _im2col(lo, hi, xp, KH, KW, stride, OH, OW, cols):
     # Reads the zero-padded input, so the inner loop needs no bounds tests. (An explicit loop:
     # writing it as a slice copy per output row was up to 1.9x slower on these short rows.)
     N, C = xp.shape[0], xp.shape[1]
-    for r in prange(C * KH * KW):  # one row of cols per thread-task: rows never overlap
+    for r in range(lo, hi):  # rows of cols: no two write the same element
         c = r // (KH * KW)
         i = (r // KW) % KH
         j = r % KW
@@ -110,14 +156,14 @@ def im2col(x, KH, KW, stride, pad, out=None):
     return cols
 
 
-@_kernel
-def _col2im(cols, KH, KW, stride, OH, OW, dxp):
+@_kernel(lambda cols, KH, KW, stride, OH, OW, dxp: dxp.shape[1])
+def _col2im(lo, hi, cols, KH, KW, stride, OH, OW, dxp):
     # Accumulates into a zero-padded gradient (no bounds tests); the caller crops the padding.
     # Loops in the reference's order: each row of cols is read once, front to back (reading
     # them image by image instead, jumping between rows, was 1.5x slower), and scattered into
     # the planes of its channel, which stay in cache.
     N, C = dxp.shape[0], dxp.shape[1]
-    for c in prange(C):  # one channel per thread-task: the rows of channel c write only its planes
+    for c in range(lo, hi):  # channels: the rows of channel c write only its planes
         for n in range(N):
             dxp[n, c] = 0
         for i in range(KH):
@@ -131,13 +177,17 @@ def _col2im(cols, KH, KW, stride, OH, OW, dxp):
                             dst[ow * stride + j] += row[q + ow]
 
 
-@_kernel
-def _crop(xp, pad, x):
+@_kernel(lambda xp, pad, x: x.shape[0] * x.shape[1])
+def _crop(lo, hi, xp, pad, x):
     N, C, H, W = x.shape
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
-        x[n, c] = xp[n, c, pad:pad + H, pad:pad + W]
+        for h in range(H):
+            dst = x[n, c, h]
+            src = xp[n, c, pad + h]
+            for w in range(W):
+                dst[w] = src[pad + w]
 
 
 def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
@@ -154,11 +204,11 @@ def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
     return dx
 
 
-@_kernel
-def _maxpool(x, KH, KW, stride, out, argmax):
+@_kernel(lambda x, KH, KW, stride, out, argmax: x.shape[0] * x.shape[1])
+def _maxpool(lo, hi, x, KH, KW, stride, out, argmax):
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         for oh in range(OH):
@@ -186,11 +236,11 @@ def maxpool(x, KH, KW, stride):
     return out, argmax
 
 
-@_kernel
-def _maxpool_grad(dout, argmax, dx):
+@_kernel(lambda dout, argmax, dx: dx.shape[0] * dx.shape[1])
+def _maxpool_grad(lo, hi, dout, argmax, dx):
     N, C, OH, OW = dout.shape
     H, W = dx.shape[2], dx.shape[3]
-    for nc in prange(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         for ih in range(H):
@@ -224,14 +274,14 @@ def _neg_pow_rows(s, beta, out):
             out[p] = s[p] ** -beta
 
 
-@_kernel
-def _lrn(x, size, k, alpha, beta, out, scale):
+@_kernel(lambda x, size, k, alpha, beta, out, scale: x.shape[0])
+def _lrn(lo, hi, x, size, k, alpha, beta, out, scale):
     # Works on whole rows of P = H*W pixels at a time (vectorisable), one image per task.
     N, C, H, W = x.shape
     P = H * W
     xf, of, sf = x.reshape(N, C, P), out.reshape(N, C, P), scale.reshape(N, C, P)
     lo_off, hi_off = size // 2, (size - 1) // 2
-    for n in prange(N):
+    for n in range(lo, hi):
         for c in range(C):
             s = sf[n, c]
             s[:] = 0
@@ -256,8 +306,8 @@ def lrn(x, size, k, alpha, beta):
     return out, scale
 
 
-@_kernel
-def _lrn_grad(dout, x, out, scale, size, alpha, beta, dx):
+@_kernel(lambda dout, x, out, scale, size, alpha, beta, dx: x.shape[0])
+def _lrn_grad(lo, hi, dout, x, out, scale, size, alpha, beta, dx):
     N, C, H, W = x.shape
     P = H * W
     gf, xf, of, sf, df = (dout.reshape(N, C, P), x.reshape(N, C, P), out.reshape(N, C, P),
@@ -265,9 +315,9 @@ def _lrn_grad(dout, x, out, scale, size, alpha, beta, dx):
     # channel j is in the window of channel i for i in [j - (size-1)//2, j + size//2]
     lo_off, hi_off = (size - 1) // 2, size // 2
     two_alpha_beta = 2 * alpha * beta
-    for n in prange(N):
-        t = np.empty((C, P), dtype=x.dtype)           # t_i = g_i * b_i / s_i, once per channel
-        row = np.empty(P, dtype=x.dtype)
+    t = np.empty((C, P), dtype=x.dtype)               # t_i = g_i * b_i / s_i, once per channel
+    row = np.empty(P, dtype=x.dtype)
+    for n in range(lo, hi):
         for i in range(C):
             for p in range(P):
                 t[i, p] = gf[n, i, p] * of[n, i, p] / sf[n, i, p]
@@ -291,12 +341,12 @@ def lrn_grad(dout, x, out, scale, size, alpha, beta):
     return dx
 
 
-@_kernel
-def mat_to_nchw(mat, b, relu, out):
+@_kernel(lambda mat, b, relu, out: out.shape[0] * out.shape[1])
+def mat_to_nchw(lo, hi, mat, b, relu, out):
     """out[n, f, p] = mat[f, n*P + p] + b[f]: a GEMM result (F, N*P) back to NCHW, plus bias;
     with relu=True, max(that, 0): the ReLU in the same pass."""
     N, F, P = out.shape
-    for nf in prange(N * F):
+    for nf in range(lo, hi):
         n = nf // F
         f = nf % F
         for p in range(P):
@@ -304,23 +354,23 @@ def mat_to_nchw(mat, b, relu, out):
             out[n, f, p] = max(v, 0) if relu else v
 
 
-@_kernel
-def nchw_to_mat(a, out):
+@_kernel(lambda a, out: a.shape[0] * a.shape[1])
+def nchw_to_mat(lo, hi, a, out):
     """out[f, n*P + p] = a[n, f, p]: NCHW gradients laid out as the GEMM's (F, N*P) operand."""
     N, F, P = a.shape
-    for nf in prange(N * F):
+    for nf in range(lo, hi):
         n = nf // F
         f = nf % F
         for p in range(P):
             out[f, n * P + p] = a[n, f, p]
 
 
-@_kernel
-def nchw_to_mat_relu(a, y, out):
+@_kernel(lambda a, y, out: a.shape[0] * a.shape[1])
+def nchw_to_mat_relu(lo, hi, a, y, out):
     """out[f, n*P + p] = a[n, f, p] where y[n, f, p] > 0, else 0: nchw_to_mat with the ReLU's
     backward (y is the ReLU's output) in the same pass."""
     N, F, P = a.shape
-    for nf in prange(N * F):
+    for nf in range(lo, hi):
         n = nf // F
         f = nf % F
         for p in range(P):

@@ -1,5 +1,7 @@
 """Every Numba kernel returns what its plain-loop reference returns, on awkward shapes."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -24,8 +26,9 @@ def rng():
 
 @pytest.fixture(autouse=True, params=["serial", "parallel"])
 def threading(request, monkeypatch):
-    """Run every test with each kernel's serial and its parallel compilation."""
+    """Run every test on one thread, and cut into three uneven slices on three threads."""
     monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if request.param == "parallel" else 2**62)
+    monkeypatch.setattr(kernels, "_threads", 3 if request.param == "parallel" else 1)
     return request.param
 
 
@@ -121,3 +124,27 @@ def test_relu_fused_layout_helpers(rng):
     back = np.empty((4, 15))
     kernels.nchw_to_mat_relu(dout, out, back)
     np.testing.assert_array_equal(back, np.where(out > 0, dout, 0).transpose(1, 0, 2).reshape(4, 15))
+
+
+def test_a_large_kernel_is_cut_into_one_slice_per_thread(monkeypatch, threading, rng):
+    # The pool gets every slice but the first (the calling thread runs that one); together the
+    # slices cover the outer loop exactly once. Here: the 2*3 = 6 planes of the zero padding,
+    # then the 3*3*3 = 27 rows of im2col's output.
+    if threading != "parallel":
+        pytest.skip("one thread: nothing is cut")
+    submitted = []
+
+    class Recorder:
+        def submit(self, fn, lo, hi, *args):
+            submitted.append((lo, hi))
+            fn(lo, hi, *args)
+            return types.SimpleNamespace(result=lambda: None)
+    monkeypatch.setattr(kernels, "_workers", Recorder)
+    x = rng.standard_normal((2, 3, 6, 6))
+    np.testing.assert_array_equal(kernels.im2col(x, 3, 3, 1, 1), reference.im2col(x, 3, 3, 1, 1))
+    assert submitted == [(2, 4), (4, 6), (9, 18), (18, 27)]
+
+
+def test_thread_count_must_be_positive():
+    with pytest.raises(ValueError, match="at least 1"):
+        kernels.set_num_threads(0)

@@ -1,7 +1,7 @@
 """Process settings that make a NumPy training loop fast: imported first by `tinyalex`.
 
-Threads. tinyalex alternates BLAS matrix products with Numba parallel kernels many times per
-step. After a product, OpenBLAS's worker threads by default spin (busy-wait) for a long
+Threads. tinyalex alternates BLAS matrix products with multi-threaded Numba kernels many times
+per step. After a product, OpenBLAS's worker threads by default spin (busy-wait) for a long
 while before they sleep, so a Numba kernel started right after finds the cores taken: on two
 cores this made a short kernel take 9 ms instead of 0.1 ms, and a training step a third
 slower. A short spin (OPENBLAS_THREAD_TIMEOUT=4, i.e. 2^4 cycles) removes the fight.

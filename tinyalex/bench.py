@@ -50,7 +50,7 @@ runs training steps of one framework only: the tinyalex run never imports torch,
 run builds no tinyalex model (it still imports NumPy and Numba via the architecture table).
 
 Speed depends on the BLAS kernels: the report names the BLAS library, its kernel type and
-thread count (via threadpoolctl, when installed), and Numba's threading layer, and warns
+thread count (via threadpoolctl, when installed), and the Numba kernels' thread count, and warns
 when OPENBLAS_CORETYPE is set (it forces one kernel type whatever the CPU supports).
 """
 
@@ -64,6 +64,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from layers import kernels
 from tinyalex.errors import TinyAlexError
 
 MODELS = ("cifar", "paper", "tiny")
@@ -410,10 +411,9 @@ def coretype_warning(environ=os.environ):
 
 
 def runtime_info():
-    """The BLAS and OpenMP libraries loaded (threadpoolctl, if installed) and Numba's threading:
-    {"blas": [...], "openmp": [...], "numba_threading_layer", "numba_threads", ...}. The blas
-    and openmp lists are None without threadpoolctl."""
-    import numba
+    """The BLAS and OpenMP libraries loaded (threadpoolctl, if installed) and the kernels' threads:
+    {"blas": [...], "openmp": [...], "kernel_threads", ...}. The blas and openmp lists are None
+    without threadpoolctl."""
     info = {"blas": None, "openmp": None, "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
     try:
         from threadpoolctl import threadpool_info
@@ -426,12 +426,7 @@ def runtime_info():
             info[api] = [dict({k: pool.get(k) for k in keep},
                               library=os.path.basename(pool.get("filepath") or ""))
                          for pool in pools if pool.get("user_api") == api]
-    try:
-        layer = numba.threading_layer()
-    except ValueError:       # chosen only once a parallel kernel has run
-        layer = f"not started (no parallel kernel ran; configured: {numba.config.THREADING_LAYER})"
-    info["numba_threading_layer"] = layer
-    info["numba_threads"] = numba.get_num_threads()
+    info["kernel_threads"] = kernels.get_num_threads()
     return info
 
 
@@ -449,7 +444,7 @@ def describe_runtime(info):
             if pool.get("threading_layer"):
                 parts.append(pool["threading_layer"])
             lines.append(f"{'BLAS' if api == 'blas' else 'OpenMP'}: {', '.join(parts)} ({pool['library']})")
-    lines.append(f"Numba: threading layer {info['numba_threading_layer']}, {info['numba_threads']} threads")
+    lines.append(f"Numba kernels: {info['kernel_threads']} threads (layers/kernels.py)")
     return lines
 
 
@@ -493,8 +488,7 @@ def run_bench(args):
     if warning:
         print(warning, file=sys.stderr)
     threads = args.threads or available_cores()
-    import numba
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    kernels.set_num_threads(threads)
     torch = None
     if args.vs_torch or args.rss_only == "torch":
         torch = import_torch()

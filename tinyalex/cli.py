@@ -117,8 +117,8 @@ def train_command(args, parser, argv):
         ckpt_path = None
     config["out"] = out
     if config.get("threads"):
-        import numba
-        numba.set_num_threads(min(config["threads"], numba.config.NUMBA_NUM_THREADS))
+        from layers import kernels
+        kernels.set_num_threads(config["threads"])
     os.makedirs(out, exist_ok=True)
     log = print
     run = Run(config, out, resume_from=ckpt_path, log=log)

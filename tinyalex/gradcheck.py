@@ -57,6 +57,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from layers import kernels
+
 LAYER_THRESHOLD = 1e-7
 NET_THRESHOLD = 1e-5
 # Steps h of the centred differences (float64). Rounding noise grows like eps/h and the
@@ -468,9 +470,8 @@ def single_threaded():
     """Run Numba kernels and BLAS on one thread. Every array here is tiny: waking a thread
     pool costs more than the work, and on a busy machine (other processes on the cores)
     far more -- a tiny-net loss went from 9 ms to 170 ms with 2 BLAS threads."""
-    import numba
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
+    threads = kernels.get_num_threads()
+    kernels.set_num_threads(1)
     try:
         try:
             from threadpoolctl import threadpool_limits   # optional (a test dependency)
@@ -481,7 +482,7 @@ def single_threaded():
         with blas:
             yield
     finally:
-        numba.set_num_threads(threads)
+        kernels.set_num_threads(threads)
 
 
 def format_table(rows: Sequence[Check]) -> str:
