@@ -151,7 +151,7 @@ def conv_backward(dout, cache, *, need_dx=True):
         # forward was out = relu(conv): dout first goes back through the ReLU (dout where
         # out > 0, else 0), fused into the layout pass below
         relu_out = relu_out.reshape(N, F, P)
-    db = np.zeros(F, dtype=x.dtype)
+    db_sum = np.zeros(F)                                              # float64 accumulator
     w_g = np.ascontiguousarray(w).reshape(G, F // G, K)              # (G, F/G, K)
     w_gT = w_g.transpose(0, 2, 1)                                    # (G, K, F/G)
     dw_g = np.zeros((G, F // G, K), dtype=x.dtype)
@@ -164,12 +164,14 @@ def conv_backward(dout, cache, *, need_dx=True):
                               out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
         cols = cols.reshape(G, K, NP)                                # (G, K, nb*P)
         dmat = dmat_buf[:F * NP].reshape(F, NP)
+        # forward: out[n, f, :] = ... + b[f], so db[f] sums dout over images and positions;
+        # the pass that lays dout out as (F, nb*P) also sums each image's row
+        image_sums = np.empty((n1 - n0, F), dtype=np.float64)
         if relu_out is None:
-            kernels.nchw_to_mat(dout[n0:n1], dmat)                   # (F, nb*P)
+            kernels.nchw_to_mat(dout[n0:n1], dout[n0:n1], False, image_sums, dmat)
         else:
-            kernels.nchw_to_mat_relu(dout[n0:n1], relu_out[n0:n1], dmat)
-        # forward: out[n, f, :] = ... + b[f], so db[f] sums dout over images and positions
-        db += dmat.sum(axis=1)
+            kernels.nchw_to_mat(dout[n0:n1], relu_out[n0:n1], True, image_sums, dmat)
+        db_sum += image_sums.sum(axis=0)
         dmat = dmat.reshape(G, F // G, NP)                           # (G, F/G, nb*P)
         # forward: out_g = w_g @ cols_g, so dw_g = dout_g @ cols_g.T
         dw_g += np.matmul(dmat, cols.transpose(0, 2, 1))
@@ -178,4 +180,4 @@ def conv_backward(dout, cache, *, need_dx=True):
             dcols = np.matmul(w_gT, dmat, out=cols)                  # (G, K, nb*P)
             kernels.col2im(dcols.reshape(C * KH * KW, NP), (n1 - n0, C, H, W),
                            KH, KW, stride, pad, out=dx[n0:n1])
-    return dx, dw_g.reshape(F, Cg, KH, KW), db
+    return dx, dw_g.reshape(F, Cg, KH, KW), db_sum.astype(x.dtype)

@@ -14,8 +14,8 @@ readability.
     lrn_grad(dout, x, out, scale, size, alpha, beta) lrn_grad(...)
     mat_to_nchw(mat, b, relu, out)           (conv helper: out[n, f, p] = mat[f, n*P + p] + b[f], ReLU if asked)
     (_pad and _crop: the zero border im2col reads and col2im writes, so their loops need no bounds tests)
-    nchw_to_mat(a, out)                      (conv helper: out[f, n*P + p] = a[n, f, p])
-    nchw_to_mat_relu(a, y, out)              (nchw_to_mat with the ReLU's backward fused in: layers.conv_relu_forward)
+    nchw_to_mat(a, y, relu, sums, out)       (conv helper: out[f, n*P + p] = a[n, f, p], sums[n, f] = row sums,
+                                              ReLU's backward if asked: layers.conv_relu_forward)
 
 Dimensions: N batch, C channels, H, W input size, KH, KW kernel size, OH, OW output size,
 P = OH*OW output positions per image, F filters.
@@ -82,7 +82,7 @@ def _workers():
         return _pool
 
 
-def _kernel(extent):
+def threaded_kernel(extent):
     """Compile a kernel `fn(lo, hi, *args)` whose outer loop is `for i in range(lo, hi)`, and
     return `call(*args)`, which runs the whole range 0..extent(*args), cut into one slice per
     thread when the output (the last argument of every kernel) is large."""
@@ -105,7 +105,7 @@ def _kernel(extent):
     return wrap
 
 
-@_kernel(lambda x, pad, xp: x.shape[0] * x.shape[1])
+@threaded_kernel(lambda x, pad, xp: x.shape[0] * x.shape[1])
 def _pad(lo, hi, x, pad, xp):
     """xp = x with `pad` zeros around every (H, W) plane."""
     N, C, H, W = x.shape
@@ -129,7 +129,7 @@ def _padded(x, pad):
     return xp
 
 
-@_kernel(lambda xp, KH, KW, stride, OH, OW, cols: cols.shape[0])
+@threaded_kernel(lambda xp, KH, KW, stride, OH, OW, cols: cols.shape[0])
 def _im2col(lo, hi, xp, KH, KW, stride, OH, OW, cols):
     # Reads the zero-padded input, so the inner loop needs no bounds tests. (An explicit loop:
     # writing it as a slice copy per output row was up to 1.9x slower on these short rows.)
@@ -156,7 +156,7 @@ def im2col(x, KH, KW, stride, pad, out=None):
     return cols
 
 
-@_kernel(lambda cols, KH, KW, stride, OH, OW, dxp: dxp.shape[1])
+@threaded_kernel(lambda cols, KH, KW, stride, OH, OW, dxp: dxp.shape[1])
 def _col2im(lo, hi, cols, KH, KW, stride, OH, OW, dxp):
     # Accumulates into a zero-padded gradient (no bounds tests); the caller crops the padding.
     # Loops in the reference's order: each row of cols is read once, front to back (reading
@@ -177,7 +177,7 @@ def _col2im(lo, hi, cols, KH, KW, stride, OH, OW, dxp):
                             dst[ow * stride + j] += row[q + ow]
 
 
-@_kernel(lambda xp, pad, x: x.shape[0] * x.shape[1])
+@threaded_kernel(lambda xp, pad, x: x.shape[0] * x.shape[1])
 def _crop(lo, hi, xp, pad, x):
     N, C, H, W = x.shape
     for nc in range(lo, hi):
@@ -204,7 +204,7 @@ def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
     return dx
 
 
-@_kernel(lambda x, KH, KW, stride, out, argmax: x.shape[0] * x.shape[1])
+@threaded_kernel(lambda x, KH, KW, stride, out, argmax: x.shape[0] * x.shape[1])
 def _maxpool(lo, hi, x, KH, KW, stride, out, argmax):
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
@@ -236,7 +236,7 @@ def maxpool(x, KH, KW, stride):
     return out, argmax
 
 
-@_kernel(lambda dout, argmax, dx: dx.shape[0] * dx.shape[1])
+@threaded_kernel(lambda dout, argmax, dx: dx.shape[0] * dx.shape[1])
 def _maxpool_grad(lo, hi, dout, argmax, dx):
     N, C, OH, OW = dout.shape
     H, W = dx.shape[2], dx.shape[3]
@@ -274,7 +274,7 @@ def _neg_pow_rows(s, beta, out):
             out[p] = s[p] ** -beta
 
 
-@_kernel(lambda x, size, k, alpha, beta, out, scale: x.shape[0])
+@threaded_kernel(lambda x, size, k, alpha, beta, out, scale: x.shape[0])
 def _lrn(lo, hi, x, size, k, alpha, beta, out, scale):
     # Works on whole rows of P = H*W pixels at a time (vectorisable), one image per task.
     N, C, H, W = x.shape
@@ -306,7 +306,7 @@ def lrn(x, size, k, alpha, beta):
     return out, scale
 
 
-@_kernel(lambda dout, x, out, scale, size, alpha, beta, dx: x.shape[0])
+@threaded_kernel(lambda dout, x, out, scale, size, alpha, beta, dx: x.shape[0])
 def _lrn_grad(lo, hi, dout, x, out, scale, size, alpha, beta, dx):
     N, C, H, W = x.shape
     P = H * W
@@ -341,7 +341,7 @@ def lrn_grad(dout, x, out, scale, size, alpha, beta):
     return dx
 
 
-@_kernel(lambda mat, b, relu, out: out.shape[0] * out.shape[1])
+@threaded_kernel(lambda mat, b, relu, out: out.shape[0] * out.shape[1])
 def mat_to_nchw(lo, hi, mat, b, relu, out):
     """out[n, f, p] = mat[f, n*P + p] + b[f]: a GEMM result (F, N*P) back to NCHW, plus bias;
     with relu=True, max(that, 0): the ReLU in the same pass."""
@@ -354,24 +354,19 @@ def mat_to_nchw(lo, hi, mat, b, relu, out):
             out[n, f, p] = max(v, 0) if relu else v
 
 
-@_kernel(lambda a, out: a.shape[0] * a.shape[1])
-def nchw_to_mat(lo, hi, a, out):
-    """out[f, n*P + p] = a[n, f, p]: NCHW gradients laid out as the GEMM's (F, N*P) operand."""
+@threaded_kernel(lambda a, y, relu, sums, out: a.shape[0] * a.shape[1])
+def nchw_to_mat(lo, hi, a, y, relu, sums, out):
+    """out[f, n*P + p] = a[n, f, p]: NCHW gradients laid out as the GEMM's (F, N*P) operand, and
+    sums[n, f] = the sum of image n's row (summed over n, the bias gradient), in the same pass.
+    With relu=True, the ReLU's backward too: a[n, f, p] where y[n, f, p] > 0 (y is the ReLU's
+    output), else 0; y is not read when relu=False."""
     N, F, P = a.shape
     for nf in range(lo, hi):
         n = nf // F
         f = nf % F
+        total = 0.0   # float64: a long float32 sum would lose digits
         for p in range(P):
-            out[f, n * P + p] = a[n, f, p]
-
-
-@_kernel(lambda a, y, out: a.shape[0] * a.shape[1])
-def nchw_to_mat_relu(lo, hi, a, y, out):
-    """out[f, n*P + p] = a[n, f, p] where y[n, f, p] > 0, else 0: nchw_to_mat with the ReLU's
-    backward (y is the ReLU's output) in the same pass."""
-    N, F, P = a.shape
-    for nf in range(lo, hi):
-        n = nf // F
-        f = nf % F
-        for p in range(P):
-            out[f, n * P + p] = a[n, f, p] if y[n, f, p] > 0 else 0
+            v = a[n, f, p] if not relu or y[n, f, p] > 0 else 0.0
+            out[f, n * P + p] = v
+            total += v
+        sums[n, f] = total

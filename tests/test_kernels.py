@@ -106,8 +106,10 @@ def test_lrn_matches_reference(shape, size, alpha, beta, dtype, rng):
 def test_conv_layout_helpers_are_inverse_transposes(rng):
     a = rng.standard_normal((3, 4, 5))                       # (N, F, P)
     mat = np.empty((4, 15))
-    kernels.nchw_to_mat(a, mat)
+    sums = np.empty((3, 4))
+    kernels.nchw_to_mat(a, a, False, sums, mat)
     np.testing.assert_array_equal(mat, a.transpose(1, 0, 2).reshape(4, 15))
+    np.testing.assert_allclose(sums, a.sum(axis=2), rtol=1e-13)
     b = rng.standard_normal(4)
     back = np.empty_like(a)
     kernels.mat_to_nchw(mat, b, False, back)
@@ -122,8 +124,12 @@ def test_relu_fused_layout_helpers(rng):
     np.testing.assert_array_equal(out, np.maximum(mat.reshape(4, 3, 5).transpose(1, 0, 2) + b[None, :, None], 0))
     dout = rng.standard_normal((3, 4, 5))
     back = np.empty((4, 15))
-    kernels.nchw_to_mat_relu(dout, out, back)
-    np.testing.assert_array_equal(back, np.where(out > 0, dout, 0).transpose(1, 0, 2).reshape(4, 15))
+    sums = np.empty((3, 4))
+    kernels.nchw_to_mat(dout, out, True, sums, back)
+    masked = np.where(out > 0, dout, 0)
+    np.testing.assert_array_equal(back, masked.transpose(1, 0, 2).reshape(4, 15))
+    np.testing.assert_allclose(sums, masked.sum(axis=2), rtol=1e-13)
+    assert not np.allclose(sums, dout.sum(axis=2))         # the mask mattered
 
 
 def test_a_large_kernel_is_cut_into_one_slice_per_thread(monkeypatch, threading, rng):

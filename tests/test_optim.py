@@ -67,6 +67,26 @@ def _torch_sgd_trajectory(w0, grads_fn, lrs, momentum, weight_decay):
     return w.detach().numpy()
 
 
+def test_one_pass_update_is_the_numpy_formula_bit_for_bit():
+    # SGD.step runs one threaded Numba pass; the formula in NumPy, step by step, in float32,
+    # must give exactly the same bits, on a parameter large enough to be cut between threads
+    # and with a gradient that is not contiguous.
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((300, 400)).astype(np.float32)
+    g = rng.standard_normal((400, 300)).astype(np.float32).T
+    opt = SGD({"w": w}, momentum=0.9, weight_decay=5e-4)
+    w0, w_ref, v_ref = w.copy(), w.copy(), np.zeros_like(w)
+    for lr in (0.05, 0.0123):
+        opt.step({"w": w}, {"w": g}, lr)
+        v_ref *= 0.9
+        v_ref -= (5e-4 * lr) * w_ref
+        v_ref -= lr * g
+        w_ref += v_ref
+        np.testing.assert_array_equal(opt.velocity["w"], v_ref)
+        np.testing.assert_array_equal(w, w_ref)
+    assert w.dtype == np.float32 and not np.array_equal(w, w0)
+
+
 def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise():
     rng = np.random.default_rng(0)
     w0 = rng.standard_normal(20)
