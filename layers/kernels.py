@@ -78,7 +78,8 @@ def _workers():
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(64, _available_cores()), thread_name_prefix="tinyalex-kernel")
+            _pool = ThreadPoolExecutor(max_workers=max(64, _available_cores()),
+                                       thread_name_prefix="tinyalex-kernel")
         return _pool
 
 
