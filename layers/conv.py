@@ -44,7 +44,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import kernels
+from . import buffers, kernels
 from ._checks import check_float_array, check_positive_int, check_same_dtype
 from .reference import out_size
 
@@ -91,8 +91,8 @@ def _chunks(x, KH, KW, P, F):
     N, C = x.shape[:2]
     per_chunk = max(1, min(N, COLS_BYTES // max(1, C * KH * KW * P * x.itemsize)))
     chunks = [(n0, min(N, n0 + per_chunk)) for n0 in range(0, N, per_chunk)]
-    return (chunks, np.empty(C * KH * KW * per_chunk * P, dtype=x.dtype),
-            np.empty(F * per_chunk * P, dtype=x.dtype))
+    return (chunks, buffers.empty(C * KH * KW * per_chunk * P, x.dtype),
+            buffers.empty(F * per_chunk * P, x.dtype))
 
 
 def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
@@ -118,7 +118,7 @@ def _conv_forward(x, w, b, stride, pad, groups, relu):
     P = OH * OW
 
     w_g = np.ascontiguousarray(w).reshape(G, F // G, K)             # (G, F/G, K)
-    out = np.empty((N, F, P), dtype=x.dtype)                         # (N, F, P)
+    out = buffers.empty((N, F, P), x.dtype)                          # (N, F, P)
     chunks, cols_buf, mat_buf = _chunks(x, KH, KW, P, F)
     for n0, n1 in chunks:
         NP = (n1 - n0) * P
@@ -155,7 +155,7 @@ def conv_backward(dout, cache, *, need_dx=True):
     w_g = np.ascontiguousarray(w).reshape(G, F // G, K)              # (G, F/G, K)
     w_gT = w_g.transpose(0, 2, 1)                                    # (G, K, F/G)
     dw_g = np.zeros((G, F // G, K), dtype=x.dtype)
-    dx = np.empty_like(x) if need_dx else None
+    dx = buffers.empty_like(x) if need_dx else None
 
     chunks, cols_buf, dmat_buf = _chunks(x, KH, KW, P, F)
     for n0, n1 in chunks:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import buffers
 from ._checks import check_float_array, check_same_dtype
 
 
@@ -30,7 +31,7 @@ def dense_forward(x, w, b):
         raise ValueError(f"dense weight expects {w.shape[1]} inputs, x has {x.shape[1]}")
     if b.shape[0] != w.shape[0]:
         raise ValueError(f"dense bias has {b.shape[0]} entries for {w.shape[0]} outputs")
-    out = x @ w.T
+    out = np.matmul(x, w.T, out=buffers.empty((x.shape[0], w.shape[0]), x.dtype))
     out += b
     return out, DenseCache(x, w)
 
@@ -43,7 +44,7 @@ def dense_backward(dout, cache):
     if dout.shape != (x.shape[0], w.shape[0]):
         raise ValueError(f"dout has shape {dout.shape}, the dense output is {(x.shape[0], w.shape[0])}")
     # forward: out = x @ w.T + b
-    dx = dout @ w
-    dw = dout.T @ x
+    dx = np.matmul(dout, w, out=buffers.empty(x.shape, x.dtype))
+    dw = np.matmul(dout.T, x, out=buffers.empty(w.shape, x.dtype))
     db = dout.sum(axis=0)
     return dx, dw, db

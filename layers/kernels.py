@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
+from . import buffers
 from .reference import out_size
 
 _JIT = dict(cache=True, nogil=True)
@@ -125,7 +126,7 @@ def _padded(x, pad):
     if pad == 0:
         return x
     N, C, H, W = x.shape
-    xp = np.empty((N, C, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
+    xp = buffers.empty((N, C, H + 2 * pad, W + 2 * pad), x.dtype)
     _pad(x, pad, xp)
     return xp
 
@@ -152,7 +153,7 @@ def im2col(x, KH, KW, stride, pad, out=None):
     """Fast `reference.im2col`; writes into `out` (C*KH*KW, N*OH*OW) when given."""
     N, C, H, W = x.shape
     OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
-    cols = np.empty((C * KH * KW, N * OH * OW), dtype=x.dtype) if out is None else out
+    cols = buffers.empty((C * KH * KW, N * OH * OW), x.dtype) if out is None else out
     _im2col(_padded(x, pad), KH, KW, stride, OH, OW, cols)
     return cols
 
@@ -195,11 +196,11 @@ def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
     """Fast `reference.col2im`; writes into `out` (N, C, H, W) when given."""
     N, C, H, W = x_shape
     OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
-    dx = np.empty(x_shape, dtype=cols.dtype) if out is None else out
+    dx = buffers.empty(x_shape, cols.dtype) if out is None else out
     if pad == 0:
         _col2im(cols, KH, KW, stride, OH, OW, dx)
     else:
-        dxp = np.empty((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+        dxp = buffers.empty((N, C, H + 2 * pad, W + 2 * pad), cols.dtype)
         _col2im(cols, KH, KW, stride, OH, OW, dxp)
         _crop(dxp, pad, dx)
     return dx
@@ -231,8 +232,8 @@ def maxpool(x, KH, KW, stride):
     """Fast `reference.maxpool`: (out, argmax), argmax an int32 flat index into the (H, W) plane."""
     N, C, H, W = x.shape
     shape = (N, C, out_size(H, KH, stride, 0), out_size(W, KW, stride, 0))
-    out = np.empty(shape, dtype=x.dtype)
-    argmax = np.empty(shape, dtype=np.int32)
+    out = buffers.empty(shape, x.dtype)
+    argmax = buffers.empty(shape, np.int32)
     _maxpool(x, KH, KW, stride, out, argmax)
     return out, argmax
 
@@ -255,7 +256,7 @@ def _maxpool_grad(lo, hi, dout, argmax, dx):
 
 def maxpool_grad(dout, argmax, x_shape):
     """Fast `reference.maxpool_grad`."""
-    dx = np.empty(x_shape, dtype=dout.dtype)
+    dx = buffers.empty(x_shape, dout.dtype)
     _maxpool_grad(dout, argmax, dx)
     return dx
 
@@ -300,8 +301,8 @@ def _lrn(lo, hi, x, size, k, alpha, beta, out, scale):
 
 def lrn(x, size, k, alpha, beta):
     """Fast `reference.lrn`: (out, scale)."""
-    out = np.empty_like(x)
-    scale = np.empty_like(x)
+    out = buffers.empty_like(x)
+    scale = buffers.empty_like(x)
     t = x.dtype.type  # scalars in x's dtype, so float32 maths stays float32 (and vectorises)
     _lrn(x, size, t(k), t(alpha), t(beta), out, scale)
     return out, scale
@@ -336,7 +337,7 @@ def _lrn_grad(lo, hi, dout, x, out, scale, size, alpha, beta, dx):
 
 def lrn_grad(dout, x, out, scale, size, alpha, beta):
     """Fast `reference.lrn_grad`."""
-    dx = np.empty_like(x)
+    dx = buffers.empty_like(x)
     t = x.dtype.type
     _lrn_grad(dout, x, out, scale, size, t(alpha), t(beta), dx)
     return dx
