@@ -13,6 +13,8 @@ and never touches parameters. Modules, in the order the network uses them:
     loss.py      softmax cross-entropy
     kernels.py   the Numba kernels (im2col, col2im, pool, LRN), fast
     reference.py the same kernels as plain loops that read like the formulas, slow
+    buffers.py   where the large output arrays come from: recycled blocks that nothing else
+                 uses any more (writing to fresh memory costs as much as some layers' maths)
 
 Numba compile cache: kernels are compiled on first use and cached (`cache=True`) in
 `layers/__pycache__`. When that folder cannot be written (a read-only checkout or install),

@@ -14,6 +14,8 @@ touching gigabytes of new memory, which on a virtual machine cost as much as the
 the paper model trained at 13 img/s instead of 19.5. Telling malloc to keep freed memory in
 its heap for the next step (no mmap, no trimming) removes that; the peak memory is the same.
 Set TINYALEX_SYSTEM_MALLOC=1 to keep glibc's defaults. Elsewhere than glibc this does nothing.
+Even so, memory malloc hands back out can be slow to write again on a virtual machine, so the
+layers also recycle their large output arrays themselves (`layers/buffers.py`).
 
 A value already set in the environment is kept.
 """
