@@ -155,3 +155,14 @@ def test_a_large_kernel_is_cut_into_one_slice_per_thread(monkeypatch, threading,
 def test_thread_count_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         kernels.set_num_threads(0)
+
+
+def test_thread_count_defaults_to_numba_num_threads():
+    # NUMBA_NUM_THREADS (what train.py --threads sets before the import) picks the slice count
+    import os
+    import subprocess
+    import sys
+    code = "from layers import kernels; print(kernels.get_num_threads())"
+    env = dict(os.environ, NUMBA_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
