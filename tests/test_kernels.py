@@ -1,5 +1,8 @@
 """Every Numba kernel returns what its plain-loop reference returns, on awkward shapes."""
 
+import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -159,9 +162,6 @@ def test_thread_count_must_be_positive():
 
 def test_thread_count_defaults_to_numba_num_threads():
     # NUMBA_NUM_THREADS (what train.py --threads sets before the import) picks the slice count
-    import os
-    import subprocess
-    import sys
     code = "from layers import kernels; print(kernels.get_num_threads())"
     env = dict(os.environ, NUMBA_NUM_THREADS="3")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
