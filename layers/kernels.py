@@ -102,7 +102,7 @@ def threaded_kernel(extent):
             jitted(cuts[0], cuts[1], *args)   # the calling thread takes the first slice
             for task in others:
                 task.result()
-        call.__name__, call.__doc__, call.jitted = fn.__name__, fn.__doc__, jitted
+        call.__name__, call.__doc__ = fn.__name__, fn.__doc__
         return call
     return wrap
 
