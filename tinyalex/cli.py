@@ -1,4 +1,4 @@
-"""The command line: `python train.py ...` and `python -m tinyalex {train,evaluate,predict,filters,bench}`.
+"""The command line: `python train.py ...` and `python -m tinyalex {train,evaluate,predict,filters,bench,torch-train}`.
 
 Heavy imports (NumPy, Numba) wait until the thread count is known, because BLAS reads its
 thread count from the environment when it loads. Every user error (TinyAlexError) becomes
@@ -205,5 +205,7 @@ def main(argv=None):
     evaluate.register(sub)
     from . import bench
     bench.register(sub)
+    from . import torch_train
+    torch_train.register(sub)
     args = parser.parse_args(argv)
     return _run(lambda: args.func(args))

@@ -72,6 +72,23 @@ def subset(images, labels, limit, seed, split):
     return images[pick], labels[pick]
 
 
+def build_loaders(c):
+    """The dataset and its loaders for a run's options `c` (a config dict):
+    (data, train loader, validation loader or None, test loader or None)."""
+    d = load_dataset(c["data"], data_dir=c["data_dir"], val_size=c["val_size"],
+                     seed=c["seed"], skip_bad_images=c["skip_bad_images"])
+    train_x, train_y = subset(d.train_x, d.train_y, c["limit_train"], c["seed"], "train")
+    val_x, val_y = subset(d.val_x, d.val_y, c["limit_val"], c["seed"], "val")
+    common = dict(batch_size=c["batch_size"], image_size=IMAGE_SIZE[c["model"]], mean=d.mean,
+                  std=d.std, seed=c["seed"])
+    train = BatchLoader(train_x, train_y, train=True, augment=c["augment"],
+                        pca=(d.pca_eigval, d.pca_eigvec), **common)
+    val = BatchLoader(val_x, val_y, train=False, **common) if len(val_y) else None
+    test = (BatchLoader(d.test_x, d.test_y, train=False, **common)
+            if d.test_x is not None and len(d.test_y) else None)
+    return d, train, val, test
+
+
 def dropout_rng(seed, epoch, batch):
     return np.random.default_rng([seed, DROPOUT_STREAM, epoch, batch])
 
@@ -100,21 +117,11 @@ class Run:
         self.out_dir = out_dir
         self.log = log
         c = config
-        self.data = load_dataset(c["data"], data_dir=c["data_dir"], val_size=c["val_size"],
-                                 seed=c["seed"], skip_bad_images=c["skip_bad_images"])
-        d = self.data
-        train_x, train_y = subset(d.train_x, d.train_y, c["limit_train"], c["seed"], "train")
-        val_x, val_y = subset(d.val_x, d.val_y, c["limit_val"], c["seed"], "val")
-        if c["schedule"] == "plateau" and len(val_y) == 0:
+        self.data, self.train_loader, self.val_loader, self.test_loader = build_loaders(c)
+        if c["schedule"] == "plateau" and self.val_loader is None:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
+        d = self.data
         self.image_size = IMAGE_SIZE[c["model"]]
-        common = dict(batch_size=c["batch_size"], image_size=self.image_size, mean=d.mean, std=d.std,
-                      seed=c["seed"])
-        self.train_loader = BatchLoader(train_x, train_y, train=True, augment=c["augment"],
-                                        pca=(d.pca_eigval, d.pca_eigvec), **common)
-        self.val_loader = BatchLoader(val_x, val_y, train=False, **common) if len(val_y) else None
-        self.test_loader = (BatchLoader(d.test_x, d.test_y, train=False, **common)
-                            if d.test_x is not None and len(d.test_y) else None)
 
         self.model = build_model(c["model"], d.num_classes, init=c["init"], seed=c["seed"])
         self.sgd = SGD(self.model.params, momentum=c["momentum"], weight_decay=c["weight_decay"])

@@ -1,0 +1,176 @@
+"""`python -m tinyalex torch-train`: the same recipe trained by PyTorch, on the same images.
+
+tinyalex's accuracy is judged against a PyTorch run of the same recipe. This command is that
+run, made like for like: it reads the images, the train/validation split, the shuffled
+batches and their augmentation through tinyalex's own loader (`trainer.build_loaders`, so
+`--data`, `--val-size`, `--seed` and `--limit-train` mean what they mean for train.py), and
+leaves everything else to PyTorch:
+
+    model         bench.torch_model: the same layers, as torch.nn modules
+    initialisation PyTorch's default (uniform +-1/sqrt(fan_in)), seeded by torch.manual_seed
+    dropout       torch.nn.Dropout, PyTorch's random numbers
+    optimizer     torch.optim.SGD(momentum, weight_decay)
+    schedule      onecycle: torch.optim.lr_scheduler.OneCycleLR (linear, 15% warm-up from
+                  peak/25, down to peak/25/1e4, momentum not cycled), stepped every batch;
+                  step: MultiStepLR, x0.1 after epochs 5 and 8
+
+It writes OUT/metrics.csv (the columns of train.py's) and OUT/curves.png after every epoch,
+and prints test top-1 and top-5 at the end when the data has a test split. It keeps no
+checkpoints: it is a measurement, not a model to keep. PyTorch is imported only here.
+"""
+
+import argparse
+import csv
+import io
+import os
+import sys
+import time
+
+import numpy as np
+
+from .errors import TinyAlexError
+
+SCHEDULES = ("onecycle", "step")
+
+
+def register(subparsers):
+    """Add the `torch-train` command to an argparse subparsers object."""
+    from .argtypes import number_in, positive_int
+    from .cli import MODELS
+    from .data import add_data_arguments
+    p = subparsers.add_parser(
+        "torch-train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train the same recipe in PyTorch on the same images and batches (the accuracy anchor)",
+        description=__doc__.split("\n\n")[1])
+    p.add_argument("--model", choices=MODELS, default="cifar", help="cifar (default), paper or tiny")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step (default 128)")
+    p.add_argument("--lr", type=number_in(0, low_open=True), default=None,
+                   help="onecycle's peak (default 0.05 cifar, 0.02 paper) or step's start (0.01)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="onecycle",
+                   help="onecycle (default) or step, as in train.py")
+    p.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
+    add_data_arguments(p)
+    r = p.add_argument_group("run")
+    r.add_argument("--out", metavar="DIR", default=None,
+                   help="where metrics.csv and curves.png go (default runs/torch-MODEL-TIME)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, the batches and PyTorch's random numbers (default 0)")
+    r.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    r.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
+                   help="train on N images drawn from the training split (quick runs)")
+    r.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
+                   help="validate on N images drawn from the validation split")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    p.set_defaults(func=run)
+
+
+def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch):
+    """PyTorch's own scheduler for train.py's schedule `name`, and whether it steps per batch."""
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=peak, total_steps=epochs * steps_per_epoch, pct_start=0.15,
+            anneal_strategy="linear", div_factor=25.0, final_div_factor=1e4,
+            cycle_momentum=False), True
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[5, 8], gamma=0.1), False
+
+
+def evaluate(torch, net, loader):
+    """Mean loss, top-1 and top-5 over a loader, dropout off."""
+    net.eval()
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    with torch.inference_mode():
+        for x, y in loader.epoch(0):
+            logits, labels = net(torch.from_numpy(x)), torch.from_numpy(y)
+            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            top1 += int((ranked[:, 0] == labels).sum())
+            top5 += int((ranked == labels[:, None]).any(dim=1).sum())
+            n += len(y)
+    return loss_sum / n, top1 / n, top5 / n
+
+
+def write_metrics(out, rows):
+    from .checkpoint import atomic_write
+    from .pictures import plot_curves
+    from .trainer import METRICS_FIELDS
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in METRICS_FIELDS} for row in rows)
+    text = buf.getvalue()
+    atomic_write(os.path.join(out, "metrics.csv"), lambda f: f.write(text.encode()))
+    plot_curves(rows, os.path.join(out, "curves.png"))
+
+
+def run(args):
+    from tqdm import tqdm
+
+    from .bench import import_torch, torch_model
+    from .model import ARCHS
+    from .optim import DEFAULT_LR, ONECYCLE_PEAK
+    from .trainer import build_loaders
+    torch = import_torch()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    data, train, val, test = build_loaders(vars(args))
+    if len(train) == 0:
+        raise TinyAlexError("no training images")
+    peak = args.lr or (ONECYCLE_PEAK[args.model] if args.schedule == "onecycle" else DEFAULT_LR)
+    net = torch_model(ARCHS[args.model], data.num_classes)
+    opt = torch.optim.SGD(net.parameters(), lr=peak, momentum=args.momentum,
+                          weight_decay=args.weight_decay)
+    scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train))
+    out = args.out or os.path.join("runs", f"torch-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(out, exist_ok=True)
+    print(f"data: {data.summary()}")
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads: {args.model}, "
+          f"{args.epochs} epochs of {len(train)} steps, batch {args.batch_size}, {args.schedule} "
+          f"schedule from lr {peak:g}; metrics in {out}")
+    rows = []
+    for epoch in range(args.epochs):
+        net.train()
+        loss_sum, correct, seen, seconds = 0.0, 0, 0, 0.0
+        bar = tqdm(total=len(train), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch",
+                   dynamic_ncols=True, leave=False, disable=args.no_progress, file=sys.stderr)
+        for x, y in train.epoch(epoch):
+            t0 = time.perf_counter()
+            lr = opt.param_groups[0]["lr"]
+            images, labels = torch.from_numpy(x), torch.from_numpy(y)
+            opt.zero_grad(set_to_none=True)
+            logits = net(images)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            loss.backward()
+            opt.step()
+            if per_batch:
+                scheduler.step()
+            value = loss.item()
+            if not np.isfinite(value):
+                raise TinyAlexError(f"the loss became {value} at epoch {epoch + 1}; try a lower --lr")
+            seconds += time.perf_counter() - t0
+            loss_sum += value * len(y)
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            seen += len(y)
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% "
+                                f"{seen / seconds:.0f} img/s lr {lr:.3g}", refresh=False)
+        bar.close()
+        if not per_batch:
+            scheduler.step()
+        t0 = time.perf_counter()
+        val_loss, val_acc, _ = evaluate(torch, net, val) if val is not None else (None, None, None)
+        rows.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                     "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+                     "seconds": round(seconds + time.perf_counter() - t0, 3),
+                     "img_per_s": round(seen / seconds, 1)})
+        write_metrics(out, rows)
+        shown = f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}%" if val is not None else "no validation split"
+        print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {loss_sum / seen:.4f} "
+              f"acc {100 * correct / seen:.2f}%  {shown}  {rows[-1]['seconds']:.0f}s "
+              f"({rows[-1]['img_per_s']:.0f} img/s)")
+    if test is not None:
+        loss, top1, top5 = evaluate(torch, net, test)
+        print(f"test: top-1 {100 * top1:.2f}%  top-5 {100 * top5:.2f}%  loss {loss:.4f}")
+    return 0
