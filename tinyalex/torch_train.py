@@ -7,7 +7,7 @@ batches and their augmentation through tinyalex's own loader (`trainer.build_loa
 leaves everything else to PyTorch:
 
     model         bench.torch_model: the same layers, as torch.nn modules
-    initialisation PyTorch's default (uniform +-1/sqrt(fan_in)), seeded by torch.manual_seed
+    init          PyTorch's default (uniform +-1/sqrt(fan_in)), seeded by torch.manual_seed
     dropout       torch.nn.Dropout, PyTorch's random numbers
     optimizer     torch.optim.SGD(momentum, weight_decay)
     schedule      onecycle: torch.optim.lr_scheduler.OneCycleLR (linear, 15% warm-up from
@@ -41,7 +41,7 @@ def register(subparsers):
     p = subparsers.add_parser(
         "torch-train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         help="train the same recipe in PyTorch on the same images and batches (the accuracy anchor)",
-        description=__doc__.split("\n\n")[1])
+        description="\n\n".join(__doc__.split("\n\n")[1:3]))
     p.add_argument("--model", choices=MODELS, default="cifar", help="cifar (default), paper or tiny")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per step (default 128)")
