@@ -20,8 +20,6 @@ checkpoints: it is a measurement, not a model to keep. PyTorch is imported only 
 """
 
 import argparse
-import csv
-import io
 import os
 import sys
 import time
@@ -91,33 +89,18 @@ def evaluate(torch, net, loader):
     return loss_sum / n, top1 / n, top5 / n
 
 
-def write_metrics(out, rows):
-    from .checkpoint import atomic_write
-    from .pictures import plot_curves
-    from .trainer import METRICS_FIELDS
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in METRICS_FIELDS} for row in rows)
-    text = buf.getvalue()
-    atomic_write(os.path.join(out, "metrics.csv"), lambda f: f.write(text.encode()))
-    plot_curves(rows, os.path.join(out, "curves.png"))
-
-
 def run(args):
     from tqdm import tqdm
 
     from .bench import import_torch, torch_model
     from .model import ARCHS
     from .optim import DEFAULT_LR, ONECYCLE_PEAK
-    from .trainer import build_loaders
+    from .trainer import build_loaders, write_metrics
     torch = import_torch()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data, train, val, test = build_loaders(vars(args))
-    if len(train) == 0:
-        raise TinyAlexError("no training images")
     peak = args.lr or (ONECYCLE_PEAK[args.model] if args.schedule == "onecycle" else DEFAULT_LR)
     net = torch_model(ARCHS[args.model], data.num_classes)
     opt = torch.optim.SGD(net.parameters(), lr=peak, momentum=args.momentum,

@@ -89,6 +89,18 @@ def build_loaders(c):
     return d, train, val, test
 
 
+def write_metrics(out_dir, rows):
+    """OUT_DIR/metrics.csv (a row per epoch, METRICS_FIELDS) and OUT_DIR/curves.png, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRICS_FIELDS})
+    text = buf.getvalue()
+    atomic_write(os.path.join(out_dir, "metrics.csv"), lambda f: f.write(text.encode()))
+    plot_curves(rows, os.path.join(out_dir, "curves.png"))
+
+
 def dropout_rng(seed, epoch, batch):
     return np.random.default_rng([seed, DROPOUT_STREAM, epoch, batch])
 
@@ -168,15 +180,7 @@ class Run:
                                  metrics=meta["metrics"], best_val_acc=meta["best_val_acc"])
 
     def write_metrics(self):
-        rows = self.progress.metrics
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRICS_FIELDS})
-        text = buf.getvalue()
-        atomic_write(os.path.join(self.out_dir, "metrics.csv"), lambda f: f.write(text.encode()))
-        plot_curves(rows, os.path.join(self.out_dir, "curves.png"))
+        write_metrics(self.out_dir, self.progress.metrics)
 
     # --- the loop -----------------------------------------------------------------------
     def train(self, stop_requested=lambda: False, show_progress=True):
