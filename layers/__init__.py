@@ -24,9 +24,11 @@ place explicitly.
 
 import os
 
-# Short OpenBLAS spin-waits, so BLAS threads do not fight the kernels' threads (tinyalex/_runtime.py).
-# It only takes effect when layers is imported before NumPy.
+# Short OpenBLAS spin-waits, so BLAS threads do not fight the kernels' threads, and no huge
+# pages for NumPy's arrays, which made every new process's first step slower (both explained
+# in tinyalex/_runtime.py). They only take effect when layers is imported before NumPy.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 from .conv import ConvCache, conv_backward, conv_forward, conv_relu_forward  # noqa: E402
 from .dense import DenseCache, dense_backward, dense_forward  # noqa: E402

@@ -17,6 +17,17 @@ Set TINYALEX_SYSTEM_MALLOC=1 to keep glibc's defaults. Elsewhere than glibc this
 Even so, memory malloc hands back out can be slow to write again on a virtual machine, so the
 layers also recycle their large output arrays themselves (`layers/buffers.py`).
 
+Huge pages. On Linux NumPy asks the kernel to back every array of 4 MB or more with 2 MB
+"transparent huge pages" (when /sys/kernel/mm/transparent_hugepage/enabled says madvise, as
+on many distributions). Here that made the first training step of every new process much
+slower and no later step faster: on the project's 2-core VM the first touch of huge pages
+cost 1-2.5 s of kernel time per GB, against about 0.6 s with ordinary 4 KB pages. The first
+`cifar` step took 2.8-3.9 s with huge pages and 2.3-2.7 s without; the first `paper` step
+10.0-11.5 s against 7.6-8.1 s. Steady steps, alternating processes with and without, 20
+`cifar` steps and 6 `paper` steps each: `cifar` 1.84-2.15 s with, 1.86-1.97 s without;
+`paper` 6.24-6.38 s with, 5.95-6.37 s without. So tinyalex sets NUMPY_MADVISE_HUGEPAGE=0
+(NumPy's own switch, read when NumPy is imported); set it to 1 to keep NumPy's default.
+
 A value already set in the environment is kept.
 """
 
@@ -25,6 +36,7 @@ import os
 import platform
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # mallopt parameters, from glibc's malloc.h
 

@@ -197,7 +197,8 @@ class AlexNet:
         logits, tape = self._forward(x, train=train, rng=rng)
         loss, dout = softmax_cross_entropy(logits, y)
         grads = {}
-        for kind, name, cache in reversed(tape):
+        while tape:   # popping each cache frees its arrays for the gradients to reuse
+            kind, name, cache = tape.pop()
             if kind == "conv":
                 first = name == "conv1" and not return_dx   # the image needs no gradient
                 dout, grads[f"{name}.w"], grads[f"{name}.b"] = conv_backward(dout, cache, need_dx=not first)
