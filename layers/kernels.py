@@ -356,6 +356,26 @@ def mat_to_nchw(lo, hi, mat, b, relu, out):
             out[n, f, p] = max(v, 0) if relu else v
 
 
+@njit(inline="always")
+def _sum64(row):
+    """The sum of a row in float64 (a long float32 sum would lose digits), kept as four
+    partial sums over interleaved elements: four independent additions the CPU overlaps,
+    where one running sum makes each addition wait for the one before."""
+    s0 = s1 = s2 = s3 = 0.0
+    P = row.shape[0]
+    p = 0
+    while p + 4 <= P:
+        s0 += row[p]
+        s1 += row[p + 1]
+        s2 += row[p + 2]
+        s3 += row[p + 3]
+        p += 4
+    while p < P:
+        s0 += row[p]
+        p += 1
+    return (s0 + s1) + (s2 + s3)
+
+
 @threaded_kernel(lambda a, y, relu, sums, out: a.shape[0] * a.shape[1])
 def nchw_to_mat(lo, hi, a, y, relu, sums, out):
     """out[f, n*P + p] = a[n, f, p]: NCHW gradients laid out as the GEMM's (F, N*P) operand, and
@@ -363,12 +383,16 @@ def nchw_to_mat(lo, hi, a, y, relu, sums, out):
     With relu=True, the ReLU's backward too: a[n, f, p] where y[n, f, p] > 0 (y is the ReLU's
     output), else 0; y is not read when relu=False."""
     N, F, P = a.shape
+    zero = np.float32(0)    # (the smallest float type: the select below stays in a's type)
     for nf in range(lo, hi):
         n = nf // F
         f = nf % F
-        total = 0.0   # float64: a long float32 sum would lose digits
-        for p in range(P):
-            v = a[n, f, p] if not relu or y[n, f, p] > 0 else 0.0
-            out[f, n * P + p] = v
-            total += v
-        sums[n, f] = total
+        src, dst = a[n, f], out[f, n * P:(n + 1) * P]
+        if relu:   # a copy loop without a running sum in it, so that it vectorises
+            mask = y[n, f]
+            for p in range(P):
+                dst[p] = src[p] if mask[p] > 0 else zero
+        else:
+            for p in range(P):
+                dst[p] = src[p]
+        sums[n, f] = _sum64(dst)
