@@ -24,6 +24,7 @@ layouts: conv (F, C/groups, KH, KW), dense (out, in)); `loss` returns gradients 
 keys, and an optimizer loops over them. Nothing here updates a parameter.
 """
 
+import threading
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -228,3 +229,31 @@ def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype)
+
+
+def warm_up(dtype=np.float32):
+    """Start loading every Numba kernel of a training step on a background thread; returns the
+    thread (a daemon: nothing waits for it).
+
+    The first kernel a process runs costs Numba about half a second of its own set-up (it
+    imports and registers its compiler's libraries, even to load a compiled kernel from the
+    cache), and each further kernel a little more. Started first, this overlaps that work
+    with whatever comes next (reading the data, drawing the initial weights: NumPy work that
+    releases the interpreter) instead of adding it to the first training step. It runs one
+    training step of the `tiny` model, which calls every kernel with the same argument types
+    as the full-size models. A step that reaches a kernel still loading waits for it (Numba
+    takes a lock), so nothing is loaded or compiled twice. Errors are ignored here: the real
+    step meets and reports them.
+    """
+    def step():
+        try:
+            from tinyalex.optim import SGD
+            model = build_model("tiny", dtype=dtype)
+            x = np.ones((2,) + model.input_shape, dtype)
+            _, grads = model.loss(x, np.zeros(2, np.int64), rng=np.random.default_rng(0))
+            SGD(model.params).step(model.params, grads, 0.0)
+        except Exception:  # noqa: BLE001 (a warm-up only)
+            pass
+    thread = threading.Thread(target=step, name="tinyalex-warm-up", daemon=True)
+    thread.start()
+    return thread

@@ -33,7 +33,7 @@ from . import __version__
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .data import BatchLoader, load_dataset
 from .errors import TinyAlexError
-from .model import build_model
+from .model import build_model, warm_up
 from .optim import SGD, make_schedule
 from .pictures import plot_curves
 from layers import softmax_cross_entropy
@@ -129,6 +129,7 @@ class Run:
         self.out_dir = out_dir
         self.log = log
         c = config
+        warm_up()   # Numba loads the kernels while the data are read (model.warm_up)
         self.data, self.train_loader, self.val_loader, self.test_loader = build_loaders(c)
         if c["schedule"] == "plateau" and self.val_loader is None:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
