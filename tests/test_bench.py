@@ -170,3 +170,25 @@ def test_coretype_warning_only_when_set():
     assert bench.coretype_warning({}) is None
     message = bench.coretype_warning({"OPENBLAS_CORETYPE": "Haswell"})
     assert "OPENBLAS_CORETYPE=Haswell" in message and "env -u OPENBLAS_CORETYPE" in message
+
+
+IMPORTS_PROBE = """
+import sys
+from tinyalex.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(" ".join(m for m in ("tinyalex.data", "PIL", "tqdm", "tinyalex.bench") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["bench", "--help"], "tinyalex.bench"),                          # bench skips the data pipeline
+    (["train", "--help"], "tinyalex.data PIL tqdm"),
+    (["--help"], "tinyalex.data PIL tqdm tinyalex.bench"),            # help lists every command
+])
+def test_a_command_imports_only_what_it_uses(argv, expected):
+    out = subprocess.run([sys.executable, "-c", IMPORTS_PROBE] + argv, cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split("\n")[-2] == expected

@@ -12,6 +12,7 @@ import time
 
 from .argtypes import number_in, positive_int
 
+COMMANDS = ("train", "evaluate", "predict", "filters", "bench", "torch-train")
 MODELS = ("cifar", "paper", "tiny")
 SCHEDULES = ("onecycle", "step", "plateau")
 INITS = ("torch", "paper", "he")
@@ -198,14 +199,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tinyalex", allow_abbrev=False,
                                      description="tinyalex: AlexNet from scratch in NumPy and Numba.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    train = sub.add_parser("train", help="train a model (the same as python train.py)", allow_abbrev=False)
-    add_train_arguments(train)
-    train.set_defaults(func=lambda args: train_command(args, train, argv[1:]))
-    from . import evaluate
-    evaluate.register(sub)
-    from . import bench
-    bench.register(sub)
-    from . import torch_train
-    torch_train.register(sub)
+    # Only the named command's parser is built (all of them for --help or a mistyped command):
+    # building one imports its modules, and `bench` need not wait for the data pipeline's.
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command in (None, "train"):
+        train = sub.add_parser("train", help="train a model (the same as python train.py)", allow_abbrev=False)
+        add_train_arguments(train)
+        train.set_defaults(func=lambda args: train_command(args, train, argv[1:]))
+    if command in (None, "evaluate", "predict", "filters"):
+        from . import evaluate
+        evaluate.register(sub)
+    if command in (None, "bench"):
+        from . import bench
+        bench.register(sub)
+    if command in (None, "torch-train"):
+        from . import torch_train
+        torch_train.register(sub)
     args = parser.parse_args(argv)
     return _run(lambda: args.func(args))
