@@ -57,6 +57,17 @@ def test_im2col_writes_into_a_reused_buffer(rng):
     np.testing.assert_array_equal(buf, reference.im2col(x, 3, 3, 1, 1))  # padding zeroed, no NaN left
 
 
+@pytest.mark.parametrize("stride, pad", [(1, 0), (2, 0), (2, 1)])
+def test_im2col_and_col2im_take_strided_views(stride, pad, rng):
+    # the kernels index their arrays as flat memory: views that skip channels go through a copy
+    x = rng.standard_normal((3, 8, 9, 8))[:, ::2]                      # (3, 4, 9, 8), not contiguous
+    cols = kernels.im2col(x, 3, 2, stride, pad)
+    np.testing.assert_array_equal(cols, reference.im2col(x, 3, 2, stride, pad))
+    out = np.full((3, 8, 9, 8), np.nan)[:, ::2]
+    kernels.col2im(cols, x.shape, 3, 2, stride, pad, out=out)
+    np.testing.assert_array_equal(out, reference.col2im(cols, x.shape, 3, 2, stride, pad))
+
+
 def test_col2im_is_the_adjoint_of_im2col(rng):
     # <im2col(x), c> == <x, col2im(c)> for every x, c: the defining property of the backward pass
     x = rng.standard_normal((2, 3, 11, 9))
