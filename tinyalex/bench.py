@@ -484,7 +484,8 @@ def run_bench(args):
     from tinyalex.model import ARCHS, build_model, warm_up
     if args.rss_only and (args.vs_torch or args.layers):
         raise TinyAlexError("--rss-only runs one framework alone: drop --vs-torch and --layers")
-    warm_up()   # as a training run does: Numba loads its kernels while the model is built
+    if args.rss_only != "torch":   # (PyTorch measured alone: no tinyalex kernels in its memory)
+        warm_up()   # as a training run does: Numba loads its kernels while the model is built
     warning = coretype_warning()
     if warning:
         print(warning, file=sys.stderr)

@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -74,19 +75,14 @@ def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch):
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[5, 8], gamma=0.1), False
 
 
-def evaluate(torch, net, loader):
-    """Mean loss, top-1 and top-5 over a loader, dropout off."""
-    net.eval()
-    loss_sum, top1, top5, n = 0.0, 0, 0, 0
-    with torch.inference_mode():
-        for x, y in loader.epoch(0):
-            logits, labels = net(torch.from_numpy(x)), torch.from_numpy(y)
-            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            top1 += int((ranked[:, 0] == labels).sum())
-            top5 += int((ranked == labels[:, None]).any(dim=1).sum())
-            n += len(y)
-    return loss_sum / n, top1 / n, top5 / n
+def numpy_model(torch, net):
+    """`net` seen as trainer.evaluate_loader sees a model: forward(images) -> logits, NumPy in
+    and out, dropout off. The scoring (loss, top-1, top-5) is then the same code as train.py's."""
+    def forward(x):
+        net.eval()
+        with torch.inference_mode():
+            return net(torch.from_numpy(x)).numpy()
+    return SimpleNamespace(forward=forward)
 
 
 def run(args):
@@ -95,7 +91,7 @@ def run(args):
     from .bench import import_torch, torch_model
     from .model import ARCHS
     from .optim import DEFAULT_LR, ONECYCLE_PEAK
-    from .trainer import build_loaders, write_metrics
+    from .trainer import build_loaders, evaluate_loader, write_metrics
     torch = import_torch()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,6 +99,7 @@ def run(args):
     data, train, val, test = build_loaders(vars(args))
     peak = args.lr or (ONECYCLE_PEAK[args.model] if args.schedule == "onecycle" else DEFAULT_LR)
     net = torch_model(ARCHS[args.model], data.num_classes)
+    scored = numpy_model(torch, net)
     opt = torch.optim.SGD(net.parameters(), lr=peak, momentum=args.momentum,
                           weight_decay=args.weight_decay)
     scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train))
@@ -143,7 +140,7 @@ def run(args):
         if not per_batch:
             scheduler.step()
         t0 = time.perf_counter()
-        val_loss, val_acc, _ = evaluate(torch, net, val) if val is not None else (None, None, None)
+        val_loss, val_acc, _ = evaluate_loader(scored, val) if val is not None else (None, None, None)
         rows.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                      "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
                      "seconds": round(seconds + time.perf_counter() - t0, 3),
@@ -154,6 +151,6 @@ def run(args):
               f"acc {100 * correct / seen:.2f}%  {shown}  {rows[-1]['seconds']:.0f}s "
               f"({rows[-1]['img_per_s']:.0f} img/s)")
     if test is not None:
-        loss, top1, top5 = evaluate(torch, net, test)
+        loss, top1, top5 = evaluate_loader(scored, test)
         print(f"test: top-1 {100 * top1:.2f}%  top-5 {100 * top5:.2f}%  loss {loss:.4f}")
     return 0

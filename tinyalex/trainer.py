@@ -106,7 +106,8 @@ def dropout_rng(seed, epoch, batch):
 
 
 def evaluate_loader(model, loader):
-    """Mean loss, top-1 and top-5 accuracy over a loader (eval mode: no dropout)."""
+    """Mean loss, top-1 and top-5 accuracy over a loader (eval mode: no dropout). `model` is
+    anything with forward(images) -> logits in NumPy (torch-train passes PyTorch's network)."""
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     for x, y in loader.epoch(0):
         logits = model.forward(x)
