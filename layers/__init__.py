@@ -5,6 +5,8 @@ and never touches parameters. Modules, in the order the network uses them:
 
     conv.py      convolution: strided, padded, grouped (im2col + matrix product), and
                  conv_relu_forward, the same with its ReLU fused in
+    winograd.py  the fast route conv.py takes for 3x3 stride-1 layers (conv3-5): the same
+                 convolution with a third of the multiplications
     relu.py      rectified linear unit
     lrn.py       local response normalisation across channels
     pool.py      max-pooling (overlapping 3x3 / stride 2)

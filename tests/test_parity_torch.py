@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import layers
 import layers.conv as conv_module
+from layers import winograd
 import tinyalex.model as model_module
 from tinyalex.gradcheck import single_threaded
 from tinyalex.model import build_model
@@ -60,7 +61,11 @@ CONV_CASES = [
     ((3, 4, 10, 7), (6, 2, 3, 3), 2, 0, 2),        # groups=2, stride 2, no padding
     ((2, 2, 3, 4), (2, 2, 5, 5), 1, 1, 1),         # kernel exactly as large as the padded input
     ((1, 6, 13, 13), (4, 3, 1, 1), 1, 0, 2),       # 1x1 grouped
+    # 3x3, stride 1, >= 8 channels per group: the Winograd route (layers/winograd.py)
+    ((2, 16, 9, 7), (6, 8, 3, 3), 1, 1, 2),        # groups, sizes not multiples of its 4x4 tiles
+    ((1, 8, 6, 13), (5, 8, 3, 3), 1, 2, 1),        # padding 2
 ]
+WINOGRAD_CASES = CONV_CASES[-2:]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -83,11 +88,12 @@ def test_conv_matches_torch(xs, ws, stride, pad, groups, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("xs, ws, stride, pad, groups", CONV_CASES[:4])
+@pytest.mark.parametrize("xs, ws, stride, pad, groups", CONV_CASES[:4] + WINOGRAD_CASES[:1])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_fused_conv_relu_matches_torch_relu_of_conv2d(xs, ws, stride, pad, groups, dtype, chunked, monkeypatch):
     if chunked:
         monkeypatch.setattr(conv_module, "COLS_BYTES", 1)      # one image per chunk
+        monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(2)
     x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype)

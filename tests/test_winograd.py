@@ -1,0 +1,138 @@
+"""The Winograd route for 3x3 stride-1 convolutions (layers/winograd.py) against the im2col
+route (layers/conv.py, itself held to the plain references and to PyTorch), and the transform
+matrices against the identity they exist for."""
+
+import numpy as np
+import pytest
+
+import layers
+import layers.conv as conv_module
+from layers import kernels, winograd
+from tinyalex.model import ARCHS
+
+TOL = {np.float64: 1e-12, np.float32: 2e-5}   # relative to the largest entry of the answer
+
+
+def rel_err(ours, ref):
+    return float(np.max(np.abs(ours.astype(np.float64) - ref))) / max(float(np.max(np.abs(ref))), 1e-30)
+
+
+def test_one_dimensional_identity():
+    """y = A^T [(G g) * (B^T d)] is the 3-tap correlation y[i] = sum_k d[i + k] g[k], i = 0..3."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d, g = rng.standard_normal(6), rng.standard_normal(3)
+        y = winograd.AT @ ((winograd.G @ g) * (winograd.BT @ d))
+        np.testing.assert_allclose(y, [d[i:i + 3] @ g for i in range(4)], rtol=0, atol=1e-13)
+
+
+def test_two_dimensional_identity():
+    """Y = A^T [(G g G^T) * (B^T d B)] A is the 4x4 correlation of a 6x6 tile with a 3x3 filter."""
+    rng = np.random.default_rng(1)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    AT, G, BT = winograd.AT, winograd.G, winograd.BT
+    y = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
+    direct = [[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(4)] for i in range(4)]
+    np.testing.assert_allclose(y, direct, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("helper, matrix", [("_bt", "BT"), ("_b", "BT.T"), ("_at", "AT"), ("_a", "AT.T")])
+def test_written_out_transforms_are_the_matrices(helper, matrix):
+    """The kernels' written-out products (_bt = B^T v, _b = B v, _at = A^T v, _a = A v) apply
+    exactly the matrices above: column k is the helper applied to the k-th unit vector."""
+    fn = getattr(winograd, helper).py_func
+    want = eval(matrix, {"BT": winograd.BT, "AT": winograd.AT})
+    columns = [fn(*np.eye(want.shape[1])[k]) for k in range(want.shape[1])]
+    np.testing.assert_array_equal(np.array(columns, dtype=np.float64).T, want)
+
+
+# (N, C, H, W, F, pad, groups): sizes that are not multiples of the 4x4 tile, H != W, one
+# output row, no padding, padding 2, groups, more filters than channels and fewer
+SHAPES = [
+    (2, 8, 7, 7, 12, 1, 1),        # cifar's conv3-5 size
+    (3, 16, 9, 6, 8, 1, 2),        # groups, H != W
+    (1, 8, 13, 13, 16, 1, 1),      # the paper's conv3-5 size
+    (2, 8, 5, 11, 4, 0, 1),        # no padding
+    (1, 16, 4, 3, 6, 2, 2),        # padding 2: a tile entirely in the padding
+    (2, 8, 1, 1, 8, 1, 1),         # one pixel in, one out
+]
+
+
+def im2col_route(monkeypatch, fn, *args, **kwargs):
+    with monkeypatch.context() as m:
+        m.setattr(conv_module, "WINOGRAD_MIN_CHANNELS", 10**9)
+        return fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, threads, monkeypatch):
+    monkeypatch.setattr(kernels, "_threads", threads)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if threads > 1 else 2**62)
+    N, C, H, W, F, pad, groups = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    forward = layers.conv_relu_forward if relu else layers.conv_forward
+    assert conv_module.uses_winograd(w.shape, 1)
+    out, cache = forward(x, w, b, stride=1, pad=pad, groups=groups)
+    ref, ref_cache = im2col_route(monkeypatch, forward, x, w, b, stride=1, pad=pad, groups=groups)
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert rel_err(out, ref) <= TOL[dtype]
+    if relu:
+        assert (ref == 0).any() and (ref > 0).any()
+        np.testing.assert_array_equal(out > 0, ref > 0)   # (no sign flips on these inputs)
+
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = layers.conv_backward(dout, cache)
+    ref_grads = im2col_route(monkeypatch, layers.conv_backward, dout, ref_cache)
+    for name, ours, theirs in zip(("dx", "dw", "db"), grads, ref_grads):
+        assert ours.dtype == dtype and ours.shape == theirs.shape, name
+        assert rel_err(ours, theirs) <= TOL[dtype], name
+    dx, dw, db = layers.conv_backward(dout, cache, need_dx=False)
+    assert dx is None
+    np.testing.assert_array_equal(dw, grads[1])
+
+
+def test_chunks_of_images_give_the_same_answer(monkeypatch):
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((5, 8, 6, 7)), rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
+    out, cache = layers.conv_relu_forward(x, w, b, stride=1, pad=1, groups=2)
+    dout = rng.standard_normal(out.shape)
+    grads = layers.conv_backward(dout, cache)
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)        # one image per chunk
+    chunk_out, chunk_cache = layers.conv_relu_forward(x, w, b, stride=1, pad=1, groups=2)
+    assert rel_err(chunk_out, out) <= 1e-14
+    for ours, theirs in zip(layers.conv_backward(dout, chunk_cache), grads):
+        assert rel_err(ours, theirs) <= 1e-14
+
+
+def test_input_gradient_is_the_adjoint_of_the_forward():
+    """<conv(x), dy> = <x, dx(dy)> for the bias-free convolution: the backward's transforms are
+    the forward's transposed, tile overlaps and padding included."""
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((2, 8, 9, 5)), rng.standard_normal((4, 8, 3, 3))
+    out, cache = layers.conv_forward(x, w, np.zeros(4), stride=1, pad=2)
+    dy = rng.standard_normal(out.shape)
+    dx, dw, _ = layers.conv_backward(dy, cache)
+    assert np.isclose(np.sum(out * dy), np.sum(x * dx), rtol=1e-12)
+    assert np.isclose(np.sum(out * dy), np.sum(w * dw), rtol=1e-12)
+
+
+def test_which_layers_take_the_winograd_route():
+    """conv3, conv4 and conv5 of every model; not conv1 (3 colour channels, or 11x11 stride 4)
+    and not conv2 (5x5). The tiny model takes the same routes as the real ones, so the
+    warm-up (tinyalex.model.warm_up) loads the kernels a real step needs."""
+    for name, arch in ARCHS.items():
+        channels, routes = arch.input_shape[0], []
+        for spec in arch.convs:
+            routes.append(conv_module.uses_winograd((spec.filters, channels // spec.groups,
+                                                     spec.kernel, spec.kernel), spec.stride))
+            channels = spec.filters
+        assert routes == [False, False, True, True, True], name
+    assert not conv_module.uses_winograd((8, 16, 3, 3), 2)          # strided
+    assert not conv_module.uses_winograd((8, 7, 3, 3), 1)           # too few channels
+    assert not conv_module.uses_winograd((8, 16, 3, 5), 1)          # not 3x3
