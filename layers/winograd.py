@@ -256,61 +256,25 @@ def _input_grad(lo, hi, dV, pad, TH, TW, dx):
                 plane[h, w] = dxp[pad + h, pad + w]
 
 
-@threaded_kernel(lambda w, U: w.shape[0])
-def _filter_transform(lo, hi, w, U):
-    """U[6*i + j, g, f', c] = (G w[f, c] G^T)[i, j], for filter f = g*F/G + f'. The inner loops
-    run over channels c, along U's rows."""
-    F, Cg = w.shape[:2]
-    Fg = U.shape[2]
-    t = np.empty((6, 3, Cg))     # G w[f, c], every c
-    for f in range(lo, hi):
-        g, fg = f // Fg, f % Fg
-        for i in range(6):
-            for l in range(3):
-                for c in range(Cg):
-                    t[i, l, c] = G[i, 0] * w[f, c, 0, l] + G[i, 1] * w[f, c, 1, l] + G[i, 2] * w[f, c, 2, l]
-        for i in range(6):
-            for j in range(6):
-                row = U[6 * i + j, g, fg]
-                for c in range(Cg):
-                    row[c] = t[i, 0, c] * G[j, 0] + t[i, 1, c] * G[j, 1] + t[i, 2, c] * G[j, 2]
-
-
-@threaded_kernel(lambda dU, dw: dw.shape[0])
-def _filter_grad(lo, hi, dU, dw):
-    """dw[f, c] = G^T dU[f, c] G (dU[f, c] the (6, 6) block dU[:, g, f', c]): the adjoint of
-    _filter_transform."""
-    F, Cg = dw.shape[:2]
-    Fg = dU.shape[2]
-    t = np.empty((3, 6, Cg))     # G^T dU[f, c], every c
-    for f in range(lo, hi):
-        g, fg = f // Fg, f % Fg
-        for k in range(3):
-            for j in range(6):
-                for c in range(Cg):
-                    t[k, j, c] = (G[0, k] * dU[j, g, fg, c] + G[1, k] * dU[6 + j, g, fg, c]
-                                  + G[2, k] * dU[12 + j, g, fg, c] + G[3, k] * dU[18 + j, g, fg, c]
-                                  + G[4, k] * dU[24 + j, g, fg, c] + G[5, k] * dU[30 + j, g, fg, c])
-        for c in range(Cg):
-            for k in range(3):
-                for l in range(3):
-                    dw[f, c, k, l] = (t[k, 0, c] * G[0, l] + t[k, 1, c] * G[1, l] + t[k, 2, c] * G[2, l]
-                                      + t[k, 3, c] * G[3, l] + t[k, 4, c] * G[4, l] + t[k, 5, c] * G[5, l])
+# The 2-d transform of a 3x3 filter, G g G^T, as one (36, 9) matrix acting on the filter's 9
+# numbers: (G g G^T)[i, j] = sum over k, l of G[i, k] G[j, l] g[k, l], and G[i, k] G[j, l] is
+# entry (6*i + j, 3*k + l) of the Kronecker product of G with itself.
+GG = np.kron(G, G)
 
 
 def filter_transform(w, groups):
-    """U (36, G, F/G, C/G): U[6*i + j, g, f, c] = (G w[g*F/G + f, c] G^T)[i, j]."""
+    """U (36, G, F/G, C/G): U[6*i + j, g, f, c] = (G w[g*F/G + f, c] G^T)[i, j], every filter
+    in one matrix product."""
     F, Cg = w.shape[:2]
-    U = np.empty((ALPHA * ALPHA, groups, F // groups, Cg), dtype=w.dtype)
-    _filter_transform(np.ascontiguousarray(w), U)
-    return U
+    U = GG.astype(w.dtype) @ w.reshape(F * Cg, 9).T                  # (36, F*Cg)
+    return U.reshape(ALPHA * ALPHA, groups, F // groups, Cg)
 
 
 def filter_grad(dU, shape):
-    """dw (F, C/G, 3, 3) from dU (36, G, F/G, C/G): the adjoint of filter_transform."""
-    dw = np.empty(shape, dtype=dU.dtype)
-    _filter_grad(dU, dw)
-    return dw
+    """dw (F, C/G, 3, 3) from dU (36, G, F/G, C/G): dw[f, c] = G^T dU[f, c] G, the adjoint of
+    filter_transform (its matrix transposed)."""
+    F, Cg = shape[:2]
+    return (dU.reshape(ALPHA * ALPHA, F * Cg).T @ GG.astype(dU.dtype)).reshape(shape)
 
 
 def _tiles(OH, OW):
