@@ -75,7 +75,7 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, -1, 2, -2, 0],
                [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], dtype=np.float64)          # (4, 6) output transform
-M_OUT, R, ALPHA = 4, 3, 6          # outputs per tile side, filter size, tile side
+M_OUT, ALPHA = 4, 6                 # outputs per tile side; tile side (M_OUT + 3 - 1)
 
 CHUNK_BYTES = 64 * 2**20   # the largest transformed-tile buffer (V or M) a chunk of images may use
 
@@ -281,17 +281,24 @@ def _tiles(OH, OW):
     return (OH + M_OUT - 1) // M_OUT, (OW + M_OUT - 1) // M_OUT
 
 
-def _chunks(N, C, F, T, itemsize):
-    """Consecutive [n0, n1) chunks of images whose V (C, 36, nb*T) and M (F, 36, nb*T) each fit
-    CHUNK_BYTES, and the chunk size."""
-    per_image = ALPHA * ALPHA * max(C, F) * T * itemsize
-    per_chunk = max(1, min(N, CHUNK_BYTES // per_image))
-    return [(n0, min(N, n0 + per_chunk)) for n0 in range(0, N, per_chunk)], per_chunk
+def _chunks(N, C, F, T, dtype):
+    """Yield (n0, n1, V, M): consecutive chunks [n0, n1) of images whose V (C, 36, nb*T) and
+    M (F, 36, nb*T) each fit CHUNK_BYTES, with those two arrays as views of buffers that every
+    chunk reuses."""
+    itemsize = np.dtype(dtype).itemsize
+    per_chunk = max(1, min(N, CHUNK_BYTES // (ALPHA * ALPHA * max(C, F) * T * itemsize)))
+    V_buf = buffers.empty(C * ALPHA * ALPHA * per_chunk * T, dtype)
+    M_buf = buffers.empty(F * ALPHA * ALPHA * per_chunk * T, dtype)
+    for n0 in range(0, N, per_chunk):
+        n1 = min(N, n0 + per_chunk)
+        NT = (n1 - n0) * T
+        yield (n0, n1, V_buf[:C * ALPHA * ALPHA * NT].reshape(C, ALPHA * ALPHA, NT),
+               M_buf[:F * ALPHA * ALPHA * NT].reshape(F, ALPHA * ALPHA, NT))
 
 
 def _by_tile_position(A, groups):
-    """The (G, K, 36, NT) view of a (K*G, 36, NT) array as (36, G, K, NT): one matrix per tile
-    position and group, for a batched product (no copy: the rows keep their stride)."""
+    """A (G*K, 36, NT) array viewed as (36, G, K, NT): one (K, NT) matrix per tile position and
+    group, for a batched product (no copy: the rows keep their stride)."""
     rows, positions, cols = A.shape
     return A.transpose(1, 0, 2).reshape(positions, groups, rows // groups, cols)
 
@@ -306,13 +313,7 @@ def forward(x, w, b, pad, groups, relu):
     T = TH * TW
     U = filter_transform(w, groups)                                    # (36, G, F/G, C/G)
     out = buffers.empty((N, F, OH, OW), x.dtype)
-    chunks, per_chunk = _chunks(N, C, F, T, x.itemsize)
-    V_buf = buffers.empty(C * ALPHA * ALPHA * per_chunk * T, x.dtype)
-    M_buf = buffers.empty(F * ALPHA * ALPHA * per_chunk * T, x.dtype)
-    for n0, n1 in chunks:
-        NT = (n1 - n0) * T
-        V = V_buf[:C * ALPHA * ALPHA * NT].reshape(C, ALPHA * ALPHA, NT)
-        M = M_buf[:F * ALPHA * ALPHA * NT].reshape(F, ALPHA * ALPHA, NT)
+    for n0, n1, V, M in _chunks(N, C, F, T, x.dtype):
         _input_transform(x[n0:n1], pad, TH, TW, V)
         np.matmul(U, _by_tile_position(V, groups), out=_by_tile_position(M, groups))  # M[ij] = U[ij] @ V[ij]
         _output_transform(M, b, relu, out[n0:n1])
@@ -334,13 +335,7 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx):
     dx = buffers.empty_like(x) if need_dx else None
     relu = relu_out is not None
     y = relu_out if relu else dout
-    chunks, per_chunk = _chunks(N, C, F, T, x.itemsize)
-    V_buf = buffers.empty(C * ALPHA * ALPHA * per_chunk * T, x.dtype)
-    M_buf = buffers.empty(F * ALPHA * ALPHA * per_chunk * T, x.dtype)
-    for n0, n1 in chunks:
-        NT = (n1 - n0) * T
-        V = V_buf[:C * ALPHA * ALPHA * NT].reshape(C, ALPHA * ALPHA, NT)
-        dM = M_buf[:F * ALPHA * ALPHA * NT].reshape(F, ALPHA * ALPHA, NT)
+    for n0, n1, V, dM in _chunks(N, C, F, T, x.dtype):
         _input_transform(x[n0:n1], pad, TH, TW, V)                     # rebuilt, as im2col is
         image_sums = np.empty((n1 - n0, F))
         _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums, dM)
