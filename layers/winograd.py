@@ -1,6 +1,6 @@
 """3x3 stride-1 convolution by Winograd's minimal filtering, F(4x4, 3x3): the fast path.
 
-This computes exactly the convolution of `layers/conv.py` (and of the plain loops in
+This computes the same convolution as `layers/conv.py` (and as the plain loops in
 `layers/reference.py`, which stay the definition), with about a third of the multiplications.
 conv3, conv4 and conv5 of both models are 3x3 with stride 1, and in the `cifar` model their
 matrix products were about a third of a training step. Read conv.py first.
