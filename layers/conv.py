@@ -39,10 +39,10 @@ Memory. `cols` is KH*KW/stride^2 times larger than the input, so the batch is pr
 chunks of images whose `cols` fits in COLS_BYTES, one buffer reused for every chunk. The
 backward pass rebuilds `cols` chunk by chunk rather than keeping the forward's copy alive.
 
-A faster route for 3x3 stride-1 layers (conv3, conv4, conv5). `layers/winograd.py` computes
-the same convolution with Winograd's minimal filtering: about a third of the multiplications,
-results equal to rounding. `uses_winograd` says which layers take it; everything above stays
-the definition, and the tests hold both routes to the same answers.
+A faster route for stride-1 layers with 3x3 or 5x5 filters (conv2 to conv5).
+`layers/winograd.py` computes the same convolution with Winograd's minimal filtering: 2.4-3x
+fewer multiplications, results equal to rounding. `uses_winograd` says which layers take it;
+everything above stays the definition, and the tests hold both routes to the same answers.
 """
 
 from typing import NamedTuple, Optional
@@ -54,17 +54,18 @@ from ._checks import check_float_array, check_positive_int, check_same_dtype
 from .reference import out_size
 
 COLS_BYTES = 64 * 2**20  # the largest im2col buffer a chunk of images may use
-# 3x3 stride-1 convolutions with at least this many input channels per group take the
-# Winograd path (layers/winograd.py). With fewer (cifar's conv1 sees the 3 colour channels)
-# the matrix products are too thin for the saving to pay for the transforms: 0.4x the speed.
+# Stride-1 convolutions with 3x3 or 5x5 filters and at least this many input channels per
+# group take the Winograd route (layers/winograd.py). With fewer (cifar's conv1 sees the 3
+# colour channels) the matrix products are too thin for the saving to pay for the
+# transforms: 0.4x the speed.
 WINOGRAD_MIN_CHANNELS = 8
 
 
 def uses_winograd(w_shape, stride):
     """Whether a convolution with weights of shape (F, C/groups, KH, KW) and this stride runs
-    through layers/winograd.py (the same maths, a third of the multiplications)."""
+    through layers/winograd.py (the same maths, 2.4-3x fewer multiplications)."""
     F, Cg, KH, KW = w_shape
-    return KH == KW == 3 and stride == 1 and Cg >= WINOGRAD_MIN_CHANNELS
+    return KH == KW and KH in (3, 5) and stride == 1 and Cg >= WINOGRAD_MIN_CHANNELS
 
 
 class ConvCache(NamedTuple):

@@ -1,9 +1,10 @@
-"""3x3 stride-1 convolution by Winograd's minimal filtering, F(4x4, 3x3): the fast path.
+"""Stride-1 convolution by Winograd's minimal filtering, F(4x4, 3x3): the fast path for 3x3
+and 5x5 filters (conv2 to conv5 of both models).
 
 This computes the same convolution as `layers/conv.py` (and as the plain loops in
-`layers/reference.py`, which stay the definition), with about a third of the multiplications.
-conv3, conv4 and conv5 of both models are 3x3 with stride 1, and in the `cifar` model their
-matrix products were about a third of a training step. Read conv.py first.
+`layers/reference.py`, which stay the definition), with 2.4-3x fewer multiplications. In the
+`cifar` model the matrix products of those four layers were most of a training step. Read
+conv.py first.
 
 The idea, in one dimension. Four outputs of a 3-tap correlation read six inputs:
 
@@ -48,8 +49,17 @@ The arithmetic differs from direct summation (the transforms add and subtract nu
 different sizes), so results agree with the reference to rounding: about 1e-6 of the
 largest value in float32, 1e-15 in float64. The gradient checks run on this path.
 
-Memory: V and M take 36 numbers per 4x4 output tile (the im2col matrix takes 9 per output),
-so the batch is processed in chunks of images, like im2col, with buffers that are reused.
+5x5 filters. Zero-padded to 6x6, a 5x5 filter is a 2x2 grid of 3x3 pieces, at rows and
+columns 0 and 3, and the convolution is the sum of the four pieces' 3x3 convolutions, each
+reading the input 0 or 3 pixels further down and right. So V gets four rows per channel, one
+per piece (tiles read at the piece's offset), U four columns per channel, and the sum over
+pieces happens inside the same matrix products: 4 x 36 = 144 multiplications per 4x4 output
+tile and channel where direct summation does 16 x 25 = 400. The backward pass adds the
+four pieces' tiles back at their offsets, and joins the pieces' gradients into dw.
+
+Memory: V and M take 36 numbers per 4x4 output tile and piece (the im2col matrix takes 9 or
+25 per output), so the batch is processed in chunks of images, like im2col, with buffers
+that are reused.
 """
 
 import numpy as np
@@ -124,33 +134,38 @@ def _a(e0, e1, e2, e3):
             e3)
 
 
-@threaded_kernel(lambda x, pad, TH, TW, V: x.shape[0] * x.shape[1])
-def _input_transform(lo, hi, x, pad, TH, TW, V):
-    """V[c, 6*i + j, n*T + t] = (B^T d B)[i, j], d the 6x6 input tile t of image n, channel c
-    (tile t = (th, tw) starts at row 4*th - pad, column 4*tw - pad of the image)."""
+@threaded_kernel(lambda x, pad, S, TH, TW, V: x.shape[0] * x.shape[1])
+def _input_transform(lo, hi, x, pad, S, TH, TW, V):
+    """V[(c*S + a)*S + b, 6*i + j, n*T + t] = (B^T d B)[i, j], d the 6x6 input tile t of image n,
+    channel c, for the 3x3 piece (a, b) of an S x S grid of pieces (S = 1 for a 3x3 filter, 2
+    for 5x5). Tile t = (th, tw) starts at row 4*th + 3*a - pad, column 4*tw + 3*b - pad."""
     N, C, H, W = x.shape
     T = TH * TW
-    xp = np.zeros((4 * TH + 2, 4 * TW + 2))   # one plane with its zero border: no bounds tests below
-    t = np.empty((6, 4 * TW + 2))             # B^T applied down the columns of one row of tiles
+    XH, XW = 4 * TH + 3 * S - 1, 4 * TW + 3 * S - 1
+    xp = np.zeros((XH, XW))      # one plane with its zero border: no bounds tests below
+    t = np.empty((6, XW))        # B^T applied down the columns of one row of tiles
     for cn in range(lo, hi):     # channel-major: consecutive steps write consecutive columns of V
         c = cn // N
         n = cn % N
         plane = x[n, c]
-        for h in range(H):
-            for w in range(W):
+        for h in range(min(H, XH - pad)):      # (rows and columns no tile reads are left out)
+            for w in range(min(W, XW - pad)):
                 xp[pad + h, pad + w] = plane[h, w]
-        for th in range(TH):
-            h0 = 4 * th
-            for w in range(4 * TW + 2):          # columns: t[:, w] = B^T xp[h0:h0+6, w]
-                t[0, w], t[1, w], t[2, w], t[3, w], t[4, w], t[5, w] = _bt(
-                    xp[h0, w], xp[h0 + 1, w], xp[h0 + 2, w], xp[h0 + 3, w], xp[h0 + 4, w], xp[h0 + 5, w])
-            for tw in range(TW):
-                w0 = 4 * tw
-                col = n * T + th * TW + tw
-                for i in range(6):               # rows: V[i, :] = B^T t[i, w0:w0+6]
-                    r = _bt(t[i, w0], t[i, w0 + 1], t[i, w0 + 2], t[i, w0 + 3], t[i, w0 + 4], t[i, w0 + 5])
-                    V[c, 6 * i, col], V[c, 6 * i + 1, col], V[c, 6 * i + 2, col] = r[0], r[1], r[2]
-                    V[c, 6 * i + 3, col], V[c, 6 * i + 4, col], V[c, 6 * i + 5, col] = r[3], r[4], r[5]
+        for a in range(S):
+            for th in range(TH):
+                h0 = 4 * th + 3 * a
+                for w in range(XW):              # columns: t[:, w] = B^T xp[h0:h0+6, w]
+                    t[0, w], t[1, w], t[2, w], t[3, w], t[4, w], t[5, w] = _bt(
+                        xp[h0, w], xp[h0 + 1, w], xp[h0 + 2, w], xp[h0 + 3, w], xp[h0 + 4, w], xp[h0 + 5, w])
+                for b in range(S):
+                    row = (c * S + a) * S + b
+                    for tw in range(TW):
+                        w0 = 4 * tw + 3 * b
+                        col = n * T + th * TW + tw
+                        for i in range(6):       # rows: V[i, :] = B^T t[i, w0:w0+6]
+                            r = _bt(t[i, w0], t[i, w0 + 1], t[i, w0 + 2], t[i, w0 + 3], t[i, w0 + 4], t[i, w0 + 5])
+                            V[row, 6 * i, col], V[row, 6 * i + 1, col], V[row, 6 * i + 2, col] = r[0], r[1], r[2]
+                            V[row, 6 * i + 3, col], V[row, 6 * i + 4, col], V[row, 6 * i + 5, col] = r[3], r[4], r[5]
 
 
 @threaded_kernel(lambda M, b, relu, out: out.shape[0] * out.shape[1])
@@ -220,40 +235,45 @@ def _grad_transform(lo, hi, dout, y, relu, sums, dM):
                     dM[f, 6 * i + 3, col], dM[f, 6 * i + 4, col], dM[f, 6 * i + 5, col] = r[3], r[4], r[5]
 
 
-@threaded_kernel(lambda dV, pad, TH, TW, dx: dx.shape[0] * dx.shape[1])
-def _input_grad(lo, hi, dV, pad, TH, TW, dx):
-    """dx[n, c] = the sum over tiles of B dV B^T (dV the (6, 6) block dV[c, :, n*T + t]), each
-    tile added at its place in the image; what falls in the padding is dropped."""
+@threaded_kernel(lambda dV, pad, S, TH, TW, dx: dx.shape[0] * dx.shape[1])
+def _input_grad(lo, hi, dV, pad, S, TH, TW, dx):
+    """dx[n, c] = the sum over tiles and pieces of B dV B^T (dV the (6, 6) block
+    dV[(c*S + a)*S + b, :, n*T + t]), each added where _input_transform read its tile; what
+    falls in the padding is dropped."""
     N, C, H, W = dx.shape
     T = TH * TW
-    dxp = np.empty((4 * TH + 2, 4 * TW + 2))  # one plane with its border, where the tiles add up
-    t = np.empty((6, 6))                      # B dV, one tile
+    XH, XW = 4 * TH + 3 * S - 1, 4 * TW + 3 * S - 1
+    dxp = np.empty((XH, XW))     # one plane with its border, where the tiles add up
+    t = np.empty((6, 6))         # B dV, one tile
     for cn in range(lo, hi):     # channel-major: consecutive steps read consecutive columns of dV
         c = cn // N
         n = cn % N
         dxp[:] = 0.0
-        for th in range(TH):
-            h0 = 4 * th
-            for tw in range(TW):
-                w0 = 4 * tw
-                col = n * T + th * TW + tw
-                for j in range(6):               # columns: t[:, j] = B dV[:, j]
-                    t[0, j], t[1, j], t[2, j], t[3, j], t[4, j], t[5, j] = _b(
-                        dV[c, j, col], dV[c, 6 + j, col], dV[c, 12 + j, col],
-                        dV[c, 18 + j, col], dV[c, 24 + j, col], dV[c, 30 + j, col])
-                for i in range(6):               # rows: dd[i, :] = B t[i, :], added in place
-                    r = _b(t[i, 0], t[i, 1], t[i, 2], t[i, 3], t[i, 4], t[i, 5])
-                    row = dxp[h0 + i]
-                    row[w0] += r[0]
-                    row[w0 + 1] += r[1]
-                    row[w0 + 2] += r[2]
-                    row[w0 + 3] += r[3]
-                    row[w0 + 4] += r[4]
-                    row[w0 + 5] += r[5]
+        for a in range(S):
+            for b in range(S):
+                row = (c * S + a) * S + b
+                for th in range(TH):
+                    h0 = 4 * th + 3 * a
+                    for tw in range(TW):
+                        w0 = 4 * tw + 3 * b
+                        col = n * T + th * TW + tw
+                        for j in range(6):       # columns: t[:, j] = B dV[:, j]
+                            t[0, j], t[1, j], t[2, j], t[3, j], t[4, j], t[5, j] = _b(
+                                dV[row, j, col], dV[row, 6 + j, col], dV[row, 12 + j, col],
+                                dV[row, 18 + j, col], dV[row, 24 + j, col], dV[row, 30 + j, col])
+                        for i in range(6):       # rows: dd[i, :] = B t[i, :], added in place
+                            r = _b(t[i, 0], t[i, 1], t[i, 2], t[i, 3], t[i, 4], t[i, 5])
+                            out = dxp[h0 + i]
+                            out[w0] += r[0]
+                            out[w0 + 1] += r[1]
+                            out[w0 + 2] += r[2]
+                            out[w0 + 3] += r[3]
+                            out[w0 + 4] += r[4]
+                            out[w0 + 5] += r[5]
         plane = dx[n, c]
         for h in range(H):
             for w in range(W):
-                plane[h, w] = dxp[pad + h, pad + w]
+                plane[h, w] = dxp[pad + h, pad + w] if pad + h < XH and pad + w < XW else 0.0
 
 
 # The 2-d transform of a 3x3 filter, G g G^T, as one (36, 9) matrix acting on the filter's 9
@@ -262,19 +282,50 @@ def _input_grad(lo, hi, dV, pad, TH, TW, dx):
 GG = np.kron(G, G)
 
 
+def pieces(K):
+    """S: a KxK filter is an S x S grid of 3x3 pieces (K = 3: S = 1; K = 5: S = 2, the 5x5 filter
+    zero-padded to 6x6)."""
+    if K not in (3, 5):
+        raise ValueError(f"the Winograd route takes 3x3 and 5x5 filters, not {K}x{K}")
+    return (K + 1) // 3
+
+
+def _split(w):
+    """(F, C, K, K) filters as their (F*C*S*S, 9) 3x3 pieces, row (f*C + c)*S*S + a*S + b for
+    the piece at rows 3a.., columns 3b.. of the filter zero-padded to 3S x 3S."""
+    F, Cg, K = w.shape[:3]
+    S = pieces(K)
+    if S == 1:
+        return w.reshape(F * Cg, 9)
+    padded = np.zeros((F, Cg, 3 * S, 3 * S), dtype=w.dtype)
+    padded[:, :, :K, :K] = w
+    return padded.reshape(F, Cg, S, 3, S, 3).transpose(0, 1, 2, 4, 3, 5).reshape(F * Cg * S * S, 9)
+
+
+def _join(pieces_, shape):
+    """The adjoint of _split: (F*C*S*S, 9) pieces back to (F, C, K, K) filters (the padding
+    dropped)."""
+    F, Cg, K = shape[:3]
+    S = pieces(K)
+    if S == 1:
+        return pieces_.reshape(shape)
+    grid = pieces_.reshape(F, Cg, S, S, 3, 3).transpose(0, 1, 2, 4, 3, 5).reshape(F, Cg, 3 * S, 3 * S)
+    return np.ascontiguousarray(grid[:, :, :K, :K])
+
+
 def filter_transform(w, groups):
-    """U (36, G, F/G, C/G): U[6*i + j, g, f, c] = (G w[g*F/G + f, c] G^T)[i, j], every filter
-    in one matrix product."""
-    F, Cg = w.shape[:2]
-    U = GG.astype(w.dtype) @ w.reshape(F * Cg, 9).T                  # (36, F*Cg)
-    return U.reshape(ALPHA * ALPHA, groups, F // groups, Cg)
+    """U (36, G, F/G, C/G*S*S): U[6*i + j, g, f, c*S*S + a*S + b] = (G p G^T)[i, j], p the 3x3
+    piece (a, b) of filter g*F/G + f, channel c; every piece in one matrix product."""
+    F, Cg, K = w.shape[:3]
+    S = pieces(K)
+    U = GG.astype(w.dtype) @ _split(w).T                              # (36, F*Cg*S*S)
+    return U.reshape(ALPHA * ALPHA, groups, F // groups, Cg * S * S)
 
 
 def filter_grad(dU, shape):
-    """dw (F, C/G, 3, 3) from dU (36, G, F/G, C/G): dw[f, c] = G^T dU[f, c] G, the adjoint of
-    filter_transform (its matrix transposed)."""
-    F, Cg = shape[:2]
-    return (dU.reshape(ALPHA * ALPHA, F * Cg).T @ GG.astype(dU.dtype)).reshape(shape)
+    """dw (F, C/G, K, K) from dU (36, G, F/G, C/G*S*S): G^T dU G for every piece, the adjoint of
+    filter_transform (its matrix transposed), the pieces joined back into filters."""
+    return _join(dU.reshape(ALPHA * ALPHA, -1).T @ GG.astype(dU.dtype), shape)
 
 
 def _tiles(OH, OW):
@@ -284,7 +335,7 @@ def _tiles(OH, OW):
 def _chunks(N, C, F, T, dtype):
     """Yield (n0, n1, V, M): consecutive chunks [n0, n1) of images whose V (C, 36, nb*T) and
     M (F, 36, nb*T) each fit CHUNK_BYTES, with those two arrays as views of buffers that every
-    chunk reuses."""
+    chunk reuses. (C here counts V's rows: channels times pieces.)"""
     itemsize = np.dtype(dtype).itemsize
     per_chunk = max(1, min(N, CHUNK_BYTES // (ALPHA * ALPHA * max(C, F) * T * itemsize)))
     V_buf = buffers.empty(C * ALPHA * ALPHA * per_chunk * T, dtype)
@@ -304,39 +355,41 @@ def _by_tile_position(A, groups):
 
 
 def forward(x, w, b, pad, groups, relu):
-    """out (N, F, OH, OW) of the 3x3 stride-1 convolution (ReLU fused in when relu=True);
-    x must be C-contiguous."""
+    """out (N, F, OH, OW) of the stride-1 convolution with 3x3 or 5x5 filters (ReLU fused in
+    when relu=True); x must be C-contiguous."""
     N, C, H, W = x.shape
-    F = w.shape[0]
-    OH, OW = H + 2 * pad - 2, W + 2 * pad - 2
+    F, Cg, K = w.shape[:3]
+    S = pieces(K)
+    OH, OW = H + 2 * pad - K + 1, W + 2 * pad - K + 1
     TH, TW = _tiles(OH, OW)
     T = TH * TW
-    U = filter_transform(w, groups)                                    # (36, G, F/G, C/G)
+    U = filter_transform(w, groups)                                    # (36, G, F/G, C/G*S*S)
     out = buffers.empty((N, F, OH, OW), x.dtype)
-    for n0, n1, V, M in _chunks(N, C, F, T, x.dtype):
-        _input_transform(x[n0:n1], pad, TH, TW, V)
+    for n0, n1, V, M in _chunks(N, C * S * S, F, T, x.dtype):
+        _input_transform(x[n0:n1], pad, S, TH, TW, V)
         np.matmul(U, _by_tile_position(V, groups), out=_by_tile_position(M, groups))  # M[ij] = U[ij] @ V[ij]
         _output_transform(M, b, relu, out[n0:n1])
     return out
 
 
 def backward(dout, x, w, pad, groups, relu_out, need_dx):
-    """(dx or None, dw, db) of the 3x3 stride-1 convolution; dout and x C-contiguous, relu_out
-    the forward's output when a ReLU was fused in (else None)."""
+    """(dx or None, dw, db) of the stride-1 convolution with 3x3 or 5x5 filters; dout and x
+    C-contiguous, relu_out the forward's output when a ReLU was fused in (else None)."""
     N, C, H, W = x.shape
-    F, Cg = w.shape[:2]
+    F, Cg, K = w.shape[:3]
+    S = pieces(K)
     OH, OW = dout.shape[2:]
     TH, TW = _tiles(OH, OW)
     T = TH * TW
-    U = filter_transform(w, groups)                                    # (36, G, F/G, C/G)
-    UT = U.transpose(0, 1, 3, 2)                                       # (36, G, C/G, F/G)
+    U = filter_transform(w, groups)                                    # (36, G, F/G, C/G*S*S)
+    UT = U.transpose(0, 1, 3, 2)                                       # (36, G, C/G*S*S, F/G)
     dU = np.zeros(U.shape, dtype=x.dtype)
     db_sum = np.zeros(F)                                               # float64 accumulator
     dx = buffers.empty_like(x) if need_dx else None
     relu = relu_out is not None
     y = relu_out if relu else dout
-    for n0, n1, V, dM in _chunks(N, C, F, T, x.dtype):
-        _input_transform(x[n0:n1], pad, TH, TW, V)                     # rebuilt, as im2col is
+    for n0, n1, V, dM in _chunks(N, C * S * S, F, T, x.dtype):
+        _input_transform(x[n0:n1], pad, S, TH, TW, V)                  # rebuilt, as im2col is
         image_sums = np.empty((n1 - n0, F))
         _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums, dM)
         db_sum += image_sums.sum(axis=0)
@@ -344,5 +397,5 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx):
         dU += np.matmul(dM_ij, V_ij.transpose(0, 1, 3, 2))            # dU[ij] = dM[ij] @ V[ij].T
         if need_dx:
             np.matmul(UT, dM_ij, out=V_ij)                             # dV[ij] = U[ij].T @ dM[ij], in V's place
-            _input_grad(V, pad, TH, TW, dx[n0:n1])
+            _input_grad(V, pad, S, TH, TW, dx[n0:n1])
     return dx, filter_grad(dU, w.shape), db_sum.astype(x.dtype)

@@ -61,11 +61,12 @@ CONV_CASES = [
     ((3, 4, 10, 7), (6, 2, 3, 3), 2, 0, 2),        # groups=2, stride 2, no padding
     ((2, 2, 3, 4), (2, 2, 5, 5), 1, 1, 1),         # kernel exactly as large as the padded input
     ((1, 6, 13, 13), (4, 3, 1, 1), 1, 0, 2),       # 1x1 grouped
-    # 3x3, stride 1, >= 8 channels per group: the Winograd route (layers/winograd.py)
+    # 3x3 or 5x5, stride 1, >= 8 channels per group: the Winograd route (layers/winograd.py)
     ((2, 16, 9, 7), (6, 8, 3, 3), 1, 1, 2),        # groups, sizes not multiples of its 4x4 tiles
     ((1, 8, 6, 13), (5, 8, 3, 3), 1, 2, 1),        # padding 2
+    ((2, 16, 15, 11), (4, 8, 5, 5), 1, 2, 2),      # 5x5 as four 3x3 pieces, groups
 ]
-WINOGRAD_CASES = CONV_CASES[-2:]
+WINOGRAD_CASES = CONV_CASES[-3:]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -88,7 +89,7 @@ def test_conv_matches_torch(xs, ws, stride, pad, groups, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("xs, ws, stride, pad, groups", CONV_CASES[:4] + WINOGRAD_CASES[:1])
+@pytest.mark.parametrize("xs, ws, stride, pad, groups", CONV_CASES[:4] + WINOGRAD_CASES[::2])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_fused_conv_relu_matches_torch_relu_of_conv2d(xs, ws, stride, pad, groups, dtype, chunked, monkeypatch):
     if chunked:

@@ -76,7 +76,8 @@ def kernels_loaded(mode):
 def test_warm_up_loads_every_kernel_a_training_step_uses():
     seen = kernels_loaded("warm")
     assert seen["before"] == {}                                   # nothing loaded at import
-    assert {"_im2col", "_col2im", "_lrn_grad", "_maxpool_grad", "nchw_to_mat", "_update"} <= set(seen["after_warm_up"])
+    assert {"_im2col", "_input_transform", "_input_grad", "_lrn_grad", "_maxpool_grad", "nchw_to_mat",
+            "_update"} <= set(seen["after_warm_up"])
     assert seen["after_steps"] == seen["after_warm_up"]           # the real steps needed nothing more
 
 
@@ -84,4 +85,4 @@ def test_without_the_warm_up_the_first_step_loads_them():
     # the check above can fail: the same steps, not warmed up, load the kernels themselves
     seen = kernels_loaded("cold")
     assert seen["after_warm_up"] == {}
-    assert set(seen["after_steps"]) >= {"_im2col", "_col2im", "nchw_to_mat", "_update"}
+    assert set(seen["after_steps"]) >= {"_im2col", "_input_transform", "nchw_to_mat", "_update"}

@@ -1,4 +1,4 @@
-"""The Winograd route for 3x3 stride-1 convolutions (layers/winograd.py) against the im2col
+"""The Winograd route for stride-1 3x3 and 5x5 convolutions (layers/winograd.py) against the im2col
 route (layers/conv.py, itself held to the plain references and to PyTorch), and the transform
 matrices against the identity they exist for."""
 
@@ -46,15 +46,19 @@ def test_written_out_transforms_are_the_matrices(helper, matrix):
     np.testing.assert_array_equal(np.array(columns, dtype=np.float64).T, want)
 
 
-# (N, C, H, W, F, pad, groups): sizes that are not multiples of the 4x4 tile, H != W, one
-# output row, no padding, padding 2, groups, more filters than channels and fewer
+# (N, C, H, W, F, K, pad, groups): sizes that are not multiples of the 4x4 tile, H != W, one
+# output row, no padding, padding 2 and 3, groups, more filters than channels and fewer
 SHAPES = [
-    (2, 8, 7, 7, 12, 1, 1),        # cifar's conv3-5 size
-    (3, 16, 9, 6, 8, 1, 2),        # groups, H != W
-    (1, 8, 13, 13, 16, 1, 1),      # the paper's conv3-5 size
-    (2, 8, 5, 11, 4, 0, 1),        # no padding
-    (1, 16, 4, 3, 6, 2, 2),        # padding 2: a tile entirely in the padding
-    (2, 8, 1, 1, 8, 1, 1),         # one pixel in, one out
+    (2, 8, 7, 7, 12, 3, 1, 1),     # cifar's conv3-5 size
+    (3, 16, 9, 6, 8, 3, 1, 2),     # groups, H != W
+    (1, 8, 13, 13, 16, 3, 1, 1),   # the paper's conv3-5 size
+    (2, 8, 5, 11, 4, 3, 0, 1),     # no padding
+    (1, 16, 4, 3, 6, 3, 2, 2),     # padding 2: a tile entirely in the padding
+    (2, 8, 1, 1, 8, 3, 1, 1),      # one pixel in, one out
+    (2, 16, 15, 15, 8, 5, 2, 2),   # cifar's conv2 size, groups
+    (1, 8, 9, 7, 6, 5, 2, 1),      # 5x5, H != W
+    (2, 8, 7, 6, 4, 5, 0, 1),      # 5x5, no padding: input rows no tile reads
+    (1, 8, 3, 2, 4, 5, 3, 1),      # 5x5, padding 3: whole pieces in the padding
 ]
 
 
@@ -71,10 +75,10 @@ def im2col_route(monkeypatch, fn, *args, **kwargs):
 def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, threads, monkeypatch):
     monkeypatch.setattr(kernels, "_threads", threads)
     monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if threads > 1 else 2**62)
-    N, C, H, W, F, pad, groups = shape
+    N, C, H, W, F, K, pad, groups = shape
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    w = rng.standard_normal((F, C // groups, 3, 3)).astype(dtype)
+    w = rng.standard_normal((F, C // groups, K, K)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype)
     forward = layers.conv_relu_forward if relu else layers.conv_forward
     assert conv_module.uses_winograd(w.shape, 1)
@@ -97,24 +101,26 @@ def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, thread
     np.testing.assert_array_equal(dw, grads[1])
 
 
-def test_chunks_of_images_give_the_same_answer(monkeypatch):
+@pytest.mark.parametrize("K", [3, 5])
+def test_chunks_of_images_give_the_same_answer(K, monkeypatch):
     rng = np.random.default_rng(5)
-    x, w, b = rng.standard_normal((5, 8, 6, 7)), rng.standard_normal((6, 4, 3, 3)), rng.standard_normal(6)
-    out, cache = layers.conv_relu_forward(x, w, b, stride=1, pad=1, groups=2)
+    x, w, b = rng.standard_normal((5, 16, 6, 7)), rng.standard_normal((6, 8, K, K)), rng.standard_normal(6)
+    out, cache = layers.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
     dout = rng.standard_normal(out.shape)
     grads = layers.conv_backward(dout, cache)
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)        # one image per chunk
-    chunk_out, chunk_cache = layers.conv_relu_forward(x, w, b, stride=1, pad=1, groups=2)
+    chunk_out, chunk_cache = layers.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
     assert rel_err(chunk_out, out) <= 1e-14
     for ours, theirs in zip(layers.conv_backward(dout, chunk_cache), grads):
         assert rel_err(ours, theirs) <= 1e-14
 
 
-def test_input_gradient_is_the_adjoint_of_the_forward():
+@pytest.mark.parametrize("K", [3, 5])
+def test_input_gradient_is_the_adjoint_of_the_forward(K):
     """<conv(x), dy> = <x, dx(dy)> for the bias-free convolution: the backward's transforms are
-    the forward's transposed, tile overlaps and padding included."""
+    the forward's transposed, tile overlaps, pieces and padding included."""
     rng = np.random.default_rng(6)
-    x, w = rng.standard_normal((2, 8, 9, 5)), rng.standard_normal((4, 8, 3, 3))
+    x, w = rng.standard_normal((2, 8, 9, 5)), rng.standard_normal((4, 8, K, K))
     out, cache = layers.conv_forward(x, w, np.zeros(4), stride=1, pad=2)
     dy = rng.standard_normal(out.shape)
     dx, dw, _ = layers.conv_backward(dy, cache)
@@ -123,16 +129,19 @@ def test_input_gradient_is_the_adjoint_of_the_forward():
 
 
 def test_which_layers_take_the_winograd_route():
-    """conv3, conv4 and conv5 of every model; not conv1 (3 colour channels, or 11x11 stride 4)
-    and not conv2 (5x5). The tiny model takes the same routes as the real ones, so the
-    warm-up (tinyalex.model.warm_up) loads the kernels a real step needs."""
+    """conv2 to conv5 of every model; not conv1 (3 colour channels, or 11x11 stride 4). The tiny
+    model takes the same routes as the real ones, so the warm-up (tinyalex.model.warm_up)
+    loads the kernels a real step needs."""
     for name, arch in ARCHS.items():
         channels, routes = arch.input_shape[0], []
         for spec in arch.convs:
             routes.append(conv_module.uses_winograd((spec.filters, channels // spec.groups,
                                                      spec.kernel, spec.kernel), spec.stride))
             channels = spec.filters
-        assert routes == [False, False, True, True, True], name
+        assert routes == [False, True, True, True, True], name
     assert not conv_module.uses_winograd((8, 16, 3, 3), 2)          # strided
     assert not conv_module.uses_winograd((8, 7, 3, 3), 1)           # too few channels
-    assert not conv_module.uses_winograd((8, 16, 3, 5), 1)          # not 3x3
+    assert not conv_module.uses_winograd((8, 16, 3, 5), 1)          # not square
+    assert not conv_module.uses_winograd((8, 16, 7, 7), 1)          # neither 3x3 nor 5x5
+    with pytest.raises(ValueError, match="3x3 and 5x5"):
+        winograd.pieces(7)

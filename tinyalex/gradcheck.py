@@ -245,8 +245,9 @@ def check_conv(rng, ops) -> list[Check]:
         ("conv s4 p2 11x11 on 23x19", (2, 3, 23, 19), (4, 3, 11, 11), 4, 2, 1),
         ("conv s2 p0 3x5 g2 C=6", (1, 6, 9, 11), (4, 3, 3, 5), 2, 0, 2),
         ("conv s3 p1 4x2 C=5 F=3", (2, 5, 7, 9), (3, 5, 4, 2), 3, 1, 1),
-        # 3x3, stride 1, 8 channels per group: the Winograd route (layers/winograd.py)
+        # 3x3 and 5x5, stride 1, 8 channels per group: the Winograd route (layers/winograd.py)
         ("conv s1 p1 3x3 g2 C=16 Winograd", (2, 16, 6, 5), (4, 8, 3, 3), 1, 1, 2),
+        ("conv s1 p2 5x5 C=8 Winograd", (1, 8, 7, 6), (3, 8, 5, 5), 1, 2, 1),
     ]
     rows = []
     for label, xs, ws, stride, pad, groups in configs:
