@@ -66,7 +66,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .kernels import threaded_kernel
+from .kernels import _sum64, threaded_kernel
 
 # F(4x4, 3x3): the points 0, 1, -1, 2, -2 and infinity
 BT = np.array([[4, 0, -5, 0, 1, 0],
@@ -214,13 +214,11 @@ def _grad_transform(lo, hi, dout, y, relu, sums, dM):
         f = fn // N
         n = fn % N
         g, mask = dout[n, f], y[n, f]
-        total = 0.0
-        for h in range(OH):
+        for h in range(OH):      # (no running sum in this loop, so that it vectorises)
+            row = e[h]
             for w in range(OW):
-                v = g[h, w] if not relu or mask[h, w] > 0 else 0.0
-                e[h, w] = v
-                total += v
-        sums[n, f] = total
+                row[w] = g[h, w] if not relu or mask[h, w] > 0 else 0.0
+        sums[n, f] = _sum64(e.ravel())
         for th in range(TH):
             h0 = 4 * th
             for w in range(4 * TW):              # columns: t[:, w] = A e[h0:h0+4, w]
