@@ -5,8 +5,8 @@ and never touches parameters. Modules, in the order the network uses them:
 
     conv.py      convolution: strided, padded, grouped (im2col + matrix product), and
                  conv_relu_forward, the same with its ReLU fused in
-    winograd.py  the fast route conv.py takes for 3x3 stride-1 layers (conv3-5): the same
-                 convolution with a third of the multiplications
+    winograd.py  the fast route conv.py takes for stride-1 layers with 3x3 or 5x5 filters
+                 (conv2-5): the same convolution with 2.4-3x fewer multiplications
     relu.py      rectified linear unit
     lrn.py       local response normalisation across channels
     pool.py      max-pooling (overlapping 3x3 / stride 2)

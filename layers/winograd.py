@@ -330,18 +330,18 @@ def _tiles(OH, OW):
     return (OH + M_OUT - 1) // M_OUT, (OW + M_OUT - 1) // M_OUT
 
 
-def _chunks(N, C, F, T, dtype):
-    """Yield (n0, n1, V, M): consecutive chunks [n0, n1) of images whose V (C, 36, nb*T) and
-    M (F, 36, nb*T) each fit CHUNK_BYTES, with those two arrays as views of buffers that every
-    chunk reuses. (C here counts V's rows: channels times pieces.)"""
+def _chunks(N, rows, F, T, dtype):
+    """Yield (n0, n1, V, M): consecutive chunks [n0, n1) of images whose V (rows, 36, nb*T),
+    rows = channels x pieces, and M (F, 36, nb*T) each fit CHUNK_BYTES, with those two arrays
+    as views of buffers that every chunk reuses."""
     itemsize = np.dtype(dtype).itemsize
-    per_chunk = max(1, min(N, CHUNK_BYTES // (ALPHA * ALPHA * max(C, F) * T * itemsize)))
-    V_buf = buffers.empty(C * ALPHA * ALPHA * per_chunk * T, dtype)
+    per_chunk = max(1, min(N, CHUNK_BYTES // (ALPHA * ALPHA * max(rows, F) * T * itemsize)))
+    V_buf = buffers.empty(rows * ALPHA * ALPHA * per_chunk * T, dtype)
     M_buf = buffers.empty(F * ALPHA * ALPHA * per_chunk * T, dtype)
     for n0 in range(0, N, per_chunk):
         n1 = min(N, n0 + per_chunk)
         NT = (n1 - n0) * T
-        yield (n0, n1, V_buf[:C * ALPHA * ALPHA * NT].reshape(C, ALPHA * ALPHA, NT),
+        yield (n0, n1, V_buf[:rows * ALPHA * ALPHA * NT].reshape(rows, ALPHA * ALPHA, NT),
                M_buf[:F * ALPHA * ALPHA * NT].reshape(F, ALPHA * ALPHA, NT))
 
 
