@@ -11,7 +11,8 @@ import pytest
 
 from tinyalex import bench, cli
 import tinyalex.model as model_module
-from tinyalex.model import ARCHS, build_model
+from tinyalex.model import ARCHS, build_model, layer_plan
+from tinyalex.torch_twin import torch_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_LAYERS = ["conv1", "relu1", "lrn1", "pool1", "conv2", "relu2", "lrn2", "pool2",
@@ -85,7 +86,7 @@ def test_layer_walk_is_the_models_own_pass():
     """The per-layer timing walks exactly what AlexNet.loss and forward compute."""
     model = build_model("tiny", seed=3)
     x, y = bench.random_batch(model.input_shape, 10, 5, seed=4)
-    plan = bench.layer_plan(model.arch)
+    plan = layer_plan(model.arch)
     logits, _ = bench.tinyalex_forward(model.params, plan, x, train=False, rng=None)
     np.testing.assert_array_equal(logits, model.forward(x))
 
@@ -111,8 +112,8 @@ def test_torch_rival_is_the_same_network(name, alpha, monkeypatch):
     model = build_model(name, seed=1)
     batch = 3 if name == "tiny" else 1
     x, y = bench.random_batch(model.input_shape, 10, batch, seed=2)
-    net = bench.torch_model(model.arch, 10, model.params)
-    names = [n for n, kind, _ in bench.layer_plan(model.arch)]
+    net = torch_model(model.arch, 10, model.params)
+    names = [n for n, kind, _ in layer_plan(model.arch)]
     assert [n for n, _ in net.named_children()] == names
     net.eval()
     xt = torch.from_numpy(x)
@@ -137,7 +138,7 @@ def test_torch_rival_is_the_same_network(name, alpha, monkeypatch):
 
 def test_lrn_module_uses_the_papers_alpha():
     pytest.importorskip("torch")
-    net = bench.torch_model(ARCHS["tiny"], 10)
+    net = torch_model(ARCHS["tiny"], 10)
     assert (net.lrn1.size, net.lrn1.alpha, net.lrn1.beta, net.lrn1.k) == (5, 5e-4, 0.75, 2.0)
 
 

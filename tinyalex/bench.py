@@ -66,36 +66,16 @@ import numpy as np
 
 from layers import kernels
 from tinyalex.errors import TinyAlexError
+from tinyalex.model import layer_plan
+from tinyalex.torch_twin import INSTALL_HINT, import_torch, torch_model
 
 MODELS = ("cifar", "paper", "tiny")
 LR = 0.01            # learning rate of the timed steps; any value costs the same
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
-INSTALL_HINT = 'pip install -e ".[bench]"'
 
 
 # ---------------------------------------------------------------------------------------------
-# The network as a sequence of named layers, shared by the tinyalex walk and the PyTorch model
-
-def layer_plan(arch):
-    """The layers of `arch` in network order: [(name, kind, options)], as AlexNet._forward
-    runs them. kind is one of conv, relu, lrn, pool, flatten, dropout, dense."""
-    from tinyalex.model import DROP_PROB, LRN, POOL
-    plan = []
-    for i, spec in enumerate(arch.convs, start=1):
-        plan.append((f"conv{i}", "conv", dict(stride=spec.stride, pad=spec.pad, groups=spec.groups)))
-        plan.append((f"relu{i}", "relu", {}))
-        if spec.lrn:
-            plan.append((f"lrn{i}", "lrn", dict(LRN)))
-        if spec.pool:
-            plan.append((f"pool{i}", "pool", dict(POOL)))
-    plan.append(("flatten", "flatten", {}))
-    for i in (6, 7):
-        plan.append((f"drop{i}", "dropout", dict(drop_prob=DROP_PROB)))
-        plan.append((f"fc{i}", "dense", {}))
-        plan.append((f"relu{i}", "relu", {}))
-    plan.append(("fc8", "dense", {}))
-    return plan
-
+# tinyalex's model, walked layer by layer
 
 FUSED = "fused"   # the tape entry of a ReLU that runs inside the convolution before it
 
@@ -158,57 +138,6 @@ def tinyalex_backward(plan, tape, dout, *, times=None):
         if times is not None:
             times[name] = time.perf_counter() - start
     return grads
-
-
-# ---------------------------------------------------------------------------------------------
-# PyTorch, imported only when asked
-
-def import_torch():
-    """PyTorch, or a one-line TinyAlexError saying how to install it."""
-    try:
-        import torch
-    except ImportError:
-        raise TinyAlexError(f"PyTorch is not installed; the comparison needs it: {INSTALL_HINT}") from None
-    return torch
-
-
-def torch_model(arch, num_classes, params=None):
-    """The same network as a torch.nn.Sequential with modules named like `layer_plan`'s
-    layers; params (tinyalex's dict, same layouts) are copied in when given, else PyTorch's
-    own initialisation is kept."""
-    from tinyalex.model import param_shapes
-    torch = import_torch()
-    nn = torch.nn
-    shapes = param_shapes(arch, num_classes)
-    modules = OrderedDict()
-    for name, kind, opts in layer_plan(arch):
-        if kind == "conv":
-            F, Cg, KH, KW = shapes[f"{name}.w"]
-            modules[name] = nn.Conv2d(Cg * opts["groups"], F, (KH, KW), stride=opts["stride"],
-                                      padding=opts["pad"], groups=opts["groups"])
-        elif kind == "relu":
-            modules[name] = nn.ReLU(inplace=True)        # as torchvision's AlexNet
-        elif kind == "lrn":
-            # PyTorch multiplies the window's mean of squares by alpha, the paper its sum
-            modules[name] = nn.LocalResponseNorm(opts["size"], alpha=opts["alpha"] * opts["size"],
-                                                 beta=opts["beta"], k=opts["k"])
-        elif kind == "pool":
-            modules[name] = nn.MaxPool2d(opts["size"], opts["stride"])
-        elif kind == "flatten":
-            modules[name] = nn.Flatten()
-        elif kind == "dropout":
-            modules[name] = nn.Dropout(opts["drop_prob"])   # PyTorch's p is also the drop probability
-        elif kind == "dense":
-            M, D = shapes[f"{name}.w"]
-            modules[name] = nn.Linear(D, M)
-    net = nn.Sequential(modules)
-    if params is not None:
-        with torch.no_grad():
-            for key, value in params.items():
-                layer, kind = key.split(".")
-                target = getattr(net, layer).weight if kind == "w" else getattr(net, layer).bias
-                target.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
-    return net
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,14 +415,15 @@ def run_bench(args):
         raise TinyAlexError("--rss-only runs one framework alone: drop --vs-torch and --layers")
     if args.rss_only != "torch":   # (PyTorch measured alone: no tinyalex kernels in its memory)
         warm_up()   # as a training run does: Numba loads its kernels while the model is built
+    torch = None
+    if args.vs_torch or args.rss_only == "torch":   # (a missing PyTorch is the one line said)
+        torch = import_torch()
     warning = coretype_warning()
     if warning:
         print(warning, file=sys.stderr)
     threads = args.threads or available_cores()
     kernels.set_num_threads(threads)
-    torch = None
-    if args.vs_torch or args.rss_only == "torch":
-        torch = import_torch()
+    if torch is not None:
         torch.set_num_threads(threads)
     say = (lambda *a: None) if args.json else print
     arch = ARCHS[args.model]

@@ -76,6 +76,27 @@ ARCHS = {
 INITS = ("torch", "paper", "he")
 
 
+def layer_plan(arch):
+    """The layers of `arch` in network order: [(name, kind, options)], as AlexNet runs them.
+    kind is one of conv, relu, lrn, pool, flatten, dropout, dense. The one list that the
+    model, the bench's layer timings and the PyTorch twin all follow."""
+    plan = []
+    for i, spec in enumerate(arch.convs, start=1):
+        plan.append((f"conv{i}", "conv", dict(stride=spec.stride, pad=spec.pad, groups=spec.groups)))
+        plan.append((f"relu{i}", "relu", {}))
+        if spec.lrn:
+            plan.append((f"lrn{i}", "lrn", dict(LRN)))
+        if spec.pool:
+            plan.append((f"pool{i}", "pool", dict(POOL)))
+    plan.append(("flatten", "flatten", {}))
+    for i in (6, 7):
+        plan.append((f"drop{i}", "dropout", dict(drop_prob=DROP_PROB)))
+        plan.append((f"fc{i}", "dense", {}))
+        plan.append((f"relu{i}", "relu", {}))
+    plan.append(("fc8", "dense", {}))
+    return plan
+
+
 def conv_output_shape(arch):
     """(C, H, W) after conv5's pool: what fc6 sees, flattened."""
     C, H, W = arch.input_shape

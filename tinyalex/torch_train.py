@@ -6,7 +6,7 @@ batches and their augmentation through tinyalex's own loader (`trainer.build_loa
 `--data`, `--val-size`, `--seed` and `--limit-train` mean what they mean for train.py), and
 leaves everything else to PyTorch:
 
-    model         bench.torch_model: the same layers, as torch.nn modules
+    model         torch_twin.torch_model: the same layers, as torch.nn modules
     init          PyTorch's default (uniform +-1/sqrt(fan_in)), seeded by torch.manual_seed
     dropout       torch.nn.Dropout, PyTorch's random numbers
     optimizer     torch.optim.SGD(momentum, weight_decay)
@@ -88,7 +88,7 @@ def numpy_model(torch, net):
 def run(args):
     from tqdm import tqdm
 
-    from .bench import import_torch, torch_model
+    from .torch_twin import import_torch, torch_model
     from .model import ARCHS
     from .optim import DEFAULT_LR, ONECYCLE_PEAK
     from .trainer import build_loaders, evaluate_loader, write_metrics
