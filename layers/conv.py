@@ -9,8 +9,9 @@ Forward. Each output pixel is a dot product between a filter and the receptive f
 
     out[n, f, oh, ow] = b[f] + sum_{c in group(f), i, j} w[f, c', i, j] * xpad[n, c, oh*stride + i, ow*stride + j]
 
-im2col copies every receptive field into a column of `cols` (C*KH*KW, N*P), so the whole
-convolution becomes a matrix product: out (F, N*P) = w (F, K) @ cols (K, N*P).
+(the loops of `layers/reference.py`, conv_forward_loops, say exactly this). im2col copies every
+receptive field into a column of `cols` (C*KH*KW, N*P), so the whole convolution becomes a
+matrix product: out (F, N*P) = w (F, K) @ cols (K, N*P).
 
 Groups (the paper's two GPUs). Filters f in group g see only input channels
 g*C/G ... (g+1)*C/G - 1. Because the rows of `cols` are ordered by channel first, group g's
@@ -28,179 +29,59 @@ Backward. With dout_g (F/G, N*P) the output gradient of group g laid out like ou
               dx      = col2im(dcols)            (the adjoint of im2col: overlapping receptive
                                                   fields add their gradients into one pixel)
 
-Fused ReLU. In AlexNet every convolution is followed by a ReLU. `conv_relu_forward` computes
-relu(conv_forward(...)) with the ReLU applied in the same pass that adds the bias (one pass
-over the output instead of two, and one array instead of two), and `conv_backward` on its
-cache applies the ReLU's backward (dout where out > 0, else 0) in the pass that lays dout
-out for the matrix products. The maths is exactly conv_forward + relu_forward and
-relu_backward + conv_backward; the tests check that.
-
-Memory. `cols` is KH*KW/stride^2 times larger than the input, so the batch is processed in
-chunks of images whose `cols` fits in COLS_BYTES, one buffer reused for every chunk. The
-backward pass rebuilds `cols` chunk by chunk rather than keeping the forward's copy alive.
-
-A faster route for stride-1 layers with 3x3 or 5x5 filters (conv2 to conv5).
-`layers/winograd.py` computes the same convolution with Winograd's minimal filtering: 2.4-3x
-fewer multiplications, results equal to rounding. `uses_winograd` says which layers take it;
-everything above stays the definition, and the tests hold both routes to the same answers.
+The fast route (`layers/fast/conv.py`) computes the same with Winograd's algorithm for the
+3x3 and 5x5 layers, a fused ReLU and recycled buffers; the tests hold the two equal.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
-from . import buffers, kernels, winograd
-from ._checks import check_float_array, check_positive_int, check_same_dtype
-from .reference import out_size
-
-COLS_BYTES = 64 * 2**20  # the largest im2col buffer a chunk of images may use
-# Stride-1 convolutions with 3x3 or 5x5 filters and at least this many input channels per
-# group take the Winograd route (layers/winograd.py). With fewer (cifar's conv1 sees the 3
-# colour channels) the matrix products are too thin for the saving to pay for the
-# transforms: 0.4x the speed.
-WINOGRAD_MIN_CHANNELS = 8
-
-
-def uses_winograd(w_shape, stride):
-    """Whether a convolution with weights of shape (F, C/groups, KH, KW) and this stride runs
-    through layers/winograd.py (the same maths, 2.4-3x fewer multiplications)."""
-    F, Cg, KH, KW = w_shape
-    return KH == KW and KH in (3, 5) and stride == 1 and Cg >= WINOGRAD_MIN_CHANNELS
+from ._checks import check_conv_args, check_conv_dout
+from .im2col import col2im, im2col
 
 
 class ConvCache(NamedTuple):
-    x: np.ndarray  # (N, C, H, W) the input, C-contiguous
-    w: np.ndarray  # (F, C/G, KH, KW)
+    x_shape: tuple      # (N, C, H, W)
+    cols: np.ndarray    # (C*KH*KW, N*P) the receptive fields, from im2col
+    w: np.ndarray       # (F, C/G, KH, KW)
     stride: int
     pad: int
     groups: int
-    relu_out: Optional[np.ndarray] = None  # the output, when a ReLU was fused in (its mask)
-
-
-def _check_conv_args(x, w, b, stride, pad, groups):
-    check_float_array(x, "conv input x", 4, "(N, C, H, W)")
-    check_float_array(w, "conv weight w", 4, "(F, C/groups, KH, KW)")
-    check_float_array(b, "conv bias b", 1, "(F,)")
-    check_same_dtype(x=x, w=w, b=b)
-    check_positive_int(stride, "stride")
-    check_positive_int(groups, "groups")
-    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
-        raise ValueError(f"pad must be a non-negative integer, got {pad!r}")
-    N, C, H, W = x.shape
-    F, Cg, KH, KW = w.shape
-    if N == 0:
-        raise ValueError("conv input x holds no images (N = 0)")
-    if C % groups or F % groups:
-        raise ValueError(f"input channels ({C}) and filters ({F}) must both be divisible by groups ({groups})")
-    if Cg != C // groups:
-        raise ValueError(f"weight expects {Cg} channels per group but the input has {C} channels "
-                         f"in {groups} group(s), i.e. {C // groups} per group")
-    if b.shape[0] != F:
-        raise ValueError(f"bias has {b.shape[0]} entries for {F} filters")
-    if KH > H + 2 * pad or KW > W + 2 * pad:
-        raise ValueError(f"kernel {KH}x{KW} is larger than the padded input {H + 2 * pad}x{W + 2 * pad}")
-
-
-def _chunks(x, KH, KW, P, F):
-    """Split the batch into consecutive [n0, n1) chunks of images whose im2col buffer fits
-    COLS_BYTES; returns them with the two buffers every chunk reuses: cols (flat, room for
-    C*KH*KW x nb*P) and a GEMM-side matrix (flat, room for F x nb*P)."""
-    N, C = x.shape[:2]
-    per_chunk = max(1, min(N, COLS_BYTES // max(1, C * KH * KW * P * x.itemsize)))
-    chunks = [(n0, min(N, n0 + per_chunk)) for n0 in range(0, N, per_chunk)]
-    return (chunks, buffers.empty(C * KH * KW * per_chunk * P, x.dtype),
-            buffers.empty(F * per_chunk * P, x.dtype))
 
 
 def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
     """Inputs: x (N, C, H, W), w (F, C/groups, KH, KW), b (F,); stride, pad, groups ints.
     Returns: out (N, F, OH, OW), cache (ConvCache) for conv_backward.
     """
-    return _conv_forward(x, w, b, stride, pad, groups, relu=False)
-
-
-def conv_relu_forward(x, w, b, *, stride=1, pad=0, groups=1):
-    """relu(conv_forward(x, w, b, ...)), fused (see the module docstring); conv_backward
-    differentiates both. Returns: out (N, F, OH, OW), cache (ConvCache)."""
-    return _conv_forward(x, w, b, stride, pad, groups, relu=True)
-
-
-def _conv_forward(x, w, b, stride, pad, groups, relu):
-    _check_conv_args(x, w, b, stride, pad, groups)
-    x = np.ascontiguousarray(x)
+    check_conv_args(x, w, b, stride, pad, groups)
     N, C, H, W = x.shape
     F, Cg, KH, KW = w.shape
     G, K = groups, Cg * KH * KW
-    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
-    P = OH * OW
-    if uses_winograd(w.shape, stride):
-        out = winograd.forward(x, np.ascontiguousarray(w), b, pad, groups, relu)
-        return out, ConvCache(x, w, stride, pad, groups, out if relu else None)
-
-    w_g = np.ascontiguousarray(w).reshape(G, F // G, K)             # (G, F/G, K)
-    out = buffers.empty((N, F, P), x.dtype)                          # (N, F, P)
-    chunks, cols_buf, mat_buf = _chunks(x, KH, KW, P, F)
-    for n0, n1 in chunks:
-        NP = (n1 - n0) * P
-        cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad,
-                              out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
-        mat = mat_buf[:F * NP].reshape(G, F // G, NP)                # (G, F/G, nb*P)
-        np.matmul(w_g, cols.reshape(G, K, NP), out=mat)              # out_g = w_g @ cols_g
-        kernels.mat_to_nchw(mat.reshape(F, NP), b, relu, out[n0:n1])  # + b (, ReLU), to (nb, F, P)
-    out = out.reshape(N, F, OH, OW)
-    return out, ConvCache(x, w, stride, pad, groups, out if relu else None)
+    OH, OW = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
+    cols = im2col(x, KH, KW, stride, pad)                      # (C*KH*KW, N*P)
+    w_g = w.reshape(G, F // G, K)                               # (G, F/G, K)
+    out = w_g @ cols.reshape(G, K, N * OH * OW)                 # (G, F/G, N*P): out_g = w_g @ cols_g
+    out = out.reshape(F, N, OH, OW).transpose(1, 0, 2, 3)       # (N, F, OH, OW)
+    out = out + b.reshape(1, F, 1, 1)
+    return out, ConvCache(x.shape, cols, w, stride, pad, groups)
 
 
-def conv_backward(dout, cache, *, need_dx=True):
+def conv_backward(dout, cache):
     """Inputs: dout (N, F, OH, OW), cache from conv_forward.
-    Returns: dx (N, C, H, W) (None when need_dx=False: the first layer's input is the image),
-             dw (F, C/groups, KH, KW), db (F,).
+    Returns: dx (N, C, H, W), dw (F, C/groups, KH, KW), db (F,).
     """
-    x, w, stride, pad, G, relu_out = cache
-    check_float_array(dout, "conv upstream gradient dout", 4, "(N, F, OH, OW)")
-    check_same_dtype(dout=dout, x=x)
-    N, C, H, W = x.shape
+    x_shape, cols, w, stride, pad, G = cache
+    N, C, H, W = x_shape
     F, Cg, KH, KW = w.shape
-    K = Cg * KH * KW
-    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
-    if dout.shape != (N, F, OH, OW):
-        raise ValueError(f"dout has shape {dout.shape}, the convolution's output is {(N, F, OH, OW)}")
-    P = OH * OW
-    dout = np.ascontiguousarray(dout)
-    if uses_winograd(w.shape, stride):
-        return winograd.backward(dout, x, np.ascontiguousarray(w), pad, G, relu_out, need_dx)
-    dout = dout.reshape(N, F, P)
-    if relu_out is not None:
-        # forward was out = relu(conv): dout first goes back through the ReLU (dout where
-        # out > 0, else 0), fused into the layout pass below
-        relu_out = relu_out.reshape(N, F, P)
-    db_sum = np.zeros(F)                                              # float64 accumulator
-    w_g = np.ascontiguousarray(w).reshape(G, F // G, K)              # (G, F/G, K)
-    w_gT = w_g.transpose(0, 2, 1)                                    # (G, K, F/G)
-    dw_g = np.zeros((G, F // G, K), dtype=x.dtype)
-    dx = buffers.empty_like(x) if need_dx else None
-
-    chunks, cols_buf, dmat_buf = _chunks(x, KH, KW, P, F)
-    for n0, n1 in chunks:
-        NP = (n1 - n0) * P
-        cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad,
-                              out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
-        cols = cols.reshape(G, K, NP)                                # (G, K, nb*P)
-        dmat = dmat_buf[:F * NP].reshape(F, NP)
-        # forward: out[n, f, :] = ... + b[f], so db[f] sums dout over images and positions;
-        # the pass that lays dout out as (F, nb*P) also sums each image's row
-        image_sums = np.empty((n1 - n0, F), dtype=np.float64)
-        if relu_out is None:
-            kernels.nchw_to_mat(dout[n0:n1], dout[n0:n1], False, image_sums, dmat)
-        else:
-            kernels.nchw_to_mat(dout[n0:n1], relu_out[n0:n1], True, image_sums, dmat)
-        db_sum += image_sums.sum(axis=0)
-        dmat = dmat.reshape(G, F // G, NP)                           # (G, F/G, nb*P)
-        # forward: out_g = w_g @ cols_g, so dw_g = dout_g @ cols_g.T
-        dw_g += np.matmul(dmat, cols.transpose(0, 2, 1))
-        if need_dx:
-            # and dcols_g = w_g.T @ dout_g; cols is spent, so its buffer takes dcols
-            dcols = np.matmul(w_gT, dmat, out=cols)                  # (G, K, nb*P)
-            kernels.col2im(dcols.reshape(C * KH * KW, NP), (n1 - n0, C, H, W),
-                           KH, KW, stride, pad, out=dx[n0:n1])
-    return dx, dw_g.reshape(F, Cg, KH, KW), db_sum.astype(x.dtype)
+    OH, OW = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
+    check_conv_dout(dout, cols, (N, F, OH, OW))
+    K, NP = Cg * KH * KW, N * OH * OW
+    dout_g = dout.transpose(1, 0, 2, 3).reshape(G, F // G, NP)  # (G, F/G, N*P), laid out like out_g
+    cols_g = cols.reshape(G, K, NP)                             # (G, K, N*P)
+    # forward: out_g = w_g @ cols_g + b
+    dw = dout_g @ cols_g.transpose(0, 2, 1)                     # (G, F/G, K)  dw_g = dout_g @ cols_g.T
+    dcols = w.reshape(G, F // G, K).transpose(0, 2, 1) @ dout_g  # (G, K, N*P)  dcols_g = w_g.T @ dout_g
+    db = dout.sum(axis=(0, 2, 3))                               # (F,)
+    dx = col2im(dcols.reshape(G * K, NP), x_shape, KH, KW, stride, pad)
+    return dx, dw.reshape(w.shape), db

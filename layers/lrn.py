@@ -27,16 +27,15 @@ The first term is the "diagonal" one a careless derivation stops at; the second,
 term is tiny at alpha = 1e-4 (so a wrong formula still passes a loose check: gradcheck.py also
 checks a large alpha). The forward pass keeps s (`scale`) and b (`out`) for this.
 
-Kernels: `layers.kernels.lrn` / `lrn_grad` (fused, one pass each); plain references in
-`layers.reference`.
+The plain loops are `layers/reference.py`'s lrn and lrn_grad; the fast route's fused Numba
+kernels are in `layers/fast/`.
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
-from . import kernels
-from ._checks import check_float_array, check_positive_int, check_same_dtype
+from ._checks import check_lrn_args, check_lrn_dout
 
 
 class LRNCache(NamedTuple):
@@ -48,26 +47,34 @@ class LRNCache(NamedTuple):
     beta: float
 
 
+def channel_window_sum(a, before, after):
+    """out[:, c] = a[:, c - before] + ... + a[:, c + after], channels clipped to [0, C)."""
+    C = a.shape[1]
+    out = np.empty_like(a)
+    for c in range(C):
+        out[:, c] = a[:, max(0, c - before):min(C, c + after + 1)].sum(axis=1)
+    return out
+
+
 def lrn_forward(x, *, size=5, k=2.0, alpha=1e-4, beta=0.75, alpha_over_n=False):
     """Inputs: x (N, C, H, W); size (channels in a window), k, alpha, beta; alpha_over_n=True for
     PyTorch's convention (alpha divided by size).
     Returns: out (N, C, H, W), cache (LRNCache).
     """
-    check_float_array(x, "LRN input x", 4, "(N, C, H, W)")
-    check_positive_int(size, "LRN size")
-    if not (k > 0 and alpha >= 0 and beta >= 0):   # also refuses NaN
-        raise ValueError(f"LRN needs k > 0, alpha >= 0 and beta >= 0, got k={k}, alpha={alpha}, beta={beta}")
-    coeff = alpha / size if alpha_over_n else alpha
-    x = np.ascontiguousarray(x)
-    out, scale = kernels.lrn(x, int(size), float(k), float(coeff), float(beta))
-    return out, LRNCache(x, out, scale, int(size), float(coeff), float(beta))
+    check_lrn_args(x, size, k, alpha, beta)
+    alpha = alpha / size if alpha_over_n else alpha
+    # s_c = k + alpha * sum_{j in win(c)} a_j^2,   win(c) = c - size//2 ... c + (size-1)//2
+    scale = k + alpha * channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    out = x * scale ** -beta                                  # b_c = a_c * s_c^(-beta)
+    return out, LRNCache(x, out, scale, int(size), float(alpha), float(beta))
 
 
 def lrn_backward(dout, cache):
     """Inputs: dout (N, C, H, W), cache from lrn_forward. Returns: dx (N, C, H, W)."""
-    check_float_array(dout, "LRN upstream gradient dout", 4, "(N, C, H, W)")
-    check_same_dtype(dout=dout, x=cache.x)
-    if dout.shape != cache.x.shape:
-        raise ValueError(f"dout has shape {dout.shape}, the LRN's output is {cache.x.shape}")
-    return kernels.lrn_grad(np.ascontiguousarray(dout), cache.x, cache.out, cache.scale,
-                            cache.size, cache.alpha, cache.beta)
+    x, out, scale, size, alpha, beta = cache
+    check_lrn_dout(dout, x)
+    # dL/da_j = g_j * s_j^(-beta)  -  2 * alpha * beta * a_j * sum_{i : j in win(i)} g_i * b_i / s_i
+    diagonal = dout * scale ** -beta
+    # j is in win(i) for i = j - (size-1)//2 ... j + size//2: the window turned around
+    cross = channel_window_sum(dout * out / scale, (size - 1) // 2, size // 2)
+    return diagonal - 2 * alpha * beta * x * cross

@@ -19,15 +19,16 @@ Ties: the first maximum in row-major order inside the window wins (a later equal
 replace it); this is also what PyTorch's CPU max_pool2d does. Exact ties are rare with real
 activations, except at ReLU's zeros, where any choice is a valid subgradient.
 
-Kernels: `layers.kernels.maxpool` / `maxpool_grad`; plain references in `layers.reference`.
+The plain loops are `layers/reference.py`'s maxpool and maxpool_grad; the fast route's Numba
+kernels are in `layers/fast/`.
 """
 
 from typing import NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-from . import kernels
-from ._checks import check_float_array, check_positive_int, pair
+from ._checks import check_pool_args, check_pool_dout
 
 
 class PoolCache(NamedTuple):
@@ -40,21 +41,27 @@ def maxpool_forward(x, *, size=3, stride=2):
     """Inputs: x (N, C, H, W); size int or (KH, KW); stride int.
     Returns: out (N, C, OH, OW), cache (PoolCache).
     """
-    check_float_array(x, "max-pool input x", 4, "(N, C, H, W)")
-    KH, KW = pair(size, "pool size")
-    check_positive_int(stride, "pool stride")
+    KH, KW = check_pool_args(x, size, stride)
     N, C, H, W = x.shape
-    if KH > H or KW > W:
-        raise ValueError(f"pool window {KH}x{KW} is larger than the input {H}x{W}")
-    out, argmax = kernels.maxpool(np.ascontiguousarray(x), KH, KW, stride)
-    return out, PoolCache(x.shape, x.dtype, argmax)
+    OH, OW = (H - KH) // stride + 1, (W - KW) // stride + 1
+    # windows[n, c, oh, ow] = x[n, c, oh*stride : oh*stride + KH, ow*stride : ow*stride + KW]
+    windows = sliding_window_view(x, (KH, KW), axis=(2, 3))[:, :, ::stride, ::stride]
+    windows = windows.reshape(N, C, OH, OW, KH * KW)            # (N, C, OH, OW, KH*KW)
+    k = windows.argmax(axis=-1)               # the winner's place in its window (first max wins)
+    out = np.take_along_axis(windows, k[..., None], axis=-1)[..., 0]   # (N, C, OH, OW)
+    ih = np.arange(OH).reshape(OH, 1) * stride + k // KW        # the winner's row in the plane
+    iw = np.arange(OW) * stride + k % KW                        # and column
+    return out, PoolCache(x.shape, x.dtype, (ih * W + iw).astype(np.int32))
 
 
 def maxpool_backward(dout, cache):
     """Inputs: dout (N, C, OH, OW), cache from maxpool_forward. Returns: dx (N, C, H, W)."""
-    check_float_array(dout, "max-pool upstream gradient dout", 4, "(N, C, OH, OW)")
-    if dout.dtype != cache.dtype:
-        raise ValueError(f"dtypes must match: dout {dout.dtype}, x {cache.dtype}")
-    if dout.shape != cache.argmax.shape:
-        raise ValueError(f"dout has shape {dout.shape}, the pool's output is {cache.argmax.shape}")
-    return kernels.maxpool_grad(np.ascontiguousarray(dout), cache.argmax, cache.x_shape)
+    check_pool_dout(dout, cache.dtype, cache.argmax.shape)
+    N, C, H, W = cache.x_shape
+    dx = np.zeros((N * C, H * W), dtype=dout.dtype)             # one row per (n, c) plane
+    # forward: out[n, c, o] = x[n, c, argmax[n, c, o]], so dout[n, c, o] goes to that pixel;
+    # overlapping windows can share a winner, so add.at accumulates (+=) where indexing would
+    # keep only one of them
+    planes = np.arange(N * C).reshape(N * C, 1)
+    np.add.at(dx, (planes, cache.argmax.reshape(N * C, -1)), dout.reshape(N * C, -1))
+    return dx.reshape(N, C, H, W)

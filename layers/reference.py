@@ -1,9 +1,14 @@
-"""Plain-loop references for every Numba kernel in `layers.kernels`.
+"""Plain loops that read like the formulas: the slowest and plainest statement of each layer.
 
-These are the teaching versions: each one reads like the formula it implements, one output
-element at a time, with no tricks. They are slow (pure Python loops) and are only run on tiny
-inputs: the tests assert that the fast kernels in `layers.kernels` return exactly what these
-return, forward and backward, on awkward shapes.
+Each function computes one output element at a time, with no tricks. They are slow (pure
+Python loops) and run only on tiny inputs: the tests hold the readable layers, the Numba
+kernels under them (`layers/im2col.py`) and the fast route's kernels (`layers/fast/kernels.py`)
+to exactly these answers, forward and backward, on awkward shapes. Follow a convolution from
+conv_forward_loops (the formula) to im2col (the same sums as one matrix product) to
+`layers/conv.py` (that product, grouped).
+
+    conv_forward_loops(x, w, b, stride, pad, groups) -> out (N, F, OH, OW)
+    conv_backward_loops(dout, x, w, stride, pad, groups) -> dx, dw, db
 
     im2col(x, KH, KW, stride, pad)            -> cols (C*KH*KW, N*OH*OW)
     col2im(cols, x_shape, KH, KW, stride, pad) -> dx (N, C, H, W)
@@ -23,6 +28,54 @@ import numpy as np
 def out_size(size, k, stride, pad):
     """Output length of a window of length k sliding with `stride` over `size + 2*pad`."""
     return (size + 2 * pad - k) // stride + 1
+
+
+def conv_forward_loops(x, w, b, stride, pad, groups):
+    """out[n, f, oh, ow] = b[f] + sum_{c, i, j} w[f, c, i, j] * xpad[n, g*C/G + c, oh*stride + i, ow*stride + j]
+
+    for the group g = f // (F/G) of filter f, c over that group's C/G input channels."""
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = w.shape
+    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
+    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((N, F, OH, OW), dtype=x.dtype)
+    for n in range(N):
+        for f in range(F):
+            g = f // (F // groups)
+            for oh in range(OH):
+                for ow in range(OW):
+                    total = b[f]
+                    for c in range(Cg):
+                        for i in range(KH):
+                            for j in range(KW):
+                                total += w[f, c, i, j] * xpad[n, g * Cg + c, oh * stride + i, ow * stride + j]
+                    out[n, f, oh, ow] = total
+    return out
+
+
+def conv_backward_loops(dout, x, w, stride, pad, groups):
+    """The same loops run backwards: each term w * xpad of an output sends dout * xpad to dw
+    and dout * w to dxpad (+=, since every weight and most pixels serve many outputs); db sums
+    dout. The padding's gradient is dropped at the end."""
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = w.shape
+    OH, OW = dout.shape[2:]
+    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dxpad, dw, db = np.zeros_like(xpad), np.zeros_like(w), np.zeros(F, dtype=dout.dtype)
+    for n in range(N):
+        for f in range(F):
+            g = f // (F // groups)
+            for oh in range(OH):
+                for ow in range(OW):
+                    d = dout[n, f, oh, ow]
+                    db[f] += d
+                    for c in range(Cg):
+                        for i in range(KH):
+                            for j in range(KW):
+                                ih, iw = oh * stride + i, ow * stride + j
+                                dw[f, c, i, j] += d * xpad[n, g * Cg + c, ih, iw]
+                                dxpad[n, g * Cg + c, ih, iw] += d * w[f, c, i, j]
+    return dxpad[:, :, pad:pad + H, pad:pad + W], dw, db
 
 
 def im2col(x, KH, KW, stride, pad):

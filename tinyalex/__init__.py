@@ -1,5 +1,7 @@
-"""tinyalex: AlexNet from scratch in NumPy and Numba, trained on CIFAR-10 on a CPU."""
+"""tinyalex: AlexNet from scratch in NumPy and Numba, trained on CIFAR-10 on a CPU.
 
-from . import _runtime  # noqa: F401  (before NumPy loads: see _runtime.py)
+Importing it changes nothing in the process; the entry points apply the speed settings
+(tinyalex/_runtime.py).
+"""
 
 __version__ = "0.1.0"

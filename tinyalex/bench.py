@@ -1,8 +1,8 @@
 """The benchmark: `python -m tinyalex bench`, tinyalex against PyTorch on the same CPU.
 
     python -m tinyalex bench [--model cifar|paper|tiny] [--batch-size 128] [--threads N]
-                             [--steps 5] [--warmup 1] [--vs-torch] [--layers] [--json]
-                             [--rss-only tinyalex|torch]
+                             [--impl fast|readable|both] [--steps 5] [--warmup 1] [--vs-torch]
+                             [--layers] [--json] [--rss-only tinyalex|torch]
 
 What is timed, on random float32 images of the model's input shape and random labels:
 
@@ -14,7 +14,11 @@ The very first training step is timed on its own ("cold": Numba compiles its ker
 them from its cache) and kept out of the figures. Then `--warmup` untimed rounds, then
 `--steps` timed rounds; a round runs, one after the other,
 
-    tinyalex train, PyTorch train, tinyalex eval, PyTorch eval        (PyTorch with --vs-torch)
+    tinyalex train, readable train, PyTorch train, tinyalex eval, readable eval, PyTorch eval
+
+("tinyalex" is the route training runs, `layers/fast/`; "readable" is `layers/` itself, timed
+with --impl both, the default, so the table shows what the fast route buys; PyTorch with
+--vs-torch)
 
 so both frameworks see the same machine load, which on a shared machine drifts by the
 minute. Figures are medians over the rounds, in images per second; only a ratio measured
@@ -27,11 +31,10 @@ the tinyalex weights are copied in, and it trains with torch.optim.SGD(momentum=
 weight_decay=5e-4) and cross_entropy, with torch.set_num_threads(the same thread count).
 PyTorch is imported only then.
 
---layers times every layer's forward and backward pass separately. For tinyalex it walks the
-model's own layer sequence (`layer_plan`, read from tinyalex.model.ARCHS) calling the
-`layers/` functions directly, exactly as `AlexNet.loss` does (each convolution with its ReLU
-fused in, so tinyalex's conv rows include the ReLU and its relu1..relu5 rows read 0); for
-PyTorch it runs each module
+--layers times every layer's forward and backward pass separately. For tinyalex it runs the
+model's own passes with their timing hook (`AlexNet.forward_tape` / `backward_tape`, which
+walk `layer_plan`); on the fast route each convolution has its ReLU fused in, so its conv rows
+include the ReLU and its relu1..relu5 rows read 0. For PyTorch it runs each module
 alone on a detached copy of its input (requires_grad, except conv1's: the image needs no
 gradient, in either framework) and calls backward with a random upstream gradient. PyTorch's
 in-place ReLU is timed out of place there (autograd forbids in-place on such a leaf).
@@ -64,80 +67,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from layers import kernels
+from layers.fast import kernels
 from tinyalex.errors import TinyAlexError
-from tinyalex.model import layer_plan
+from tinyalex.model import MODELS
 from tinyalex.torch_twin import INSTALL_HINT, import_torch, torch_model
 
-MODELS = ("cifar", "paper", "tiny")
 LR = 0.01            # learning rate of the timed steps; any value costs the same
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
-
-
-# ---------------------------------------------------------------------------------------------
-# tinyalex's model, walked layer by layer
-
-FUSED = "fused"   # the tape entry of a ReLU that runs inside the convolution before it
-
-
-def tinyalex_forward(params, plan, x, *, train, rng, times=None):
-    """The model's forward pass, layer by layer through `layers/`; times[name] = seconds.
-    Returns: logits (N, classes), tape (one cache per layer, in order)."""
-    from layers import conv_relu_forward, dense_forward, dropout_forward, lrn_forward, \
-        maxpool_forward, relu_forward
-    h, tape = x, []
-    previous = None
-    for name, kind, opts in plan:
-        start = time.perf_counter()
-        if kind == "conv":   # with its ReLU fused in, as the model runs it
-            h, cache = conv_relu_forward(h, params[f"{name}.w"], params[f"{name}.b"], **opts)
-        elif kind == "relu" and previous == "conv":
-            cache = FUSED     # done inside the conv above: its row reads 0
-        elif kind == "relu":
-            h, cache = relu_forward(h)
-        elif kind == "lrn":
-            h, cache = lrn_forward(h, **opts)
-        elif kind == "pool":
-            h, cache = maxpool_forward(h, **opts)
-        elif kind == "flatten":
-            h, cache = h.reshape(h.shape[0], -1), h.shape             # (N, C*H*W)
-        elif kind == "dropout":
-            h, cache = dropout_forward(h, train=train, rng=rng, **opts)
-        elif kind == "dense":
-            h, cache = dense_forward(h, params[f"{name}.w"], params[f"{name}.b"])
-        if times is not None:
-            times[name] = time.perf_counter() - start
-        tape.append(cache)
-        previous = kind
-    return h, tape
-
-
-def tinyalex_backward(plan, tape, dout, *, times=None):
-    """The model's backward pass, layer by layer in reverse; times[name] = seconds.
-    Returns: grads keyed like the parameters."""
-    from layers import conv_backward, dense_backward, dropout_backward, lrn_backward, \
-        maxpool_backward, relu_backward
-    grads = {}
-    for (name, kind, _), cache in zip(reversed(plan), reversed(tape)):
-        start = time.perf_counter()
-        if kind == "conv":   # the image needs no gradient: conv1 skips dx, as the model does
-            dout, grads[f"{name}.w"], grads[f"{name}.b"] = conv_backward(
-                dout, cache, need_dx=name != plan[0][0])
-        elif kind == "relu" and cache is not FUSED:   # (a fused one is in conv_backward)
-            dout = relu_backward(dout, cache)
-        elif kind == "lrn":
-            dout = lrn_backward(dout, cache)
-        elif kind == "pool":
-            dout = maxpool_backward(dout, cache)
-        elif kind == "flatten":
-            dout = dout.reshape(cache)
-        elif kind == "dropout":
-            dout = dropout_backward(dout, cache)
-        elif kind == "dense":
-            dout, grads[f"{name}.w"], grads[f"{name}.b"] = dense_backward(dout, cache)
-        if times is not None:
-            times[name] = time.perf_counter() - start
-    return grads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,20 +147,18 @@ def tinyalex_layer_round(model, x, y, seed):
     """A function running one training step layer by layer, returning ({name: forward seconds},
     {name: backward seconds}); "loss" (one call: the loss and its gradient) and "update"
     (SGD.step) have a forward time only."""
-    from layers import softmax_cross_entropy
     from tinyalex.optim import SGD
-    plan = layer_plan(model.arch)
     sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     rng = np.random.default_rng(seed)
 
     def one_round():
         fwd, bwd = {}, {}
-        logits, tape = tinyalex_forward(model.params, plan, x, train=True, rng=rng, times=fwd)
+        logits, tape = model.forward_tape(x, train=True, rng=rng, times=fwd)
         del fwd["flatten"]
         start = time.perf_counter()
-        _, dlogits = softmax_cross_entropy(logits, y)
+        _, dlogits = model.ops.softmax_cross_entropy(logits, y)
         fwd["loss"] = time.perf_counter() - start
-        grads = tinyalex_backward(plan, tape, dlogits, times=bwd)
+        grads, _ = model.backward_tape(tape, dlogits, times=bwd)
         fwd["update"] = seconds(lambda: sgd.step(model.params, grads, LR))
         return fwd, bwd
     return one_round
@@ -291,15 +225,17 @@ def layer_times(round_fns, rounds):
             for who, got in samples.items()}
 
 
-def layer_rows(tx, pt=None):
-    """JSON-able rows: layer, forward/backward ms per framework and each layer's share of the
-    sum over all rows (the step)."""
+def layer_rows(tx, pt=None, rd=None):
+    """JSON-able rows: layer, forward/backward ms per runner (tinyalex, torch, and the readable
+    route when timed) and each layer's share of the sum over all rows (the step)."""
     def total(t):
         return sum(f + (b or 0.0) for f, b in t.values())
     rows = []
     for name in tx:
         row = {"layer": name}
-        for label, t in (("tinyalex", tx), ("torch", pt)):
+        for label, t in (("tinyalex", tx), ("torch", pt), ("readable", rd)):
+            if label == "readable" and rd is None:
+                continue
             f, b = t[name] if t is not None and name in t else (None, None)
             row[f"{label}_forward_ms"] = None if f is None else 1e3 * f
             row[f"{label}_backward_ms"] = None if b is None else 1e3 * b
@@ -373,7 +309,7 @@ def describe_runtime(info):
             if pool.get("threading_layer"):
                 parts.append(pool["threading_layer"])
             lines.append(f"{'BLAS' if api == 'blas' else 'OpenMP'}: {', '.join(parts)} ({pool['library']})")
-    lines.append(f"Numba kernels: {info['kernel_threads']} threads (layers/kernels.py)")
+    lines.append(f"Numba kernels: {info['kernel_threads']} threads (layers/fast/kernels.py)")
     return lines
 
 
@@ -414,7 +350,7 @@ def run_bench(args):
     if args.rss_only and (args.vs_torch or args.layers):
         raise TinyAlexError("--rss-only runs one framework alone: drop --vs-torch and --layers")
     if args.rss_only != "torch":   # (PyTorch measured alone: no tinyalex kernels in its memory)
-        warm_up()   # as a training run does: Numba loads its kernels while the model is built
+        warm_up(impl="fast" if args.impl == "both" else args.impl)   # as a training run does: Numba loads its kernels while the model is built
     torch = None
     if args.vs_torch or args.rss_only == "torch":   # (a missing PyTorch is the one line said)
         torch = import_torch()
@@ -437,7 +373,13 @@ def run_bench(args):
     if args.rss_only:
         return _rss_only(args, arch, x, y, threads, result, say)
 
-    model = build_model(args.model, 10, seed=args.seed)
+    impl = "fast" if args.impl == "both" else args.impl
+    model = build_model(args.model, 10, seed=args.seed, impl=impl)
+    result["impl"] = impl
+    readable = None
+    if args.impl == "both":   # the readable route beside it, on its own copy of the same weights
+        readable = build_model(args.model, 10, seed=args.seed, impl="readable")
+        readable.params = {k: v.copy() for k, v in model.params.items()}
     tasks = OrderedDict()
     tx_train, tx_eval = tinyalex_tasks(model, x, y, args.seed)
     net = None
@@ -450,28 +392,38 @@ def run_bench(args):
     say(f"first training step: {result['cold_first_step_s']:.2f} s" +
         (f", ending {result['launch_to_first_step_s']:.1f} s after launch" if result["launch_to_first_step_s"] else "") +
         " (Numba compiling its kernels or loading them from its cache included)")
+    if readable is not None:
+        rd_train, rd_eval = tinyalex_tasks(readable, x, y, args.seed)
+        result["readable_first_step_s"] = seconds(rd_train)
 
-    tasks["tinyalex_train"] = tx_train
-    if net is not None:
-        tasks["torch_train"] = pt_train
-    tasks["tinyalex_eval"] = tx_eval
-    if net is not None:
-        tasks["torch_eval"] = pt_eval
+    for kind, tx_fn, rd_fn, pt_fn in (("train", tx_train, readable and rd_train, net and pt_train),
+                                      ("eval", tx_eval, readable and rd_eval, net and pt_eval)):
+        tasks[f"tinyalex_{kind}"] = tx_fn
+        if rd_fn:
+            tasks[f"readable_{kind}"] = rd_fn
+        if pt_fn:
+            tasks[f"torch_{kind}"] = pt_fn
     times = time_rounds(tasks, args.steps, args.warmup)
     for kind in ("train", "eval"):
-        for who in ("tinyalex", "torch"):
+        for who in ("tinyalex", "readable", "torch"):
             t = times.get(f"{who}_{kind}")
+            if who == "readable" and not t:
+                continue
             result[f"{who}_{kind}_img_s"] = args.batch_size / statistics.median(t) if t else None
             result[f"{who}_{kind}_times_s"] = t
         both = result[f"tinyalex_{kind}_img_s"], result[f"torch_{kind}_img_s"]
         result[f"{kind}_ratio"] = both[0] / both[1] if both[1] else None
+        if readable is not None:
+            result[f"{kind}_fast_over_readable"] = both[0] / result[f"readable_{kind}_img_s"]
 
     if args.layers:
         round_fns = {"tinyalex": tinyalex_layer_round(model, x, y, args.seed)}
+        if readable is not None:
+            round_fns["readable"] = tinyalex_layer_round(readable, x, y, args.seed)
         if net is not None:
             round_fns["torch"] = torch_layer_round(net, x, y, args.seed)
         per_layer = layer_times(round_fns, args.steps)
-        result["layers"] = layer_rows(per_layer["tinyalex"], per_layer.get("torch"))
+        result["layers"] = layer_rows(per_layer["tinyalex"], per_layer.get("torch"), per_layer.get("readable"))
 
     result["runtime"] = runtime_info()
     result["peak_rss_bytes"] = peak_rss_bytes()
@@ -487,7 +439,8 @@ def _rss_only(args, arch, x, y, threads, result, say):
     """Training steps of one framework alone, for a separate peak-RSS measurement."""
     from tinyalex.model import build_model
     if args.rss_only == "tinyalex":
-        train, _ = tinyalex_tasks(build_model(args.model, 10, seed=args.seed), x, y, args.seed)
+        impl = "fast" if args.impl == "both" else args.impl
+        train, _ = tinyalex_tasks(build_model(args.model, 10, seed=args.seed, impl=impl), x, y, args.seed)
     else:
         train, _ = torch_tasks(torch_model(arch, 10), x, y)    # PyTorch's own initialisation
     result["only"] = args.rss_only
@@ -519,39 +472,48 @@ def _print_report(result, args):
     for line in describe_runtime(result["runtime"]):
         print(line)
     print()
-    print(f"{'':12}{'tinyalex img/s':>16}{'PyTorch img/s':>16}{'tinyalex/PyTorch':>18}")
+    has_rd = "readable_train_img_s" in result
+    route = f"tinyalex {result['impl']}"
+    print(f"{'':12}{route + ' img/s':>22}" + (f"{'readable img/s':>16}" if has_rd else "") +
+          f"{'PyTorch img/s':>16}{'tinyalex/PyTorch':>18}" + (f"{'fast/readable':>15}" if has_rd else ""))
     for kind, label in (("train", "training"), ("eval", "evaluation")):
-        print(f"{label:12}{_cell(result[f'tinyalex_{kind}_img_s'], 16)}"
-              f"{_cell(result[f'torch_{kind}_img_s'], 16)}{_cell(result[f'{kind}_ratio'], 18, '.2f')}")
+        print(f"{label:12}{_cell(result[f'tinyalex_{kind}_img_s'], 22)}" +
+              (_cell(result[f"readable_{kind}_img_s"], 16) if has_rd else "") +
+              f"{_cell(result[f'torch_{kind}_img_s'], 16)}{_cell(result[f'{kind}_ratio'], 18, '.2f')}" +
+              (_cell(result[f"{kind}_fast_over_readable"], 15, ".2f") if has_rd else ""))
     print(f"(medians of {args.steps} interleaved rounds; training = forward + backward + SGD update)")
     if "layers" in result:
         _print_layers(result)
     rss = result["peak_rss_bytes"]
     if rss:
-        both = " (tinyalex and PyTorch together; measure each alone with --rss-only)" if args.vs_torch else ""
+        both = " (every route together; measure each alone with --rss-only)" if args.vs_torch or has_rd else ""
         print(f"peak RSS of this process: {rss / 2**30:.2f} GiB{both}")
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in result['loadavg_end'])}")
 
 
 def _print_layers(result):
+    whos = [("tinyalex", f"tinyalex {result['impl']}")]
+    if "readable_train_img_s" in result:
+        whos.append(("readable", "readable"))
+    whos.append(("torch", "PyTorch"))
     print()
-    print(f"{'layer':10}{'tinyalex fwd ms':>16}{'bwd ms':>9}{'share':>8}   "
-          f"{'PyTorch fwd ms':>15}{'bwd ms':>9}{'share':>8}")
-    sums = {"tinyalex": 0.0, "torch": 0.0}
+    print(f"{'layer':10}" + "".join(f"{label + ' fwd ms':>{max(16, len(label) + 9)}}{'bwd ms':>9}{'share':>8}"
+                                    for _, label in whos))
+    sums = {who: 0.0 for who, _ in whos}
     for row in result["layers"]:
         line = f"{row['layer']:10}"
-        for who, width, gap in (("tinyalex", 16, "   "), ("torch", 15, "")):
+        for who, label in whos:
             f, b, share = row[f"{who}_forward_ms"], row[f"{who}_backward_ms"], row[f"{who}_share"]
             sums[who] += (f or 0.0) + (b or 0.0)
-            line += (_cell(f, width) + _cell(b, 9) +
-                     _cell(None if share is None else 100 * share, 8, ".1f", "%") + gap)
+            line += (_cell(f, max(16, len(label) + 9)) + _cell(b, 9) +
+                     _cell(None if share is None else 100 * share, 8, ".1f", "%"))
         print(line)
     step = {who: 1e3 * statistics.median(result[f"{who}_train_times_s"])
-            if result[f"{who}_train_times_s"] else None for who in sums}
-    has_torch = step["torch"] is not None
-    print(f"{'sum':10}{_cell(sums['tinyalex'], 16)}{'':17}   {_cell(sums['torch'] if has_torch else None, 15)}")
-    print(f"{'step':10}{_cell(step['tinyalex'], 16)}{'':17}   {_cell(step['torch'], 15)}"
-          "   (a whole training step, timed above)")
+            if result[f"{who}_train_times_s"] else None for who, _ in whos}
+    print(f"{'sum':10}" + "".join(_cell(sums[who] if step[who] is not None else None, max(16, len(label) + 9)) + " " * 17
+                                  for who, label in whos))
+    print(f"{'step':10}" + "".join(_cell(step[who], max(16, len(label) + 9)) + " " * 17 for who, label in whos) +
+          "(a whole training step, timed above)")
     print("loss: tinyalex computes the loss and its gradient in one call (fwd column); "
           "update: the SGD step (fwd column)")
 
@@ -581,6 +543,10 @@ def register(subparsers):
                    help="timed rounds; the figures are their medians (default 5)")
     p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N",
                    help="untimed rounds after the cold first step (default 1)")
+    p.add_argument("--impl", choices=("fast", "readable", "both"), default="both",
+                   help="the layers timed: fast (layers/fast/, what training runs), readable "
+                        "(layers/ itself), or both side by side (default), to show what the fast "
+                        "route buys")
     p.add_argument("--vs-torch", action="store_true",
                    help="also time the same model in PyTorch, interleaved, and print the ratios")
     p.add_argument("--layers", action="store_true",

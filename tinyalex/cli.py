@@ -1,7 +1,7 @@
 """The command line: `python train.py ...` and `python -m tinyalex {train,evaluate,predict,filters,bench,torch-train}`.
 
-Heavy imports (NumPy, Numba) wait until the thread count is known, because BLAS reads its
-thread count from the environment when it loads. Every user error (TinyAlexError) becomes
+Heavy imports (NumPy, Numba) wait until the process settings are applied (tinyalex/_runtime.py)
+and the thread count is known, because BLAS reads both from the environment when it loads. Every user error (TinyAlexError) becomes
 one line on stderr and exit status 2; Ctrl-C during training saves and exits with 130.
 """
 
@@ -10,14 +10,13 @@ import os
 import sys
 import time
 
+from . import _runtime
 from .argtypes import number_in, positive_int
 
 COMMANDS = ("train", "evaluate", "predict", "filters", "bench", "torch-train")
-MODELS = ("cifar", "paper", "tiny")
 SCHEDULES = ("onecycle", "step", "plateau")
-INITS = ("torch", "paper", "he")
 # options that may differ when resuming: they do not change what the run computes
-RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir"}
+RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "impl"}
 
 
 def set_threads(threads):
@@ -36,6 +35,7 @@ def set_threads(threads):
 
 def add_train_arguments(parser):
     from .data import add_data_arguments  # noqa: E402  (after set_threads)
+    from .model import IMPLS, INITS, MODELS
     g = parser.add_argument_group("model and optimisation")
     g.add_argument("--model", choices=MODELS, default="cifar",
                    help="cifar: AlexNet for native 32x32 images (default); paper: the faithful "
@@ -50,6 +50,9 @@ def add_train_arguments(parser):
                         "decay to lr/25e4, every step (default); step: x0.1 after epochs 5 and 8; "
                         "plateau: /10 when validation accuracy stalls for --patience epochs")
     g.add_argument("--patience", type=positive_int, default=2, help="epochs without improvement for plateau (default 2)")
+    g.add_argument("--impl", choices=tuple(IMPLS), default="fast",
+                   help="fast: the layers of layers/fast/ (default); readable: layers/ itself, the "
+                        "definition (same maths, several times slower)")
     g.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
     g.add_argument("--init", choices=INITS, default="torch",
@@ -118,7 +121,7 @@ def train_command(args, parser, argv):
         ckpt_path = None
     config["out"] = out
     if config.get("threads"):
-        from layers import kernels
+        from layers.fast import kernels
         kernels.set_num_threads(config["threads"])
     os.makedirs(out, exist_ok=True)
     log = print
@@ -186,6 +189,7 @@ def _run(func):
 def train_main(argv=None):
     """`python train.py ...`"""
     argv = sys.argv[1:] if argv is None else argv
+    _runtime.apply()
     _pre_threads(argv)
     parser = train_parser(prog="train.py")
     args = parser.parse_args(argv)
@@ -195,6 +199,7 @@ def train_main(argv=None):
 def main(argv=None):
     """`python -m tinyalex COMMAND ...`"""
     argv = sys.argv[1:] if argv is None else argv
+    _runtime.apply()
     _pre_threads(argv)
     parser = argparse.ArgumentParser(prog="python -m tinyalex", allow_abbrev=False,
                                      description="tinyalex: AlexNet from scratch in NumPy and Numba.")

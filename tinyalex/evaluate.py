@@ -72,7 +72,7 @@ COLOUR_GAP = 0.1
 # Checkpoint -> model
 # --------------------------------------------------------------------------------------
 
-def load_model(path):
+def load_model(path, impl="fast"):
     """Load a checkpoint and turn it into a model in evaluation-ready form.
 
     Checks that meta names a known model with a sensible class list, and that the
@@ -99,7 +99,7 @@ def load_model(path):
         raise CheckpointError(f"checkpoint {path} should list {num_classes} class names "
                               f"under 'classes', has {classes!r:.80}")
 
-    model = build_model(name, num_classes)
+    model = build_model(name, num_classes, impl=impl)
     expected = {k: v.shape for k, v in model.params.items()}
     missing = sorted(set(expected) - set(ckpt.params))
     extra = sorted(set(ckpt.params) - set(expected))
@@ -383,7 +383,7 @@ def _write_picture(draw, path):
 
 
 def run_evaluate(args):
-    model, ckpt = load_model(args.checkpoint)
+    model, ckpt = load_model(args.checkpoint, impl=getattr(args, "impl", "fast"))
     mean, std = normalisation(ckpt, args.checkpoint)
     if args.confusion_png:
         _check_output(args.confusion_png)
@@ -417,7 +417,7 @@ def run_evaluate(args):
 
 
 def run_predict(args):
-    model, ckpt = load_model(args.checkpoint)
+    model, ckpt = load_model(args.checkpoint, impl=getattr(args, "impl", "fast"))
     mean, std = normalisation(ckpt, args.checkpoint)
     classes = ckpt.meta["classes"]
     k = min(args.top, model.num_classes)
@@ -444,7 +444,7 @@ def run_predict(args):
 
 
 def run_filters(args):
-    model, ckpt = load_model(args.checkpoint)
+    model, ckpt = load_model(args.checkpoint, impl=getattr(args, "impl", "fast"))
     _check_output(args.out)
     w = model.params["conv1.w"]                                       # (F, 3, KH, KW)
     scores = _write_picture(lambda: filter_grid(w, args.out, towers=TOWERS), args.out)
@@ -491,6 +491,8 @@ def register(subparsers):
                    help=f"images per forward pass, each --tta view counting as one "
                         f"(default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--impl", choices=("fast", "readable"), default="fast",
+                   help="the layers that compute: fast (layers/fast/, default) or readable (layers/)")
     p.add_argument("--confusion-png", metavar="FILE", default=None,
                    help="also draw the confusion matrix as a picture (PNG)")
     p.add_argument("--skip-bad-images", action="store_true",

@@ -38,13 +38,16 @@ errors pile up through eleven layers, below about 1e-5.
 
 Usage::
 
-    python gradcheck.py                 # every check; exit 1 if any fails
+    python gradcheck.py                 # every check on both routes; exit 1 if any fails
+    python gradcheck.py --impl readable # only layers/ (fast: only layers/fast/)
     python gradcheck.py --layer lrn     # one family: conv pool lrn dropout dense relu loss net
     python gradcheck.py --seed 3        # another draw of inputs and upstream gradients
 
-Every check reads the layer functions from an ``ops`` namespace (the ``layers`` package
-by default, looked up at call time), so a test can hand in a broken backward and watch
-the checker fail.
+Both routes are checked by default: the readable layers (``layers``) and the fast route
+(``layers.fast``), each with the same inputs. Every check reads the layer functions from an
+``ops`` namespace (the route's module by default, looked up at call time; the whole-network
+check hands it to the model too), so a test can hand in a broken backward and watch the
+checker fail.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from layers import kernels
+from layers.fast import kernels
 
 LAYER_THRESHOLD = 1e-7
 NET_THRESHOLD = 1e-5
@@ -245,7 +248,7 @@ def check_conv(rng, ops) -> list[Check]:
         ("conv s4 p2 11x11 on 23x19", (2, 3, 23, 19), (4, 3, 11, 11), 4, 2, 1),
         ("conv s2 p0 3x5 g2 C=6", (1, 6, 9, 11), (4, 3, 3, 5), 2, 0, 2),
         ("conv s3 p1 4x2 C=5 F=3", (2, 5, 7, 9), (3, 5, 4, 2), 3, 1, 1),
-        # 3x3 and 5x5, stride 1, 8 channels per group: the Winograd route (layers/winograd.py)
+        # 3x3 and 5x5, stride 1, 8 channels per group: the fast route takes Winograd here
         ("conv s1 p1 3x3 g2 C=16 Winograd", (2, 16, 6, 5), (4, 8, 3, 3), 1, 1, 2),
         ("conv s1 p2 5x5 C=8 Winograd", (1, 8, 7, 6), (3, 8, 5, 5), 1, 2, 1),
     ]
@@ -386,11 +389,11 @@ def kink_free_differences(f: Callable[[], float], x: np.ndarray, rng: np.random.
     return np.array(indices, dtype=np.intp), np.array(values), kinks
 
 
-def check_net(rng, ops=None) -> list[Check]:
+def check_net(rng, ops, impl="readable") -> list[Check]:
     """The whole shrunken AlexNet ("tiny", float64): sampled entries of every parameter and
     of the input, against the model's own loss and gradients.
 
-    The model calls the real layers (imported by tinyalex.model), not `ops`.
+    The model is built on route `impl` and calls the functions of `ops`.
     He initialisation rather than PyTorch's default: with the latter the signal shrinks
     layer by layer and the input gradient is ~1e-7, down in the loss's rounding noise.
     Entries next to a kink are skipped and replaced (see kink_free_differences).
@@ -398,7 +401,8 @@ def check_net(rng, ops=None) -> list[Check]:
     from tinyalex.model import build_model
 
     model = build_model("tiny", num_classes=10, init="he", seed=int(rng.integers(2**31)),
-                        dtype=np.float64)
+                        dtype=np.float64, impl=impl)
+    model.ops = ops
     x = np.ascontiguousarray(rng.standard_normal((2,) + tuple(model.input_shape)))
     y = rng.integers(0, model.num_classes, size=len(x))
     # He's init makes logits ~10 apart, a saturated softmax whose gradient has entries of
@@ -444,27 +448,32 @@ FAMILIES = {
 }
 
 
-def default_ops():
-    """The real layers, read at call time so a monkeypatched function is seen."""
-    import layers
-    return layers
+IMPLS = ("readable", "fast")
 
 
-def run_checks(families: Sequence[str] | None = None, seed: int = 0, ops=None) -> list[Check]:
-    """Run the named families (all by default) and return their rows.
+def default_ops(impl="readable"):
+    """The layers of a route (`layers` or `layers.fast`), read at call time so a
+    monkeypatched function is seen."""
+    from tinyalex.model import layer_ops
+    return layer_ops(impl)
 
-    ops: any object with the layer functions as attributes (default: the layers package).
+
+def run_checks(families: Sequence[str] | None = None, seed: int = 0, ops=None,
+               impl: str = "readable") -> list[Check]:
+    """Run the named families (all by default) on one route and return their rows.
+
+    ops: any object with the layer functions as attributes (default: the route's module).
     Each family draws from its own generator, so `--layer X` gives the same rows as the
-    full run.
+    full run, and both routes see the same inputs.
     """
-    ops = default_ops() if ops is None else ops
+    ops = default_ops(impl) if ops is None else ops
     families = list(FAMILIES) if not families else list(families)
     rows = []
     for name in families:
         if name not in FAMILIES:
             raise ValueError(f"unknown layer family {name!r}; choose from {', '.join(FAMILIES)}")
         rng = np.random.default_rng([seed, list(FAMILIES).index(name)])
-        rows += FAMILIES[name](rng, ops)
+        rows += check_net(rng, ops, impl) if name == "net" else FAMILIES[name](rng, ops)
     return rows
 
 
@@ -501,19 +510,26 @@ def format_table(rows: Sequence[Check]) -> str:
 
 
 def main(argv: Sequence[str] | None = None, ops=None) -> int:
+    """ops, when given, replaces the layers of every route checked (for tests)."""
     parser = argparse.ArgumentParser(
         prog="gradcheck.py",
         description="Check every backward pass against centred finite differences (float64).")
     parser.add_argument("--layer", action="append", choices=list(FAMILIES), metavar="NAME",
                         help=f"check one family (repeatable): {', '.join(FAMILIES)}; "
                              "default: all")
+    parser.add_argument("--impl", choices=IMPLS + ("both",), default="both",
+                        help="the route checked: readable (layers/), fast (layers/fast/), or "
+                             "both (default)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for inputs, upstream gradients and sampled entries")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
+    rows = []
     with single_threaded():
-        rows = run_checks(args.layer, seed=args.seed, ops=ops)
+        for impl in IMPLS if args.impl == "both" else (args.impl,):
+            rows += [r._replace(name=f"{impl}: {r.name}")
+                     for r in run_checks(args.layer, seed=args.seed, ops=ops, impl=impl)]
     elapsed = time.perf_counter() - start
     print(format_table(rows))
     failed = [r for r in rows if not r.passed]

@@ -22,17 +22,20 @@ gradient checks and fast end-to-end tests.
 The model holds the parameters in a dict keyed "conv1.w", "conv1.b", ..., "fc8.b" (PyTorch's
 layouts: conv (F, C/groups, KH, KW), dense (out, in)); `loss` returns gradients with the same
 keys, and an optimizer loops over them. Nothing here updates a parameter.
+
+`layer_plan(arch)` lists the layers in order; the model walks it (forward_tape, backward_tape),
+and so do the bench's per-layer timings and the PyTorch twin (`tinyalex/torch_twin.py`). A
+model calls the functions of one route: `layers.fast` (impl "fast", the default) or `layers`
+itself (impl "readable", the definition: same answers, slower).
 """
 
+import importlib
 import threading
+import time
 from dataclasses import dataclass
 from typing import Tuple
 
 import numpy as np
-
-from layers import (conv_backward, conv_relu_forward, dense_backward, dense_forward, dropout_backward,
-                    dropout_forward, lrn_backward, lrn_forward, maxpool_backward, maxpool_forward,
-                    relu_backward, relu_forward, softmax_cross_entropy)
 
 LRN = dict(size=5, k=2.0, alpha=1e-4, beta=0.75)   # the paper's constants (paper alpha convention)
 POOL = dict(size=3, stride=2)                       # overlapping pooling
@@ -73,7 +76,11 @@ ARCHS = {
     "tiny": Arch("tiny", (3, 32, 32),
                  _alexnet_convs(Conv(16, 3, 1, 1, 1, lrn=True, pool=True), widths=(16, 32, 24, 24, 16)), 32),
 }
+MODELS = tuple(ARCHS)
 INITS = ("torch", "paper", "he")
+# The two routes through the layers: `layers/` itself, the definition, and `layers/fast/`, the
+# same functions rewritten for speed (the default).
+IMPLS = {"fast": "layers.fast", "readable": "layers"}
 
 
 def layer_plan(arch):
@@ -160,15 +167,26 @@ def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
     return params
 
 
-class AlexNet:
-    """An AlexNet: parameters plus the forward and backward passes through `layers/`."""
+def layer_ops(impl):
+    """The module whose functions a model with this route calls: layers.fast or layers."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
+    return importlib.import_module(IMPLS[impl])
 
-    def __init__(self, arch, num_classes=10, *, init="torch", seed=0, dtype=np.float32):
+
+class AlexNet:
+    """An AlexNet: parameters plus the forward and backward passes through `layers/` (impl
+    "readable") or `layers/fast/` (impl "fast", the default), walking `layer_plan`."""
+
+    def __init__(self, arch, num_classes=10, *, init="torch", seed=0, dtype=np.float32, impl="fast"):
         self.arch = arch
         self.name = arch.name
         self.input_shape = arch.input_shape
         self.num_classes = int(num_classes)
         self.dtype = np.dtype(dtype)
+        self.impl = impl
+        self.ops = layer_ops(impl)
+        self.plan = layer_plan(arch)
         self.params = init_params(arch, self.num_classes, init, seed, dtype)
 
     def _check_input(self, x):
@@ -176,38 +194,80 @@ class AlexNet:
             raise ValueError(f"the {self.name} model takes input of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
 
-    def _forward(self, x, train, rng):
-        """Logits (N, classes) and the caches of every layer, in order, for the backward pass."""
+    def forward_tape(self, x, *, train=False, rng=None, upto=None, times=None):
+        """The forward pass, layer by layer along `self.plan`.
+
+        Inputs: x (N, C, H, W); train and rng (np.random.Generator) for dropout; upto, a layer
+        name of the plan to stop after ("relu7": fc7's features); times, a dict that receives
+        each layer's seconds. Returns: the output (the logits (N, classes), unless upto) and the
+        tape, one (name, kind, cache) per layer, for backward_tape.
+        """
         self._check_input(x)
-        p, tape = self.params, []
-        h = x
-        for i, spec in enumerate(self.arch.convs, start=1):
-            # conv + ReLU in one pass (layers/conv.py); conv_backward differentiates both
-            h, cache = conv_relu_forward(h, p[f"conv{i}.w"], p[f"conv{i}.b"],
-                                         stride=spec.stride, pad=spec.pad, groups=spec.groups)
-            tape.append(("conv", f"conv{i}", cache))
-            if spec.lrn:
-                h, cache = lrn_forward(h, **LRN)
-                tape.append(("lrn", None, cache))
-            if spec.pool:
-                h, cache = maxpool_forward(h, **POOL)
-                tape.append(("pool", None, cache))
-        tape.append(("flatten", None, h.shape))
-        h = h.reshape(h.shape[0], -1)                                   # (N, C*H*W)
-        for name in ("fc6", "fc7"):
-            h, cache = dropout_forward(h, drop_prob=DROP_PROB, train=train, rng=rng)
-            tape.append(("dropout", None, cache))
-            h, cache = dense_forward(h, p[f"{name}.w"], p[f"{name}.b"])
-            tape.append(("dense", name, cache))
-            h, cache = relu_forward(h)
-            tape.append(("relu", None, cache))
-        h, cache = dense_forward(h, p["fc8.w"], p["fc8.b"])
-        tape.append(("dense", "fc8", cache))
+        ops, p = self.ops, self.params
+        fuse = hasattr(ops, "conv_relu_forward")   # the fast route runs each conv's ReLU inside it
+        h, tape = x, []
+        for name, kind, opts in self.plan:
+            start = time.perf_counter()
+            if kind == "conv":
+                conv = ops.conv_relu_forward if fuse else ops.conv_forward
+                h, cache = conv(h, p[f"{name}.w"], p[f"{name}.b"], **opts)
+            elif kind == "relu" and fuse and tape[-1][1] == "conv":
+                cache = None                                             # done inside the conv
+            elif kind == "relu":
+                h, cache = ops.relu_forward(h)
+            elif kind == "lrn":
+                h, cache = ops.lrn_forward(h, **opts)
+            elif kind == "pool":
+                h, cache = ops.maxpool_forward(h, **opts)
+            elif kind == "flatten":
+                h, cache = h.reshape(h.shape[0], -1), h.shape            # (N, C*H*W)
+            elif kind == "dropout":
+                h, cache = ops.dropout_forward(h, train=train, rng=rng, **opts)
+            elif kind == "dense":
+                h, cache = ops.dense_forward(h, p[f"{name}.w"], p[f"{name}.b"])
+            if times is not None:
+                times[name] = time.perf_counter() - start
+            tape.append((name, kind, cache))
+            if name == upto:
+                break
         return h, tape
 
-    def forward(self, x):
-        """Evaluation mode (no dropout). Inputs: x (N, C, H, W). Returns: logits (N, classes)."""
-        return self._forward(x, train=False, rng=None)[0]
+    def backward_tape(self, tape, dout, *, need_dx=False, times=None):
+        """The backward pass: the tape of forward_tape walked in reverse from dout, the
+        gradient of the output. Returns: grads keyed like params (in network order), and dx, the
+        input's gradient (None unless need_dx: the image needs none). Empties the tape as it goes
+        (each cache is freed once used)."""
+        ops = self.ops
+        grads = {}
+        while tape:
+            name, kind, cache = tape.pop()
+            start = time.perf_counter()
+            if kind == "conv":
+                if not tape and not need_dx and self.impl == "fast":   # the fast route can skip dx
+                    dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.conv_backward(dout, cache, need_dx=False)
+                else:
+                    dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.conv_backward(dout, cache)
+            elif kind == "relu" and cache is not None:   # (a fused ReLU is in conv_backward)
+                dout = ops.relu_backward(dout, cache)
+            elif kind == "lrn":
+                dout = ops.lrn_backward(dout, cache)
+            elif kind == "pool":
+                dout = ops.maxpool_backward(dout, cache)
+            elif kind == "flatten":
+                dout = dout.reshape(cache)
+            elif kind == "dropout":
+                dout = ops.dropout_backward(dout, cache)
+            elif kind == "dense":
+                dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.dense_backward(dout, cache)
+            if times is not None:
+                times[name] = time.perf_counter() - start
+        grads = {k: grads[k] for k in self.params if k in grads}           # network order
+        return grads, (dout if need_dx else None)
+
+    def forward(self, x, *, upto=None):
+        """Evaluation mode (no dropout). Inputs: x (N, C, H, W); upto as in forward_tape.
+        Returns: logits (N, classes), or the output of layer `upto`."""
+        return self.forward_tape(x, upto=upto)[0]
 
     def loss(self, x, y, *, rng=None, train=True, return_dx=False, return_logits=False):
         """Training step maths: forward with dropout, softmax cross-entropy, backward.
@@ -216,43 +276,27 @@ class AlexNet:
         Returns: (loss, grads) with grads keyed like params; then, if asked, dx (the input
         gradient, for gradient checks) and the logits (for the running accuracy).
         """
-        logits, tape = self._forward(x, train=train, rng=rng)
-        loss, dout = softmax_cross_entropy(logits, y)
-        grads = {}
-        while tape:   # popping each cache frees its arrays for the gradients to reuse
-            kind, name, cache = tape.pop()
-            if kind == "conv":
-                first = name == "conv1" and not return_dx   # the image needs no gradient
-                dout, grads[f"{name}.w"], grads[f"{name}.b"] = conv_backward(dout, cache, need_dx=not first)
-            elif kind == "dense":
-                dout, grads[f"{name}.w"], grads[f"{name}.b"] = dense_backward(dout, cache)
-            elif kind == "relu":
-                dout = relu_backward(dout, cache)
-            elif kind == "lrn":
-                dout = lrn_backward(dout, cache)
-            elif kind == "pool":
-                dout = maxpool_backward(dout, cache)
-            elif kind == "dropout":
-                dout = dropout_backward(dout, cache)
-            elif kind == "flatten":
-                dout = dout.reshape(cache)
-        grads = {k: grads[k] for k in self.params}                      # network order
-        extra = ((dout,) if return_dx else ()) + ((logits,) if return_logits else ())
+        logits, tape = self.forward_tape(x, train=train, rng=rng)
+        loss, dlogits = self.ops.softmax_cross_entropy(logits, y)
+        grads, dx = self.backward_tape(tape, dlogits, need_dx=return_dx)
+        extra = ((dx,) if return_dx else ()) + ((logits,) if return_logits else ())
         return (loss, grads) + extra
 
 
-def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.float32):
-    """An AlexNet by name: "paper" (224x224), "cifar" (32x32) or "tiny" (32x32, few channels: for checks and tests)."""
+def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.float32, impl="fast"):
+    """An AlexNet by name: "paper" (224x224), "cifar" (32x32) or "tiny" (32x32, few channels: for
+    checks and tests), on the fast route (impl "fast") or the readable one ("readable")."""
     if name not in ARCHS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"models compute in float32 or float64, not {np.dtype(dtype)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype)
+    layer_ops(impl)   # an unknown route: ValueError before any weight is drawn
+    return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype, impl=impl)
 
 
-def warm_up(dtype=np.float32):
+def warm_up(dtype=np.float32, impl="fast"):
     """Start loading every Numba kernel of a training step on a background thread; returns the
     thread (a daemon: nothing waits for it).
 
@@ -269,7 +313,7 @@ def warm_up(dtype=np.float32):
     def step():
         try:
             from tinyalex.optim import SGD
-            model = build_model("tiny", dtype=dtype)
+            model = build_model("tiny", dtype=dtype, impl=impl)
             x = np.ones((2,) + model.input_shape, dtype)
             _, grads = model.loss(x, np.zeros(2, np.int64), rng=np.random.default_rng(0))
             SGD(model.params).step(model.params, grads, 0.0)

@@ -48,7 +48,7 @@ import math
 
 import numpy as np
 
-from layers.kernels import threaded_kernel
+from layers.fast.kernels import threaded_kernel
 from tinyalex.errors import CheckpointError, TinyAlexError
 
 

@@ -35,7 +35,7 @@ SCHEDULES = ("onecycle", "step")
 def register(subparsers):
     """Add the `torch-train` command to an argparse subparsers object."""
     from .argtypes import number_in, positive_int
-    from .cli import MODELS
+    from .model import MODELS
     from .data import add_data_arguments
     p = subparsers.add_parser(
         "torch-train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,

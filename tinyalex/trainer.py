@@ -130,14 +130,15 @@ class Run:
         self.out_dir = out_dir
         self.log = log
         c = config
-        warm_up()   # Numba loads the kernels while the data are read (model.warm_up)
+        warm_up(impl=c.get("impl", "fast"))   # Numba loads the kernels while the data are read (model.warm_up)
         self.data, self.train_loader, self.val_loader, self.test_loader = build_loaders(c)
         if c["schedule"] == "plateau" and self.val_loader is None:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
         d = self.data
         self.image_size = IMAGE_SIZE[c["model"]]
 
-        self.model = build_model(c["model"], d.num_classes, init=c["init"], seed=c["seed"])
+        self.model = build_model(c["model"], d.num_classes, init=c["init"], seed=c["seed"],
+                                 impl=c.get("impl", "fast"))
         self.sgd = SGD(self.model.params, momentum=c["momentum"], weight_decay=c["weight_decay"])
         self.schedule = make_schedule(c["schedule"], lr=c["lr"], epochs=c["epochs"],
                                       steps_per_epoch=len(self.train_loader),

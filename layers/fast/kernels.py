@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit
 
 from . import buffers
-from .reference import out_size
+from ..reference import out_size
 
 _JIT = dict(cache=True, nogil=True)
 # Below this many output elements a kernel runs on the calling thread alone: handing work to
