@@ -54,6 +54,30 @@ def test_json_report_without_torch(capsys):
     assert out["peak_rss_bytes"] is None or out["peak_rss_bytes"] > 10 * 2**20
 
 
+def test_readable_route_is_timed_beside_the_fast_one(capsys):
+    out = run_json(capsys, "--layers")                      # --impl both, the default
+    assert out["impl"] == "fast"
+    for kind in ("train", "eval"):
+        fast, readable = out[f"tinyalex_{kind}_img_s"], out[f"readable_{kind}_img_s"]
+        assert fast > 0 and readable > 0 and len(out[f"readable_{kind}_times_s"]) == 2
+        assert out[f"{kind}_fast_over_readable"] == pytest.approx(fast / readable, rel=1e-12)
+    rows = out["layers"]
+    assert [row["layer"] for row in rows] == TINY_LAYERS
+    convs = [row for row in rows if row["layer"].startswith("conv")]
+    assert all(row["readable_backward_ms"] > 0 for row in convs)
+    # the readable route runs its ReLUs on their own; the fast route fuses them into the conv
+    relus = [row for row in rows if row["layer"] in ("relu1", "relu2")]
+    assert all(row["readable_forward_ms"] > 0 and row["tinyalex_forward_ms"] < row["readable_forward_ms"]
+               for row in relus)
+
+
+@pytest.mark.parametrize("impl", ["fast", "readable"])
+def test_one_route_alone(capsys, impl):
+    out = run_json(capsys, "--impl", impl)
+    assert out["impl"] == impl and out["tinyalex_train_img_s"] > 0
+    assert "readable_train_img_s" not in out and "train_fast_over_readable" not in out
+
+
 def test_vs_torch_ratios_and_layer_table(capsys, keep_torch_threads):
     out = run_json(capsys, "--vs-torch", "--layers")
     for kind in ("train", "eval"):
@@ -82,22 +106,20 @@ def test_text_report_names_every_layer(capsys):
     assert "Numba kernels: " in text and " threads" in text
 
 
-def test_layer_walk_is_the_models_own_pass():
-    """The per-layer timing walks exactly what AlexNet.loss and forward compute."""
-    model = build_model("tiny", seed=3)
+@pytest.mark.parametrize("impl", ["fast", "readable"])
+def test_timing_hook_times_every_layer_and_changes_nothing(impl):
+    """The per-layer timings come from the model's own passes: with the hook, the same numbers."""
+    model = build_model("tiny", seed=3, impl=impl)
     x, y = bench.random_batch(model.input_shape, 10, 5, seed=4)
-    plan = layer_plan(model.arch)
-    logits, _ = bench.tinyalex_forward(model.params, plan, x, train=False, rng=None)
-    np.testing.assert_array_equal(logits, model.forward(x))
-
-    from layers import softmax_cross_entropy
-    logits, tape = bench.tinyalex_forward(model.params, plan, x, train=True,
-                                          rng=np.random.default_rng(7))
-    loss, dlogits = softmax_cross_entropy(logits, y)
-    grads = bench.tinyalex_backward(plan, tape, dlogits)
+    fwd, bwd = {}, {}
+    logits, tape = model.forward_tape(x, train=True, rng=np.random.default_rng(7), times=fwd)
+    _, dlogits = model.ops.softmax_cross_entropy(logits, y)
+    grads, _ = model.backward_tape(tape, dlogits, times=bwd)
+    names = [n for n, _, _ in layer_plan(model.arch)]
+    assert list(fwd) == names and sorted(bwd) == sorted(names)
+    assert all(t >= 0 for t in list(fwd.values()) + list(bwd.values()))
     want_loss, want_grads = model.loss(x, y, rng=np.random.default_rng(7))
-    assert loss == want_loss
-    assert set(grads) == set(want_grads)
+    assert list(grads) == list(want_grads)
     for name in want_grads:
         np.testing.assert_array_equal(grads[name], want_grads[name], err_msg=name)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from layers import buffers
+from layers.fast import buffers
 
 MB = 2**20
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import layers
+import layers.fast
 from tinyalex import gradcheck
 from tinyalex.gradcheck import Check, rel_error
 
@@ -30,9 +31,9 @@ def one_thread():
         yield
 
 
-def ops_with(**overrides):
-    """The real layer functions, some replaced."""
-    funcs = {name: getattr(layers, name) for name in layers.__all__}
+def ops_with(route=layers, **overrides):
+    """The real layer functions of a route (layers or layers.fast), some replaced."""
+    funcs = {name: getattr(route, name) for name in route.__all__}
     funcs.update(overrides)
     return SimpleNamespace(**funcs)
 
@@ -105,26 +106,29 @@ def test_inputs_avoid_non_differentiable_points():
 # ---------------------------------------------------------------------------------------
 # the real layers pass
 
-def test_every_check_passes_on_the_real_layers(capsys):
+def test_every_check_passes_on_both_routes(capsys):
     code = gradcheck.main([])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "FAIL" not in out
     rows = [line for line in out.splitlines() if line.endswith("PASS")]
-    # every family is in the table, and every conv/dense config checks dx, dw and db
-    for family in ("conv", "maxpool", "lrn", "dropout", "dense", "relu", "softmax", "net tiny"):
-        assert any(line.startswith(family) for line in rows), family
-    assert sum(" dw " in line for line in rows) == 8        # 7 conv configs + dense
-    assert sum(" db " in line for line in rows) == 8
-    net = [line for line in rows if line.startswith("net tiny")]
-    assert len(net) == 17                                    # 16 parameters + the input
-    assert "checks passed, 0 failed" in out
+    for route in ("readable", "fast"):
+        mine = [line[len(route) + 2:] for line in rows if line.startswith(route + ": ")]
+        # every family is in the table, and every conv/dense config checks dx, dw and db
+        for family in ("conv", "maxpool", "lrn", "dropout", "dense", "relu", "softmax", "net tiny"):
+            assert any(line.startswith(family) for line in mine), (route, family)
+        assert sum(" dw " in line for line in mine) == 8        # 7 conv configs + dense
+        assert sum(" db " in line for line in mine) == 8
+        net = [line for line in mine if line.startswith("net tiny")]
+        assert len(net) == 17                                    # 16 parameters + the input
+    assert len(rows) == 108 and "108/108 checks passed, 0 failed" in out
 
 
-def test_layer_option_runs_one_family(capsys):
-    assert gradcheck.main(["--layer", "dense", "--seed", "5"]) == 0
+@pytest.mark.parametrize("impl", ["readable", "fast"])
+def test_layer_option_runs_one_family(capsys, impl):
+    assert gradcheck.main(["--layer", "dense", "--seed", "5", "--impl", impl]) == 0
     out = capsys.readouterr().out
-    assert "dense 7->5" in out and "conv" not in out and "3/3 checks passed" in out
+    assert f"{impl}: dense 7->5" in out and "conv" not in out and "3/3 checks passed" in out
 
 
 def test_rows_do_not_depend_on_which_families_run():
@@ -136,11 +140,12 @@ def test_rows_do_not_depend_on_which_families_run():
 # ---------------------------------------------------------------------------------------
 # broken backward passes are caught
 
-def test_conv_dw_off_by_a_factor_fails_only_dw():
+@pytest.mark.parametrize("route", [layers, layers.fast], ids=["readable", "fast"])
+def test_conv_dw_off_by_a_factor_fails_only_dw(route):
     def conv_backward(dout, cache):
-        dx, dw, db = layers.conv_backward(dout, cache)
+        dx, dw, db = route.conv_backward(dout, cache)
         return dx, dw * 1.001, db
-    rows = gradcheck.run_checks(["conv"], ops=ops_with(conv_backward=conv_backward))
+    rows = gradcheck.run_checks(["conv"], ops=ops_with(route, conv_backward=conv_backward))
     for r in rows:
         assert r.passed == (not r.what.startswith("dw")), r
     assert min(r.error for r in rows if r.what.startswith("dw")) > 1e-4
@@ -171,9 +176,10 @@ def lrn_backward_self_term_only(dout, cache):
             - 2 * cache.alpha * cache.beta * cache.x * dout * cache.out / cache.scale)
 
 
+@pytest.mark.parametrize("route", [layers, layers.fast], ids=["readable", "fast"])
 @pytest.mark.parametrize("broken", [lrn_backward_diagonal_only, lrn_backward_self_term_only])
-def test_lrn_backward_missing_the_cross_channel_term_fails_at_large_alpha(broken):
-    rows = rows_by_key(gradcheck.run_checks(["lrn"], ops=ops_with(lrn_backward=broken)))
+def test_lrn_backward_missing_the_cross_channel_term_fails_at_large_alpha(broken, route):
+    rows = rows_by_key(gradcheck.run_checks(["lrn"], ops=ops_with(route, lrn_backward=broken)))
     large = rows["lrn large alpha=1.0", "dx"]
     assert not large.passed and large.error > 0.5           # caught by a wide margin
     # At the paper's alpha the same bug gives a worst entry of ~1e-2 (7e-3 to 2e-2 over
@@ -192,7 +198,7 @@ def test_maxpool_backward_that_assigns_instead_of_accumulating_fails_for_overlap
                 # fancy assignment: a pixel that wins two windows keeps only one gradient
                 dx[n, c, cache.argmax[n, c].ravel()] = dout[n, c].ravel()
         return dx.reshape(cache.x_shape)
-    rows = rows_by_key(gradcheck.run_checks(["pool"], ops=ops_with(maxpool_backward=maxpool_backward)))
+    rows = rows_by_key(gradcheck.run_checks(["pool"], ops=ops_with(layers.fast, maxpool_backward=maxpool_backward)))
     assert not rows["maxpool 3/2 (overlapping)", "dx"].passed
     assert not rows["maxpool 3x2/1", "dx"].passed           # stride 1 overlaps too
     assert rows["maxpool 2/2", "dx"].passed                 # no overlap, no difference
@@ -249,8 +255,8 @@ def test_main_exits_one_and_lists_the_failure(capsys):
     code = gradcheck.main(["--layer", "dense"], ops=ops_with(dense_backward=dense_backward))
     out = capsys.readouterr().out
     assert code == 1
-    assert "2/3 checks passed, 1 failed" in out
-    assert "FAILED: dense 7->5 db" in out
+    assert "4/6 checks passed, 2 failed" in out                # the broken ops stand in for both routes
+    assert "FAILED: readable: dense 7->5 db; fast: dense 7->5 db" in out
 
 
 def run_python(code, *args):
@@ -259,28 +265,33 @@ def run_python(code, *args):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_command_exits_nonzero_with_a_monkeypatched_backward():
-    # patched before tinyalex.model is imported, so the whole network uses it too
-    code = textwrap.dedent("""
-        import layers
-        real = layers.conv_backward
+@pytest.mark.parametrize("route", ["layers", "layers.fast"])
+def test_command_exits_nonzero_with_a_monkeypatched_backward(route):
+    """A broken conv backward on either route fails that route's conv and whole-network rows
+    (the model calls the route's functions), and only that route's."""
+    code = textwrap.dedent(f"""
+        import importlib
+        ops = importlib.import_module("{route}")
+        real = ops.conv_backward
         def conv_backward(dout, cache, **kwargs):
             dx, dw, db = real(dout, cache, **kwargs)
             return dx, dw * 1.01, db
-        layers.conv_backward = conv_backward
+        ops.conv_backward = conv_backward
         from tinyalex.gradcheck import main
         raise SystemExit(main(["--layer", "conv", "--layer", "net"]))
     """)
     result = run_python(code)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
+    broken = "fast" if route == "layers.fast" else "readable"
     failed = [line for line in lines if line.endswith("FAIL")]
-    assert failed and all(" dw " in line or "dconv" in line for line in failed)
-    assert sum(line.startswith("net tiny") and "dconv" in line for line in failed) == 5
+    assert failed and all(line.startswith(broken + ": ") for line in failed)
+    assert all(" dw " in line or "dconv" in line for line in failed)
+    assert sum(line.startswith(f"{broken}: net tiny") and "dconv" in line for line in failed) == 5
     assert "FAILED:" in result.stdout
 
 
 def test_root_script_passes_and_exits_zero():
     result = run_python(None, "gradcheck.py", "--layer", "pool", "--layer", "relu", "--seed", "2")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4/4 checks passed, 0 failed (seed 2" in result.stdout
+    assert "8/8 checks passed, 0 failed (seed 2" in result.stdout

@@ -1,4 +1,6 @@
-"""Every Numba kernel returns what its plain-loop reference returns, on awkward shapes."""
+"""Every Numba kernel of the fast route (layers/fast/kernels.py) returns what its plain-loop
+reference returns, on awkward shapes, on one thread and cut across three. (The readable
+route's im2col kernels: tests/test_routes.py.)"""
 
 import os
 import subprocess
@@ -8,7 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from layers import kernels, reference
+from layers import reference
+from layers.fast import kernels
 
 # (N, C, H, W, KH, KW, stride, pad): stride 4 with 11x11, padding, H != W, KH != KW, odd C
 CONV_SHAPES = [
@@ -150,9 +153,7 @@ def test_relu_fused_layout_helpers(rng):
 def test_a_large_kernel_is_cut_into_one_slice_per_thread(monkeypatch, threading, rng):
     # The pool gets every slice but the first (the calling thread runs that one); together the
     # slices cover the outer loop exactly once. Here: the 2*3 = 6 planes of the zero padding,
-    # then the 3*3*3 = 27 rows of im2col's output.
-    if threading != "parallel":
-        pytest.skip("one thread: nothing is cut")
+    # then the 3*3*3 = 27 rows of im2col's output. On one thread the pool gets nothing.
     submitted = []
 
     class Recorder:
@@ -163,7 +164,7 @@ def test_a_large_kernel_is_cut_into_one_slice_per_thread(monkeypatch, threading,
     monkeypatch.setattr(kernels, "_workers", Recorder)
     x = rng.standard_normal((2, 3, 6, 6))
     np.testing.assert_array_equal(kernels.im2col(x, 3, 3, 1, 1), reference.im2col(x, 3, 3, 1, 1))
-    assert submitted == [(2, 4), (4, 6), (9, 18), (18, 27)]
+    assert submitted == ([(2, 4), (4, 6), (9, 18), (18, 27)] if threading == "parallel" else [])
 
 
 def test_thread_count_must_be_positive():
@@ -173,7 +174,7 @@ def test_thread_count_must_be_positive():
 
 def test_thread_count_defaults_to_numba_num_threads():
     # NUMBA_NUM_THREADS (what train.py --threads sets before the import) picks the slice count
-    code = "from layers import kernels; print(kernels.get_num_threads())"
+    code = "from layers.fast import kernels; print(kernels.get_num_threads())"
     env = dict(os.environ, NUMBA_NUM_THREADS="3")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3"

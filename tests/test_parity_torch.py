@@ -1,4 +1,5 @@
-"""Every layer, and the whole model, against PyTorch: the independent oracle.
+"""Every layer, and the whole model, on both routes (layers/ and layers/fast/), against
+PyTorch: the independent oracle.
 
 Same inputs, same weights, same upstream gradient (a random one, pushed through torch
 autograd with `out.backward(dout)`), then values and every gradient compared:
@@ -14,10 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from types import SimpleNamespace
+
 import layers
-import layers.conv as conv_module
-from layers import winograd
-import tinyalex.model as model_module
+import layers.fast
+import layers.fast.conv as conv_module
+from layers.fast import winograd
 from tinyalex.gradcheck import single_threaded
 from tinyalex.model import build_model
 
@@ -46,6 +49,12 @@ def assert_close(ours, theirs, dtype, what):
     assert err <= TOL[dtype], f"{what}: relative difference {err:.2e} > {TOL[dtype]:.0e}"
 
 
+@pytest.fixture(params=["readable", "fast"])
+def ops(request):
+    """The layers of one route: each layer test runs on both."""
+    return layers if request.param == "readable" else layers.fast
+
+
 def leaf(a):
     return torch.from_numpy(np.array(a, copy=True)).requires_grad_(True)
 
@@ -61,7 +70,7 @@ CONV_CASES = [
     ((3, 4, 10, 7), (6, 2, 3, 3), 2, 0, 2),        # groups=2, stride 2, no padding
     ((2, 2, 3, 4), (2, 2, 5, 5), 1, 1, 1),         # kernel exactly as large as the padded input
     ((1, 6, 13, 13), (4, 3, 1, 1), 1, 0, 2),       # 1x1 grouped
-    # 3x3 or 5x5, stride 1, >= 8 channels per group: the Winograd route (layers/winograd.py)
+    # 3x3 or 5x5, stride 1, >= 8 channels per group: Winograd on the fast route
     ((2, 16, 9, 7), (6, 8, 3, 3), 1, 1, 2),        # groups, sizes not multiples of its 4x4 tiles
     ((1, 8, 6, 13), (5, 8, 3, 3), 1, 2, 1),        # padding 2
     ((2, 16, 15, 11), (4, 8, 5, 5), 1, 2, 2),      # 5x5 as four 3x3 pieces, groups
@@ -71,17 +80,17 @@ WINOGRAD_CASES = CONV_CASES[-3:]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("xs, ws, stride, pad, groups", CONV_CASES)
-def test_conv_matches_torch(xs, ws, stride, pad, groups, dtype):
+def test_conv_matches_torch(ops, xs, ws, stride, pad, groups, dtype):
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype)
-    out, cache = layers.conv_forward(x, w, b, stride=stride, pad=pad, groups=groups)
+    out, cache = ops.conv_forward(x, w, b, stride=stride, pad=pad, groups=groups)
     xt, wt, bt = leaf(x), leaf(w), leaf(b)
     ref = F.conv2d(xt, wt, bt, stride=stride, padding=pad, groups=groups)
     assert_close(out, ref, dtype, "conv out")
 
     dout = rng.standard_normal(out.shape).astype(dtype)
-    dx, dw, db = layers.conv_backward(dout, cache)
+    dx, dw, db = ops.conv_backward(dout, cache)
     ref.backward(torch.from_numpy(dout))
     assert_close(dx, xt.grad, dtype, "conv dx")
     assert_close(dw, wt.grad, dtype, "conv dw")
@@ -98,13 +107,13 @@ def test_fused_conv_relu_matches_torch_relu_of_conv2d(xs, ws, stride, pad, group
     rng = np.random.default_rng(2)
     x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype)
-    out, cache = layers.conv_relu_forward(x, w, b, stride=stride, pad=pad, groups=groups)
+    out, cache = layers.fast.conv_relu_forward(x, w, b, stride=stride, pad=pad, groups=groups)
     assert (out == 0).any() and (out > 0).any()                 # the ReLU mask matters here
     xt, wt, bt = leaf(x), leaf(w), leaf(b)
     ref = torch.relu(F.conv2d(xt, wt, bt, stride=stride, padding=pad, groups=groups))
     assert_close(out, ref, dtype, "conv+relu out")
     dout = rng.standard_normal(out.shape).astype(dtype)
-    dx, dw, db = layers.conv_backward(dout, cache)
+    dx, dw, db = layers.fast.conv_backward(dout, cache)
     ref.backward(torch.from_numpy(dout))
     assert_close(dx, xt.grad, dtype, "conv+relu dx")
     assert_close(dw, wt.grad, dtype, "conv+relu dw")
@@ -113,13 +122,12 @@ def test_fused_conv_relu_matches_torch_relu_of_conv2d(xs, ws, stride, pad, group
 
 def test_conv_chunked_batch_matches_torch(monkeypatch):
     """Batches larger than one im2col buffer are processed in chunks: same answer."""
-    import layers.conv
-    monkeypatch.setattr(layers.conv, "COLS_BYTES", 1)      # one image per chunk
+    monkeypatch.setattr(conv_module, "COLS_BYTES", 1)      # one image per chunk
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal((6, 2, 3, 3)), rng.standard_normal(6)
-    out, cache = layers.conv_forward(x, w, b, stride=1, pad=1, groups=2)
+    out, cache = layers.fast.conv_forward(x, w, b, stride=1, pad=1, groups=2)
     dout = rng.standard_normal(out.shape)
-    dx, dw, db = layers.conv_backward(dout, cache)
+    dx, dw, db = layers.fast.conv_backward(dout, cache)
     xt, wt, bt = leaf(x), leaf(w), leaf(b)
     ref = F.conv2d(xt, wt, bt, padding=1, groups=2)
     ref.backward(torch.from_numpy(dout))
@@ -139,32 +147,32 @@ POOL_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("xs, size, stride", POOL_CASES)
-def test_maxpool_matches_torch(xs, size, stride, dtype):
+def test_maxpool_matches_torch(ops, xs, size, stride, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(xs).astype(dtype)
-    out, cache = layers.maxpool_forward(x, size=size, stride=stride)
+    out, cache = ops.maxpool_forward(x, size=size, stride=stride)
     xt = leaf(x)
     ref = F.max_pool2d(xt, kernel_size=size, stride=stride)
     assert_close(out, ref, dtype, "pool out")
     dout = rng.standard_normal(out.shape).astype(dtype)
     ref.backward(torch.from_numpy(dout))
-    assert_close(layers.maxpool_backward(dout, cache), xt.grad, dtype, "pool dx")
+    assert_close(ops.maxpool_backward(dout, cache), xt.grad, dtype, "pool dx")
 
 
-def test_maxpool_ties_go_where_torch_sends_them():
+def test_maxpool_ties_go_where_torch_sends_them(ops):
     """After a ReLU many window entries are exactly 0: the documented tie rule (first
     maximum in row-major order) must route the gradient as PyTorch's CPU kernel does."""
     rng = np.random.default_rng(2)
     x = np.maximum(rng.standard_normal((2, 3, 11, 9)), 0.0)
     x[0, 0] = 0.0                                          # a whole plane of ties
     x[1, 1, ::2] = 1.5                                     # ties at a positive value
-    out, cache = layers.maxpool_forward(x, size=3, stride=2)
+    out, cache = ops.maxpool_forward(x, size=3, stride=2)
     dout = rng.standard_normal(out.shape)
     xt = leaf(x)
     ref = F.max_pool2d(xt, 3, 2)
     ref.backward(torch.from_numpy(dout))
     assert_close(out, ref, np.float64, "pool out with ties")
-    assert_close(layers.maxpool_backward(dout, cache), xt.grad, np.float64, "pool dx with ties")
+    assert_close(ops.maxpool_backward(dout, cache), xt.grad, np.float64, "pool dx with ties")
 
 
 LRN_CASES = [
@@ -180,10 +188,10 @@ LRN_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("alpha_over_n", [False, True])
 @pytest.mark.parametrize("xs, size, k, alpha, beta", LRN_CASES)
-def test_lrn_matches_torch(xs, size, k, alpha, beta, alpha_over_n, dtype):
+def test_lrn_matches_torch(ops, xs, size, k, alpha, beta, alpha_over_n, dtype):
     rng = np.random.default_rng(0)
     x = (2.0 * rng.standard_normal(xs)).astype(dtype)
-    out, cache = layers.lrn_forward(x, size=size, k=k, alpha=alpha, beta=beta,
+    out, cache = ops.lrn_forward(x, size=size, k=k, alpha=alpha, beta=beta,
                                     alpha_over_n=alpha_over_n)
     # PyTorch divides alpha by size: the paper's alpha is PyTorch's alpha / size
     torch_alpha = alpha if alpha_over_n else alpha * size
@@ -192,19 +200,19 @@ def test_lrn_matches_torch(xs, size, k, alpha, beta, alpha_over_n, dtype):
     assert_close(out, ref, dtype, "lrn out")
     dout = rng.standard_normal(out.shape).astype(dtype)
     ref.backward(torch.from_numpy(dout))
-    assert_close(layers.lrn_backward(dout, cache), xt.grad, dtype, "lrn dx")
+    assert_close(ops.lrn_backward(dout, cache), xt.grad, dtype, "lrn dx")
 
 
-def test_lrn_paper_layer_is_torch_local_response_norm_with_alpha_times_n():
+def test_lrn_paper_layer_is_torch_local_response_norm_with_alpha_times_n(ops):
     x = np.random.default_rng(3).standard_normal((2, 96, 4, 4)) * 10
-    out, _ = layers.lrn_forward(x)                          # defaults: the paper's layer
+    out, _ = ops.lrn_forward(x)                          # defaults: the paper's layer
     ref = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(torch.from_numpy(x))
     assert_close(out, ref, np.float64, "paper LRN")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("drop_prob", [0.5, 0.2])
-def test_dropout_with_torchs_mask_matches_torch(drop_prob, dtype):
+def test_dropout_with_torchs_mask_matches_torch(ops, drop_prob, dtype):
     rng = np.random.default_rng(0)
     x = (np.abs(rng.standard_normal((6, 50))) + 0.1).astype(dtype)   # no zeros: mask = out != 0
     xt = leaf(x)
@@ -212,42 +220,42 @@ def test_dropout_with_torchs_mask_matches_torch(drop_prob, dtype):
     ref = F.dropout(xt, p=drop_prob, training=True)
     mask = ref.detach().numpy() != 0
     assert 0 < mask.mean() < 1
-    out, cache = layers.dropout_forward(x, drop_prob=drop_prob, train=True, mask=mask)
+    out, cache = ops.dropout_forward(x, drop_prob=drop_prob, train=True, mask=mask)
     assert_close(out, ref, dtype, "dropout out")
     dout = rng.standard_normal(x.shape).astype(dtype)
     ref.backward(torch.from_numpy(dout))
-    assert_close(layers.dropout_backward(dout, cache), xt.grad, dtype, "dropout dx")
+    assert_close(ops.dropout_backward(dout, cache), xt.grad, dtype, "dropout dx")
 
 
-def test_dropout_eval_is_the_identity_like_torch():
+def test_dropout_eval_is_the_identity_like_torch(ops):
     x = np.random.default_rng(0).standard_normal((4, 3, 5, 5))
-    out, cache = layers.dropout_forward(x, drop_prob=0.5, train=False)
+    out, cache = ops.dropout_forward(x, drop_prob=0.5, train=False)
     assert_close(out, F.dropout(torch.from_numpy(x), 0.5, training=False), np.float64, "eval dropout")
     dout = np.random.default_rng(1).standard_normal(x.shape)
-    assert np.array_equal(layers.dropout_backward(dout, cache), dout)
+    assert np.array_equal(ops.dropout_backward(dout, cache), dout)
 
 
-def test_dropout_generator_mask_has_the_stated_drop_probability():
+def test_dropout_generator_mask_has_the_stated_drop_probability(ops):
     x = np.ones((400, 500))
-    out, cache = layers.dropout_forward(x, drop_prob=0.3, train=True, rng=np.random.default_rng(0))
+    out, cache = ops.dropout_forward(x, drop_prob=0.3, train=True, rng=np.random.default_rng(0))
     dropped = np.mean(out == 0)
     assert abs(dropped - 0.3) < 0.005                       # drop_prob is P(zeroed)
     assert np.allclose(out[out != 0], 1 / 0.7)              # inverted scaling
-    again, _ = layers.dropout_forward(x, drop_prob=0.3, train=True, rng=np.random.default_rng(0))
+    again, _ = ops.dropout_forward(x, drop_prob=0.3, train=True, rng=np.random.default_rng(0))
     assert np.array_equal(out, again)                       # same generator state, same mask
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, d, m", [(4, 7, 5), (1, 13, 3), (3, 1, 1)])
-def test_dense_matches_torch(n, d, m, dtype):
+def test_dense_matches_torch(ops, n, d, m, dtype):
     rng = np.random.default_rng(0)
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((n, d), (m, d), (m,)))
-    out, cache = layers.dense_forward(x, w, b)
+    out, cache = ops.dense_forward(x, w, b)
     xt, wt, bt = leaf(x), leaf(w), leaf(b)
     ref = F.linear(xt, wt, bt)
     assert_close(out, ref, dtype, "dense out")
     dout = rng.standard_normal(out.shape).astype(dtype)
-    dx, dw, db = layers.dense_backward(dout, cache)
+    dx, dw, db = ops.dense_backward(dout, cache)
     ref.backward(torch.from_numpy(dout))
     assert_close(dx, xt.grad, dtype, "dense dx")
     assert_close(dw, wt.grad, dtype, "dense dw")
@@ -255,27 +263,27 @@ def test_dense_matches_torch(n, d, m, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_relu_matches_torch_including_exact_zeros(dtype):
+def test_relu_matches_torch_including_exact_zeros(ops, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 5, 4, 7)).astype(dtype)
     x[0, 0] = 0.0                                           # the kink: both take slope 0
-    out, cache = layers.relu_forward(x)
+    out, cache = ops.relu_forward(x)
     xt = leaf(x)
     ref = F.relu(xt)
     assert_close(out, ref, dtype, "relu out")
     dout = rng.standard_normal(x.shape).astype(dtype)
     ref.backward(torch.from_numpy(dout))
-    assert_close(layers.relu_backward(dout, cache), xt.grad, dtype, "relu dx")
+    assert_close(ops.relu_backward(dout, cache), xt.grad, dtype, "relu dx")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, m, scale, shift", [(6, 10, 1.0, 0.0), (1, 3, 1.0, 0.0),
                                                (5, 7, 30.0, 1000.0), (4, 10, 5.0, -500.0)])
-def test_softmax_cross_entropy_matches_torch(n, m, scale, shift, dtype):
+def test_softmax_cross_entropy_matches_torch(ops, n, m, scale, shift, dtype):
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal((n, m)) * scale + shift).astype(dtype)
     y = rng.integers(0, m, size=n)
-    loss, dlogits = layers.softmax_cross_entropy(logits, y)
+    loss, dlogits = ops.softmax_cross_entropy(logits, y)
     lt = leaf(logits)
     ref = F.cross_entropy(lt, torch.from_numpy(y))          # mean over the batch
     ref.backward()
@@ -340,22 +348,23 @@ def check_architecture_against_the_table(name, params):
     assert params["fc8.w"].shape[0] == 10
 
 
-def record_dropout_masks(monkeypatch):
+def record_dropout_masks(model):
     """Wrap the model's dropout so the keep-masks it draws can be handed to PyTorch."""
     masks = []
-    real = model_module.dropout_forward
+    real = model.ops.dropout_forward
 
     def recording(x, **kwargs):
         out, cache = real(x, **kwargs)
         if cache.mask is not None:
             masks.append(cache.mask.copy())
         return out, cache
-    monkeypatch.setattr(model_module, "dropout_forward", recording)
+    funcs = {name: getattr(model.ops, name) for name in model.ops.__all__}
+    model.ops = SimpleNamespace(**dict(funcs, dropout_forward=recording))
     return masks
 
 
-def compare_model_with_torch(name, batch, dtype, monkeypatch, init="torch", train=True):
-    model = build_model(name, dtype=dtype, init=init, seed=1)
+def compare_model_with_torch(name, batch, dtype, impl, init="torch", train=True):
+    model = build_model(name, dtype=dtype, init=init, seed=1, impl=impl)
     check_architecture_against_the_table(name, model.params)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch,) + tuple(model.input_shape)).astype(dtype)
@@ -379,7 +388,7 @@ def compare_model_with_torch(name, batch, dtype, monkeypatch, init="torch", trai
     if not train:
         return
     # training mode: the masks our dropout drew, applied in PyTorch too
-    masks = record_dropout_masks(monkeypatch)
+    masks = record_dropout_masks(model)
     loss, grads, dx, logits = model.loss(x, y, rng=np.random.default_rng(7), return_dx=True,
                                          return_logits=True)
     assert len(masks) == 2 and all(0 < m.mean() < 1 for m in masks)
@@ -395,16 +404,22 @@ def compare_model_with_torch(name, batch, dtype, monkeypatch, init="torch", trai
     assert_close(dx, xt.grad, dtype, f"{name} train dx")
 
 
+IMPLS = ["readable", "fast"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("init", ["torch", "he"])
-def test_tiny_model_matches_torch(dtype, init, monkeypatch):
-    compare_model_with_torch("tiny", 4, dtype, monkeypatch, init=init)
+def test_tiny_model_matches_torch(dtype, init, impl):
+    compare_model_with_torch("tiny", 4, dtype, impl, init=init)
 
 
-def test_cifar_model_matches_torch(monkeypatch):
-    compare_model_with_torch("cifar", 2, np.float64, monkeypatch)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_cifar_model_matches_torch(impl):
+    compare_model_with_torch("cifar", 2, np.float64, impl)
 
 
-def test_paper_model_matches_torch(monkeypatch):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_paper_model_matches_torch(impl):
     # one image, evaluation mode only (~5 s): dropout masks are covered by tiny and cifar
-    compare_model_with_torch("paper", 1, np.float64, monkeypatch, train=False)
+    compare_model_with_torch("paper", 1, np.float64, impl, train=False)

@@ -1,4 +1,5 @@
-"""The process settings tinyalex makes when it is imported (tinyalex/_runtime.py)."""
+"""The process settings (tinyalex/_runtime.py): importing a library module changes nothing; the
+entry points apply them; the malloc setting does what it says. And the warm-up's kernels."""
 
 import json
 import os
@@ -10,13 +11,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = ("OPENBLAS_THREAD_TIMEOUT", "NUMPY_MADVISE_HUGEPAGE")
 
-# What a fresh process sees after importing `first`, then NumPy.
+# What a fresh process sees after running `first` (Python code), then importing NumPy.
 PROBE = """
 import json, os, sys
-__import__(sys.argv[1])
+before = dict(os.environ)
+exec(sys.argv[1])
 import numpy
 from numpy._core import multiarray
 print(json.dumps({"env": {k: os.environ.get(k) for k in %r},
+                  "unchanged": dict(os.environ) == before,
                   "numpy_huge_pages": bool(multiarray._get_madvise_hugepage())}))
 """ % (SETTINGS,)
 
@@ -25,20 +28,72 @@ def probe(first, **env):
     clean = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     out = subprocess.run([sys.executable, "-c", PROBE, first], env={**clean, **env}, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    return json.loads(out.splitlines()[-1])
 
 
-@pytest.mark.parametrize("first", ["tinyalex", "layers"])
-def test_importing_the_package_first_sets_the_process_settings(first):
+@pytest.mark.parametrize("first", ["import layers", "import layers.fast", "import tinyalex",
+                                   "import tinyalex.model, tinyalex.trainer, tinyalex.bench"])
+def test_importing_changes_nothing(first):
     seen = probe(first)
+    assert seen["unchanged"] and seen["env"] == {k: None for k in SETTINGS}
+    assert seen["numpy_huge_pages"] is True               # NumPy's own default, untouched
+
+
+@pytest.mark.parametrize("entry", [
+    "from tinyalex import _runtime; _runtime.apply()",
+    "from tinyalex.cli import main\ntry: main(['bench', '--help'])\nexcept SystemExit: pass",
+    "from tinyalex.cli import train_main\ntry: train_main(['--help'])\nexcept SystemExit: pass",
+])
+def test_the_entry_points_apply_the_settings(entry):
+    seen = probe(entry)
     assert seen["env"] == {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMPY_MADVISE_HUGEPAGE": "0"}
-    assert seen["numpy_huge_pages"] is False      # NumPy read the switch when it loaded
+    assert seen["numpy_huge_pages"] is False               # NumPy read the switch when it loaded
 
 
 def test_a_value_already_in_the_environment_is_kept():
-    seen = probe("tinyalex", NUMPY_MADVISE_HUGEPAGE="1", OPENBLAS_THREAD_TIMEOUT="7")
+    seen = probe("from tinyalex import _runtime; _runtime.apply()",
+                 NUMPY_MADVISE_HUGEPAGE="1", OPENBLAS_THREAD_TIMEOUT="7")
     assert seen["env"] == {"OPENBLAS_THREAD_TIMEOUT": "7", "NUMPY_MADVISE_HUGEPAGE": "1"}
     assert seen["numpy_huge_pages"] is True
+
+
+# After the settings (or without them), malloc 64 MB, touch it, free it: how far the heap's end
+# (sbrk(0)) moved while the block lived, and where it stays after the free.
+MALLOC_PROBE = """
+import ctypes, json, sys
+from tinyalex import _runtime
+took = _runtime.apply() if sys.argv[1] == "apply" else None
+libc = ctypes.CDLL("libc.so.6")
+libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, (ctypes.c_ssize_t,)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+start = libc.sbrk(0)
+block = libc.malloc(64 << 20)
+ctypes.memset(block, 1, 64 << 20)
+grown = libc.sbrk(0) - start
+libc.free(block)
+print(json.dumps({"took": took, "grown": grown, "kept": libc.sbrk(0) - start}))
+"""
+
+
+def malloc_probe(mode, **env):
+    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, mode], cwd=ROOT, capture_output=True,
+                         text=True, check=True, env={**os.environ, **env}).stdout
+    return json.loads(out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_malloc_keeps_freed_memory_for_the_next_step():
+    kept = malloc_probe("apply")
+    assert kept["took"] is True
+    assert kept["grown"] > 32 << 20                        # served from the heap, not an mmap
+    assert kept["kept"] == kept["grown"]                   # and not handed back after the free
+    # the check can fail: glibc's defaults serve such a block by mmap and return it at once
+    default = malloc_probe("none")
+    assert default["grown"] < 32 << 20 and default["kept"] < 32 << 20
+    # TINYALEX_SYSTEM_MALLOC=1 keeps glibc's defaults
+    off = malloc_probe("apply", TINYALEX_SYSTEM_MALLOC="1")
+    assert off["took"] is False and off["kept"] < 32 << 20
 
 
 # In a fresh process: which Numba kernels (and argument types) are loaded after model.warm_up,

@@ -1,13 +1,13 @@
-"""The Winograd route for stride-1 3x3 and 5x5 convolutions (layers/winograd.py) against the im2col
-route (layers/conv.py, itself held to the plain references and to PyTorch), and the transform
+"""The Winograd route for stride-1 3x3 and 5x5 convolutions (layers/fast/winograd.py) against the im2col
+route (layers/fast/conv.py with Winograd switched off, itself held to the readable layers and to PyTorch), and the transform
 matrices against the identity they exist for."""
 
 import numpy as np
 import pytest
 
-import layers
-import layers.conv as conv_module
-from layers import kernels, winograd
+import layers.fast
+import layers.fast.conv as conv_module
+from layers.fast import kernels, winograd
 from tinyalex.model import ARCHS
 
 TOL = {np.float64: 1e-12, np.float32: 2e-5}   # relative to the largest entry of the answer
@@ -80,7 +80,7 @@ def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, thread
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((F, C // groups, K, K)).astype(dtype)
     b = rng.standard_normal(F).astype(dtype)
-    forward = layers.conv_relu_forward if relu else layers.conv_forward
+    forward = layers.fast.conv_relu_forward if relu else layers.fast.conv_forward
     assert conv_module.uses_winograd(w.shape, 1)
     out, cache = forward(x, w, b, stride=1, pad=pad, groups=groups)
     ref, ref_cache = im2col_route(monkeypatch, forward, x, w, b, stride=1, pad=pad, groups=groups)
@@ -91,12 +91,12 @@ def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, thread
         np.testing.assert_array_equal(out > 0, ref > 0)   # (no sign flips on these inputs)
 
     dout = rng.standard_normal(out.shape).astype(dtype)
-    grads = layers.conv_backward(dout, cache)
-    ref_grads = im2col_route(monkeypatch, layers.conv_backward, dout, ref_cache)
+    grads = layers.fast.conv_backward(dout, cache)
+    ref_grads = im2col_route(monkeypatch, layers.fast.conv_backward, dout, ref_cache)
     for name, ours, theirs in zip(("dx", "dw", "db"), grads, ref_grads):
         assert ours.dtype == dtype and ours.shape == theirs.shape, name
         assert rel_err(ours, theirs) <= TOL[dtype], name
-    dx, dw, db = layers.conv_backward(dout, cache, need_dx=False)
+    dx, dw, db = layers.fast.conv_backward(dout, cache, need_dx=False)
     assert dx is None
     np.testing.assert_array_equal(dw, grads[1])
 
@@ -105,13 +105,13 @@ def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, thread
 def test_chunks_of_images_give_the_same_answer(K, monkeypatch):
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((5, 16, 6, 7)), rng.standard_normal((6, 8, K, K)), rng.standard_normal(6)
-    out, cache = layers.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
+    out, cache = layers.fast.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
     dout = rng.standard_normal(out.shape)
-    grads = layers.conv_backward(dout, cache)
+    grads = layers.fast.conv_backward(dout, cache)
     monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)        # one image per chunk
-    chunk_out, chunk_cache = layers.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
+    chunk_out, chunk_cache = layers.fast.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
     assert rel_err(chunk_out, out) <= 1e-14
-    for ours, theirs in zip(layers.conv_backward(dout, chunk_cache), grads):
+    for ours, theirs in zip(layers.fast.conv_backward(dout, chunk_cache), grads):
         assert rel_err(ours, theirs) <= 1e-14
 
 
@@ -121,9 +121,9 @@ def test_input_gradient_is_the_adjoint_of_the_forward(K):
     the forward's transposed, tile overlaps, pieces and padding included."""
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal((2, 8, 9, 5)), rng.standard_normal((4, 8, K, K))
-    out, cache = layers.conv_forward(x, w, np.zeros(4), stride=1, pad=2)
+    out, cache = layers.fast.conv_forward(x, w, np.zeros(4), stride=1, pad=2)
     dy = rng.standard_normal(out.shape)
-    dx, dw, _ = layers.conv_backward(dy, cache)
+    dx, dw, _ = layers.fast.conv_backward(dy, cache)
     assert np.isclose(np.sum(out * dy), np.sum(x * dx), rtol=1e-12)
     assert np.isclose(np.sum(out * dy), np.sum(w * dw), rtol=1e-12)
 
