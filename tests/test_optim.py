@@ -10,7 +10,12 @@ import pytest
 from tinyalex.errors import CheckpointError, TinyAlexError
 from tinyalex.optim import SGD, make_schedule
 
-torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, the oracle of the tests that compare with it (the others run without it)."""
+    return pytest.importorskip("torch")
 
 
 # --- SGD ------------------------------------------------------------------------------------
@@ -55,7 +60,7 @@ def test_updates_in_place_and_keeps_float32():
     assert np.all(before < 1)
 
 
-def _torch_sgd_trajectory(w0, grads_fn, lrs, momentum, weight_decay):
+def _torch_sgd_trajectory(torch, w0, grads_fn, lrs, momentum, weight_decay):
     w = torch.tensor(w0.copy(), requires_grad=True)
     opt = torch.optim.SGD([w], lr=lrs[0], momentum=momentum, weight_decay=weight_decay)
     for lr in lrs:
@@ -87,7 +92,7 @@ def test_one_pass_update_is_the_numpy_formula_bit_for_bit():
     assert w.dtype == np.float32 and not np.array_equal(w, w0)
 
 
-def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise():
+def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise(torch):
     rng = np.random.default_rng(0)
     w0 = rng.standard_normal(20)
     target = rng.standard_normal(20)
@@ -104,12 +109,12 @@ def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise():
 
     constant = [0.05] * 8
     np.testing.assert_allclose(ours(constant),
-                               _torch_sgd_trajectory(w0, grads_fn, constant, 0.9, 5e-3),
+                               _torch_sgd_trajectory(torch, w0, grads_fn, constant, 0.9, 5e-3),
                                rtol=1e-12, atol=1e-12)
     # A tenfold drop in lr: PyTorch rescales the accumulated momentum at once, the paper's
     # rule does not, so the two trajectories part.
     dropped = [0.05] * 4 + [0.005] * 4
-    gap = np.abs(ours(dropped) - _torch_sgd_trajectory(w0, grads_fn, dropped, 0.9, 5e-3))
+    gap = np.abs(ours(dropped) - _torch_sgd_trajectory(torch, w0, grads_fn, dropped, 0.9, 5e-3))
     assert gap.max() > 1e-3
 
 
@@ -188,7 +193,7 @@ def test_onecycle_defaults_per_model_and_override():
 
 
 @pytest.mark.parametrize("epochs,steps", [(10, 352), (3, 7), (1, 1), (1, 5), (2, 3), (7, 1)])
-def test_onecycle_matches_torch(epochs, steps):
+def test_onecycle_matches_torch(epochs, steps, torch):
     peak = 0.05
     w = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([w], lr=peak, momentum=0.9)
@@ -205,7 +210,7 @@ def test_onecycle_matches_torch(epochs, steps):
     np.testing.assert_allclose(ours, torch_lrs, rtol=1e-12, atol=1e-15)
 
 
-def test_step_schedule_by_hand_and_against_torch():
+def test_step_schedule_by_hand_and_against_torch(torch):
     sched = make_schedule("step", epochs=10, steps_per_epoch=3)
     by_epoch = [sched.lr_at(e, 2) for e in range(10)]
     assert by_epoch == pytest.approx([0.01] * 5 + [0.001] * 3 + [0.0001] * 2, rel=1e-12)
@@ -240,7 +245,7 @@ def test_plateau_by_hand():
 
 
 @pytest.mark.parametrize("patience", [1, 2, 3])
-def test_plateau_matches_torch(patience):
+def test_plateau_matches_torch(patience, torch):
     sched = make_schedule("plateau", epochs=len(VAL_ACCS), steps_per_epoch=1,
                           patience=patience)
     w = torch.zeros(1, requires_grad=True)

@@ -33,13 +33,13 @@ from . import __version__
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .data import BatchLoader, load_dataset
 from .errors import TinyAlexError
-from .model import build_model, warm_up
+from .model import ARCHS, build_model, warm_up
 from .optim import SGD, make_schedule
 from .pictures import plot_curves
 from layers import softmax_cross_entropy
 
 METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s"]
-IMAGE_SIZE = {"paper": 224, "cifar": 32, "tiny": 32}
+IMAGE_SIZE = {name: arch.input_shape[1] for name, arch in ARCHS.items()}   # square inputs
 DROPOUT_STREAM = 2     # the loader uses streams 0 (shuffle) and 1 (augmentation) of the seed
 LIMIT_STREAMS = {"train": 3, "val": 4}
 
