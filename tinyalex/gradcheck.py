@@ -481,7 +481,7 @@ def run_checks(families: Sequence[str] | None = None, seed: int = 0, ops=None,
 def single_threaded():
     """Run Numba kernels and BLAS on one thread. Every array here is tiny: waking a thread
     pool costs more than the work, and on a busy machine (other processes on the cores)
-    far more -- a tiny-net loss went from 9 ms to 170 ms with 2 BLAS threads."""
+    far more."""
     threads = kernels.get_num_threads()
     kernels.set_num_threads(1)
     try:

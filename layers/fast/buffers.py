@@ -4,9 +4,7 @@ A training step allocates the same large arrays every time: each layer's output,
 gradient, im2col buffers (up to 150 MB each for the paper model). Writing into freshly
 allocated memory is slow: the operating system hands out pages only when they are first
 written, and on a virtual machine even memory that malloc keeps and reuses can cost that
-again. Measured on the project's 2-core VM, the paper model's LRN backward took 280-360 ms
-with a fresh output array and 85-110 ms with one written before, and a whole training step
-was about 20% faster with the arrays below than with np.empty.
+again (docs/performance.md has the figures).
 
 `empty(shape, dtype)` works like np.empty. Arrays of at least MIN_BYTES are views of blocks
 from a pool: the smallest block that nothing references any more (no variable, cache or view

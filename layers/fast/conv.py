@@ -40,7 +40,7 @@ WINOGRAD_MIN_CHANNELS = 8
 
 def uses_winograd(w_shape, stride):
     """Whether a convolution with weights of shape (F, C/groups, KH, KW) and this stride runs
-    through layers/winograd.py (the same maths, 2.4-3x fewer multiplications)."""
+    through winograd.py (the same maths, 2.4-3x fewer multiplications)."""
     F, Cg, KH, KW = w_shape
     return KH == KW and KH in (3, 5) and stride == 1 and Cg >= WINOGRAD_MIN_CHANNELS
 

@@ -29,8 +29,7 @@ loop's range as its first two arguments, `lo, hi`. On a large output the range i
 one slice per thread, and the slices run at the same time on a small pool of Python threads
 (the kernels release the GIL: `nogil=True`). This does what Numba's `parallel=True` and
 `prange` would, but each kernel is compiled once, not twice, with no parallel-compiler passes
-(with `prange`, the first `cifar` training step of a cold start took 28 s; now 10 s), and
-the idle workers sleep instead of spinning against OpenBLAS's threads. `set_num_threads(n)` sets
+(a much shorter cold start), and the idle workers sleep instead of spinning against OpenBLAS's threads. `set_num_threads(n)` sets
 the number of slices; the default is NUMBA_NUM_THREADS when it is set, else the number of
 cores this process may use.
 """
@@ -115,7 +114,7 @@ def _pad(lo, hi, x, pad, xp):
         n = nc // C
         c = nc % C
         xp[n, c] = 0
-        for h in range(H):  # explicit loops: a slice assignment here took seconds to compile
+        for h in range(H):  # explicit loops: a slice assignment compiles slowly
             dst = xp[n, c, pad + h]
             src = x[n, c, h]
             for w in range(W):
@@ -134,9 +133,8 @@ def _padded(x, pad):
 @threaded_kernel(lambda xp, KH, KW, stride, OH, OW, cols: cols.shape[0])
 def _im2col(lo, hi, xp, KH, KW, stride, OH, OW, cols):
     # Reads the zero-padded input, so the inner loop needs no bounds tests. The input is read
-    # as one flat array, with the offsets worked out here: indexing the 4-d array once per
-    # output row made the 5x5 conv2 of `cifar` 2x slower. (Also an explicit loop: a slice copy
-    # per output row was up to 1.9x slower on these short rows.)
+    # as one flat array with the offsets worked out here, and copied by an explicit loop:
+    # both are faster than a 4-d row view or a slice copy per (short) output row.
     N, C, Hp, Wp = xp.shape
     xf = xp.reshape(-1)
     P = OH * OW
@@ -171,9 +169,9 @@ def im2col(x, KH, KW, stride, pad, out=None):
 @threaded_kernel(lambda cols, KH, KW, stride, OH, OW, dxp: dxp.shape[1])
 def _col2im(lo, hi, cols, KH, KW, stride, OH, OW, dxp):
     # Accumulates into a zero-padded gradient (no bounds tests); the caller crops the padding.
-    # Loops in the reference's order: each row of cols is read once, front to back (reading
-    # them image by image instead, jumping between rows, was 1.5x slower), and scattered into
-    # the planes of its channel, which stay in cache. Flat offsets, as in _im2col.
+    # Loops in the reference's order: each row of cols is read once, front to back (faster
+    # than image by image, jumping between rows), and scattered into the planes of its
+    # channel, which stay in cache. Flat offsets, as in _im2col.
     N, C, Hp, Wp = dxp.shape
     df = dxp.reshape(-1)
     P = OH * OW

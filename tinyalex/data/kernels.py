@@ -178,8 +178,7 @@ def resize_crop_flip_normalize_reference(src, index, ytab, xtab, size, offsets, 
 def channel_moments(pixels):
     """Exact integer sums over RGB pixels (M, 3) uint8: ``s[c] = sum v_c``, ``ss[c, d] = sum v_c v_d``.
 
-    The nine sums live in scalar accumulators (registers) rather than arrays, which makes
-    this about 5x faster. int64 cannot overflow: 255^2 * M < 2^63 for M below 10^14 pixels.
+    The nine sums live in scalar accumulators (registers) rather than arrays: much faster. int64 cannot overflow: 255^2 * M < 2^63 for M below 10^14 pixels.
     """
     r = g = b = rr = rg = rb = gg = gb = bb = np.int64(0)
     for m in range(pixels.shape[0]):
