@@ -455,6 +455,14 @@ def test_bad_inputs(world, odd_images, capsys, tmp_path):
         assert err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
 
 
+def test_predict_on_a_fifo_is_an_error_not_a_hang(world, tmp_path, capsys, no_hang):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with no_hang(20):
+        code, out, err = run(["predict", world["ckpt"], str(tmp_path / "pipe.jpg")], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: cannot read image {tmp_path / 'pipe.jpg'}: a FIFO, not a regular file")
+
+
 @pytest.mark.parametrize("argv", [["evaluate", "x.npz", "--batch-size", "0"],
                                   ["evaluate", "x.npz", "--tta", "5crop"],
                                   ["predict", "x.npz", "a.png", "--top", "0"],
