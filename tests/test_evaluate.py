@@ -418,6 +418,19 @@ def test_bad_checkpoint(world, odd_images, capsys, tmp_path, kind, words, comman
     assert not (tmp_path / "f.png").exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_nan_outputs_are_an_error_not_a_score(world, odd_images, capsys, tmp_path, command):
+    """Finite weights whose outputs overflow: every row NaN, which argmax reads as class 0."""
+    net = build_model("tiny", 10)
+    net.params = {k: v * np.float32(1e12) for k, v in world["model"].params.items()}
+    path = write_ckpt(tmp_path / "overflow.npz", net)
+    extra = {"evaluate": ["--data", world["cifar"], "--data-dir", world["data_dir"]],
+             "predict": [odd_images[0]]}[command]
+    code, out, err = run([command, path, *extra], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: the model's outputs are NaN or infinite") and "RuntimeWarning" not in err
+
+
 def test_load_model_raises_checkpoint_error(world, tmp_path):
     with pytest.raises(CheckpointError, match="format version"):
         load_model(_bad_checkpoint(world, tmp_path, "version"))
