@@ -26,7 +26,7 @@ import json
 import os
 
 from .checkpoint import describe_position, read_meta
-from .errors import TinyAlexError
+from .errors import CheckpointError, TinyAlexError
 
 try:
     import fcntl
@@ -63,8 +63,12 @@ class RunDir:
             raise RunDirError(f"--out {path} is a file, not a directory; choose another --out")
         try:
             if not os.path.isdir(path):
-                os.makedirs(path)
-                self.made = True
+                try:
+                    os.makedirs(path)
+                    self.made = True
+                except FileExistsError:   # another run, started at the same moment, made it
+                    if not os.path.isdir(path):
+                        raise
             self._before = set(os.listdir(path))
             self._acquire()
         except OSError as e:
@@ -123,7 +127,10 @@ class RunDir:
     def _remove_stale_temporaries(self):
         stale = [p for name in RUN_FILES for p in glob.glob(os.path.join(self.path, f".{name}.*.tmp"))]
         for p in stale:
-            os.unlink(p)
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
         if stale:
             self.log(f"removed {len(stale)} temporary file(s) of saves cut short in {self.path}: "
                      f"{', '.join(sorted(os.path.basename(p) for p in stale))}")
@@ -163,8 +170,13 @@ class RunDir:
                               f"continues in {home}) or pass an --out that holds no run")
         last = os.path.join(self.path, "last.npz")
         if os.path.exists(last) and not _same_path(last, ckpt_path):
-            later = read_meta(last)
-            if (later.get("epoch"), later.get("batch")) > (meta["epoch"], meta["batch"]):
+            try:
+                later = read_meta(last)
+                position = (int(later["epoch"]), int(later["batch"]))
+            except (CheckpointError, KeyError, TypeError, ValueError) as e:
+                raise RunDirError(f"{last} is damaged ({e}); move it away to resume "
+                                  f"{ckpt_path} here, or pass a new --out") from None
+            if position > (meta["epoch"], meta["batch"]):
                 raise RunDirError(
                     f"{ckpt_path} is an earlier state ({describe_position(meta)}) of the run "
                     f"in {self.path}, whose last.npz is at {describe_position(later)}: "
