@@ -99,7 +99,7 @@ def _kind(mode: int) -> str:
                        (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
-    return "not a file"
+    return "a special file"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
