@@ -1,6 +1,12 @@
 """Train AlexNet on CIFAR-10 on the CPU: `python train.py --epochs 10` (see --help)."""
 
-from tinyalex.cli import train_main
+import sys
 
 if __name__ == "__main__":
-    raise SystemExit(train_main())
+    try:
+        from tinyalex.cli import train_main
+        status = train_main()
+    except KeyboardInterrupt:   # Ctrl-C before training, while NumPy and Numba load
+        print("interrupted", file=sys.stderr)
+        status = 130
+    raise SystemExit(status)

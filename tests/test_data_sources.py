@@ -55,6 +55,14 @@ def _rewrite(path, change):
         pickle.dump(d, f, protocol=2)
 
 
+def test_a_class_name_listed_twice_is_refused(batches, tmp_path):
+    root, _ = batches
+    names = [c.encode() for c in ["cat", "dog", "cat"] + [f"c{i}" for i in range(7)]]
+    _rewrite(root / "batches.meta", lambda d: d.update({b"label_names": names}))
+    with pytest.raises(DataError, match="lists class name.*'cat' more than once"):
+        load_dataset(str(root), data_dir=str(tmp_path / "d"))
+
+
 @pytest.mark.parametrize("damage, message", [
     ("missing", "missing CIFAR-10 batch files: data_batch_3"),
     ("missing_meta", "missing CIFAR-10 batch files: batches.meta"),
@@ -146,6 +154,18 @@ def test_archive_does_not_overwrite_a_folder_it_did_not_make(tmp_path):
     with pytest.raises(DataError, match="already exists and was not made by tinyalex"):
         load_dataset(str(tmp_path / "c.tar.gz"), data_dir=str(tmp_path / "d"))
     assert (tmp_path / "d" / "c" / "mine.txt").read_text() == "keep me"
+
+
+def test_archive_with_a_data_dir_that_cannot_be_written(tmp_path, unwritable_dir):
+    write_cifar_archive(str(tmp_path / "c.tar.gz"), per_batch=4)
+    (tmp_path / "a-file").write_text("not a directory")
+    for data_dir, words in [(str(tmp_path / "a-file"), "it is a file, not a directory"),
+                            (str(tmp_path / "a-file" / "under"), "Not a directory"),
+                            (unwritable_dir, "pass a writable directory as --data-dir")]:
+        with pytest.raises(DataError, match=f"cannot unpack .*c.tar.gz into --data-dir .*{words}"):
+            load_dataset(str(tmp_path / "c.tar.gz"), data_dir=data_dir)
+    with pytest.raises(DataError, match="cannot download CIFAR-10 into --data-dir .*a-file: it is a file"):
+        load_dataset(None, data_dir=str(tmp_path / "a-file"))
 
 
 def test_missing_path_and_unsupported_file(tmp_path):
@@ -286,6 +306,60 @@ def test_skip_bad_images_warns_and_keeps_the_rest(tmp_path, capsys):
     assert "warning: skipped 3 unreadable image file(s)" in capsys.readouterr().err
 
 
+@pytest.fixture
+def pics(tmp_path):
+    root = tmp_path / "pics"
+    write_image_folder(str(root), per_class=3)
+    return root
+
+
+def test_links_back_up_the_tree_are_not_followed(pics, tmp_path, capsys):
+    plain = load_dataset(str(pics), data_dir=str(tmp_path / "d"), val_size=0)
+    bird = pics / "train" / "bird"
+    (bird / "loop").symlink_to("..")                 # the train/ folder, all classes again
+    (bird / "self").symlink_to(".")
+    (pics / "train" / "up").symlink_to("..")         # a "class" that is the root
+    (bird / "sub").mkdir()                           # a real subfolder, and a link into it,
+    (bird / "0006.png").rename(bird / "sub" / "0006.png")
+    (bird / "again").symlink_to("sub")               # read once, not twice
+    ds = load_dataset(str(pics), data_dir=str(tmp_path / "d2"), val_size=0)
+    assert ds.classes == plain.classes
+    np.testing.assert_array_equal(np.bincount(ds.train_y), np.bincount(plain.train_y))
+    err = capsys.readouterr().err
+    assert "not following 4 link(s) back to a folder already read" in err
+    assert "train/bird/loop" in err and "train/up" in err and "\n" not in err.strip()
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_fifos_and_broken_links_are_unreadable_images_never_opened(pics, tmp_path, capsys,
+                                                                   no_hang, skip):
+    bird = pics / "train" / "bird"
+    os.mkfifo(bird / "pipe.jpg")                     # opening it would wait for a writer
+    (bird / "a.jpg").symlink_to("b.jpg")             # a loop of two links
+    (bird / "b.jpg").symlink_to("a.jpg")
+    (bird / "gone.jpg").symlink_to("nothing-here.jpg")
+    with no_hang(20):
+        if not skip:
+            with pytest.raises(DataError) as e:
+                load_dataset(str(pics), data_dir=str(tmp_path / "d"))
+            message = str(e.value)
+            assert "4 unreadable image file(s)" in message and "--skip-bad-images" in message
+            assert "train/bird/a.jpg, train/bird/b.jpg, train/bird/gone.jpg" in message
+            return
+        ds = load_dataset(str(pics), data_dir=str(tmp_path / "d"), val_size=0,
+                          skip_bad_images=True)
+    assert np.bincount(ds.train_y).tolist() == [3, 3, 3]
+    assert "skipped 4 unreadable image file(s)" in capsys.readouterr().err
+
+
+def test_read_image_refuses_what_is_not_a_regular_file(tmp_path, no_hang):
+    os.mkfifo(tmp_path / "pipe.png")
+    with no_hang(20), pytest.raises(DataError, match="pipe.png: a FIFO, not a regular file"):
+        folder.read_image(str(tmp_path / "pipe.png"))
+    with pytest.raises(DataError, match="cannot read image .*null: a character device"):
+        folder.read_image("/dev/null")
+
+
 def test_cache_serves_the_second_load_and_follows_changes(tmp_path, monkeypatch):
     root = tmp_path / "pics"
     write_image_folder(str(root), per_class=3)
@@ -314,6 +388,10 @@ def test_cache_serves_the_second_load_and_follows_changes(tmp_path, monkeypatch)
     (cache / "train_x.npy").write_bytes(b"\x93NUMPY broken")
     fourth = load_dataset(str(root), data_dir=str(data_dir), val_size=0)
     np.testing.assert_array_equal(fourth.train_x, third.train_x)
+    assert len(decoded) == 18
+    # ... and replaced: the next load is served from the new cache
+    fifth = load_dataset(str(root), data_dir=str(data_dir), val_size=0)
+    np.testing.assert_array_equal(fifth.train_x, third.train_x)
     assert len(decoded) == 18
 
 

@@ -418,6 +418,19 @@ def test_bad_checkpoint(world, odd_images, capsys, tmp_path, kind, words, comman
     assert not (tmp_path / "f.png").exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_nan_outputs_are_an_error_not_a_score(world, odd_images, capsys, tmp_path, command):
+    """Finite weights whose outputs overflow: every row NaN, which argmax reads as class 0."""
+    net = build_model("tiny", 10)
+    net.params = {k: v * np.float32(1e12) for k, v in world["model"].params.items()}
+    path = write_ckpt(tmp_path / "overflow.npz", net)
+    extra = {"evaluate": ["--data", world["cifar"], "--data-dir", world["data_dir"]],
+             "predict": [odd_images[0]]}[command]
+    code, out, err = run([command, path, *extra], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: the model's outputs are NaN or infinite") and "RuntimeWarning" not in err
+
+
 def test_load_model_raises_checkpoint_error(world, tmp_path):
     with pytest.raises(CheckpointError, match="format version"):
         load_model(_bad_checkpoint(world, tmp_path, "version"))
@@ -453,6 +466,14 @@ def test_bad_inputs(world, odd_images, capsys, tmp_path):
         code, out, err = run(argv, capsys)
         assert code == 2 and out == "", argv
         assert err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
+
+
+def test_predict_on_a_fifo_is_an_error_not_a_hang(world, tmp_path, capsys, no_hang):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with no_hang(20):
+        code, out, err = run(["predict", world["ckpt"], str(tmp_path / "pipe.jpg")], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: cannot read image {tmp_path / 'pipe.jpg'}: a FIFO, not a regular file")
 
 
 @pytest.mark.parametrize("argv", [["evaluate", "x.npz", "--batch-size", "0"],

@@ -15,6 +15,14 @@ For example::
     w = z["param/conv1.w"]
     meta = json.loads(z["meta"].item())
 
+Checks. ``load_checkpoint`` checks the file (a readable ``.npz`` of this format);
+``load_model_checkpoint`` adds the checks every use of a trained model needs, the same for
+``evaluate``, ``predict``, ``filters`` and ``train.py --resume``: a known model, its class
+names, parameters of the right names, shapes and float dtype, all finite, and the data's
+normalisation; with ``training=True`` (resume) also the position, the schedule, the running
+sums and the optimizer state. A hand-edited or damaged checkpoint is a CheckpointError with
+one line, never a KeyError or TypeError deep inside training.
+
 Atomic writes: the file is written to a temporary file in the same directory, flushed to
 disk (fsync), and renamed over the old one with ``os.replace``, which is atomic on POSIX and
 Windows. A crash or Ctrl-C mid-write leaves the previous checkpoint as it was and removes
@@ -24,6 +32,7 @@ the temporary file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -132,34 +141,15 @@ def load_checkpoint(path: str | os.PathLike, *, model_name: str | None = None) -
     version other than FORMAT_VERSION, or (when ``model_name`` is given) holds another model.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a directory, not a .npz file")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a tinyalex checkpoint (not an .npz file, "
-                              "or truncated)")
+    _check_file(path)
     try:
         with np.load(path) as z:   # allow_pickle=False: a checkpoint never needs pickle
             entries = {key: z[key] for key in z.files}
     except Exception as e:         # BadZipFile, CRC errors, EOFError, bad .npy headers, ...
         raise CheckpointError(f"checkpoint {path} is corrupt: {_one_line(e)}") from None
-
     if "meta" not in entries:
         raise CheckpointError(f"checkpoint {path} has no 'meta' entry")
-    try:
-        meta = json.loads(entries.pop("meta").item())
-    except (ValueError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {path} has unreadable meta: {_one_line(e)}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"checkpoint {path} has meta that is not a JSON object")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {version!r}; this "
-                              f"tinyalex {__version__} reads version {FORMAT_VERSION}")
-    if model_name is not None and meta.get("model") != model_name:
-        raise CheckpointError(f"checkpoint {path} holds model {meta.get('model')!r}, "
-                              f"not {model_name!r}")
+    meta = _parse_meta(entries.pop("meta"), path, model_name)
 
     groups: dict[str, dict[str, np.ndarray]] = {prefix: {} for prefix in _PREFIXES}
     for key, value in entries.items():
@@ -181,6 +171,180 @@ def load_checkpoint(path: str | os.PathLike, *, model_name: str | None = None) -
                 raise CheckpointError(f"checkpoint {path}: optimizer state for {name} has "
                                       f"shape {state.shape}, the parameter {params[name].shape}")
     return Checkpoint(params=params, optimizer=optimizer, arrays=groups["array/"], meta=meta)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Only the meta of a checkpoint (its position, config, ...), without reading the
+    arrays; the same errors as ``load_checkpoint`` for a file that is not a checkpoint."""
+    path = os.fspath(path)
+    _check_file(path)
+    try:
+        with np.load(path) as z:
+            if "meta" not in z.files:
+                raise CheckpointError(f"checkpoint {path} has no 'meta' entry")
+            raw = z["meta"]
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {_one_line(e)}") from None
+    return _parse_meta(raw, path, None)
+
+
+def describe_position(meta: dict[str, Any]) -> str:
+    """Where a checkpoint stands, in words: "the end of epoch 2" or "epoch 3, batch 40"."""
+    epoch, batch = meta.get("epoch"), meta.get("batch")
+    return f"the end of epoch {epoch}" if batch == 0 else f"epoch {epoch + 1}, batch {batch}"
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a directory, not a .npz file")
+    if not os.path.isfile(path):   # a FIFO or a device: reading it could block
+        raise CheckpointError(f"checkpoint {path} is not a regular file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a tinyalex checkpoint (not an .npz file, "
+                              "or truncated)")
+
+
+def _parse_meta(raw: np.ndarray, path: str, model_name: str | None) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw.item())
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} has unreadable meta: {_one_line(e)}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has meta that is not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version!r}; this "
+                              f"tinyalex {__version__} reads version {FORMAT_VERSION}")
+    if model_name is not None and meta.get("model") != model_name:
+        raise CheckpointError(f"checkpoint {path} holds model {meta.get('model')!r}, "
+                              f"not {model_name!r}")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------
+# A checkpoint of a tinyalex model, checked for use
+
+
+def load_model_checkpoint(path: str | os.PathLike, *, model_name: str | None = None,
+                          training: bool = False) -> Checkpoint:
+    """``load_checkpoint`` plus the checks of a trained tinyalex model (module docstring).
+
+    Checks that meta names a known model ("model"), a positive "num_classes", as many
+    distinct class names ("classes") and the model's "image_size"; that the parameters have
+    exactly the names and shapes of that model, a float dtype and finite values; and that
+    array/mean and array/std hold 3 finite numbers, std positive. With ``training``, also
+    the state a resumed run continues from: "config" an object, "epoch" and "batch" whole
+    numbers >= 0, "metrics" a list of one object per finished epoch, "best_val_acc",
+    "schedule" and "running" of finite numbers, the optimizer state finite floats of the
+    parameters' shapes, and the PCA arrays. Raises CheckpointError (one line) otherwise.
+    """
+    from tinyalex.model import ARCHS, param_shapes   # (the model module loads the layers)
+    path = os.fspath(path)
+    ckpt = load_checkpoint(path, model_name=model_name)
+    meta = ckpt.meta
+    name, num_classes, classes = meta.get("model"), meta.get("num_classes"), meta.get("classes")
+    if name not in ARCHS:
+        raise CheckpointError(f"checkpoint {path} holds model {name!r}; tinyalex knows "
+                              f"{', '.join(ARCHS)}")
+    if not _whole(num_classes) or num_classes < 1:
+        raise CheckpointError(f"checkpoint {path} has num_classes {num_classes!r}, "
+                              f"expected a positive integer")
+    if (not isinstance(classes, list) or len(classes) != num_classes
+            or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes)):
+        raise CheckpointError(f"checkpoint {path} should list {num_classes} distinct class "
+                              f"names under 'classes', has {classes!r:.80}")
+    side = ARCHS[name].input_shape[1]
+    if meta.get("image_size", side) != side:
+        raise CheckpointError(f"checkpoint {path} says image_size {meta.get('image_size')!r}, "
+                              f"but the {name} model takes {side}x{side}")
+
+    expected = param_shapes(ARCHS[name], num_classes)
+    missing = sorted(set(expected) - set(ckpt.params))
+    extra = sorted(set(ckpt.params) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"checkpoint {path} does not fit a {name} model with "
+                              f"{num_classes} classes (missing {missing or '-'}, "
+                              f"unexpected {extra or '-'})")
+    for key, shape in expected.items():
+        value = ckpt.params[key]
+        if value.shape != shape:
+            raise CheckpointError(f"checkpoint {path}: {key} has shape {value.shape}; a "
+                                  f"{name} model with {num_classes} classes needs {shape}")
+        _check_floats(value, f"checkpoint {path}: {key}")
+    _check_arrays(ckpt, path, {"mean": (3,), "std": (3,)})
+    if not np.all(ckpt.arrays["std"] > 0):
+        raise CheckpointError(f"checkpoint {path}: array/std must be positive, "
+                              f"got {ckpt.arrays['std']}")
+    if training:
+        _check_training_state(ckpt, path)
+    return ckpt
+
+
+def _check_training_state(ckpt: Checkpoint, path: str) -> None:
+    meta = ckpt.meta
+
+    def bad(what):
+        return CheckpointError(f"checkpoint {path} cannot be resumed: {what}")
+
+    if not isinstance(meta.get("config"), dict):
+        raise bad(f"its 'config' is {meta.get('config')!r:.60}, not an object")
+    for key in ("epoch", "batch"):
+        if not _whole(meta.get(key)) or meta[key] < 0:
+            raise bad(f"'{key}' is {meta.get(key)!r:.60}, not a whole number >= 0")
+    metrics = meta.get("metrics")
+    if (not isinstance(metrics, list) or len(metrics) != meta["epoch"]
+            or not all(isinstance(row, dict) for row in metrics)):
+        raise bad(f"'metrics' should hold a row for each of the {meta['epoch']} finished "
+                  f"epochs, is {metrics!r:.60}")
+    if not _finite(meta.get("best_val_acc")):
+        raise bad(f"'best_val_acc' is {meta.get('best_val_acc')!r:.60}, not a number")
+    schedule = meta.get("schedule")
+    if not isinstance(schedule, dict) or not all(
+            _finite(v) or v is None for k, v in schedule.items() if k != "name"):
+        raise bad(f"'schedule' is {schedule!r:.80}, not an object of finite numbers")
+    running = meta.get("running")
+    if (not isinstance(running, dict)
+            or not all(_finite(running.get(k)) for k in ("loss_sum", "seconds"))
+            or not all(_whole(running.get(k)) and running[k] >= 0 for k in ("correct", "seen"))
+            or running["correct"] > running["seen"]):
+        raise bad(f"'running' is {running!r:.80}, not the sums of the epoch in progress")
+    if set(ckpt.optimizer) != set(ckpt.params):
+        raise bad("it has no optimizer state")
+    for key, value in ckpt.optimizer.items():
+        _check_floats(value, f"checkpoint {path}: the optimizer state of {key}")
+    _check_arrays(ckpt, path, {"pca_eigval": (3,), "pca_eigvec": (3, 3)})
+
+
+def _check_arrays(ckpt: Checkpoint, path: str, shapes: dict) -> None:
+    for key, shape in shapes.items():
+        value = ckpt.arrays.get(key)
+        if value is None:
+            raise CheckpointError(f"checkpoint {path} has no array/{key} (the training "
+                                  f"data's statistics)")
+        if value.shape != shape:
+            raise CheckpointError(f"checkpoint {path}: array/{key} has shape {value.shape}, "
+                                  f"expected {shape}")
+        _check_floats(value, f"checkpoint {path}: array/{key}")
+
+
+def _check_floats(value: np.ndarray, what: str) -> None:
+    if value.dtype.kind != "f":
+        raise CheckpointError(f"{what} has dtype {value.dtype}, expected floating point")
+    if not np.all(np.isfinite(value)):
+        raise CheckpointError(f"{what} contains NaN or infinite values")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _json_default(value):

@@ -11,7 +11,7 @@ import sys
 import time
 
 from . import _runtime
-from .argtypes import number_in, positive_int
+from .argtypes import non_negative_int, number_in, positive_int
 
 COMMANDS = ("train", "evaluate", "predict", "filters", "bench", "torch-train")
 SCHEDULES = ("onecycle", "step", "plateau")
@@ -64,8 +64,10 @@ def add_train_arguments(parser):
     r.add_argument("--out", metavar="DIR", default=None,
                    help="run directory (default runs/<model>-<date>-<time>)")
     r.add_argument("--resume", metavar="PATH", default=None,
-                   help="continue a run from its directory or a checkpoint file, exactly where it stopped")
-    r.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+                   help="continue a run from its directory or a checkpoint file, exactly where it "
+                        "stopped (with --lr: at another learning rate; with a new --out: in a new "
+                        "run directory)")
+    r.add_argument("--seed", type=non_negative_int, default=0, help="seed of every random draw (default 0)")
     r.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
     r.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on N training images only, a seeded random sample (quick runs)")
@@ -86,44 +88,109 @@ def _explicit(parser, argv):
     return found
 
 
-def _resume_config(args, explicit):
-    from .checkpoint import load_checkpoint
+# options a resume may change: the rest of the run follows the new value (config.json says so)
+RESUME_CHANGES = {"lr"}
+
+
+def _resume_config(args, parser, explicit):
+    """(config, out, checkpoint path, checkpoint meta) of `--resume PATH`, all checked."""
+    from .checkpoint import load_model_checkpoint
     path = args.resume
     ckpt_path = os.path.join(path, "last.npz") if os.path.isdir(path) else path
-    meta = load_checkpoint(ckpt_path).meta
-    config = dict(meta["config"])
-    for dest in sorted(explicit - RESUME_FREE):
+    # the whole checkpoint is checked here, before minutes of data loading; Run reads it again
+    meta = load_model_checkpoint(ckpt_path, training=True).meta
+    config = _checked_config(meta["config"], parser, ckpt_path)
+    if config["model"] != meta["model"]:
+        raise_error(f"checkpoint {ckpt_path} holds model {meta['model']!r}, its config "
+                    f"says {config['model']!r}", checkpoint=True)
+    for dest in sorted(explicit - RESUME_FREE - RESUME_CHANGES):
         if getattr(args, dest) != config.get(dest):
             flag = "--" + dest.replace("_", "-")
             raise_error(f"--resume: {flag} {getattr(args, dest)} differs from the run's "
                         f"{config.get(dest)}; drop {flag} to continue that run, or start a new one")
-    for dest in RESUME_FREE & explicit - {"resume"}:
+    for dest in (RESUME_FREE | RESUME_CHANGES) & explicit - {"resume"}:
         config[dest] = getattr(args, dest)
-    out = os.path.dirname(os.path.abspath(ckpt_path)) if "out" not in explicit else args.out
-    return config, out, ckpt_path
+    out = (os.path.dirname(ckpt_path) or ".") if "out" not in explicit else args.out
+    return config, out, ckpt_path, meta
 
 
-def raise_error(message):
-    from .errors import TinyAlexError
-    raise TinyAlexError(message)
+def _checked_config(config, parser, path):
+    """The options stored in a checkpoint, each checked as its command-line option would be."""
+    config = dict(config)
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "resume"):
+            continue
+        flag = action.option_strings[0]
+        if action.dest not in config:
+            if action.dest not in RESUME_FREE:
+                raise_error(f"checkpoint {path} cannot be resumed: its config has no {flag}",
+                            checkpoint=True)
+            config[action.dest] = action.default
+        elif not _valid_option(action, config[action.dest]):
+            raise_error(f"checkpoint {path} cannot be resumed: its config has {flag} "
+                        f"{config[action.dest]!r:.40}, which {flag} does not take", checkpoint=True)
+    return config
+
+
+def _valid_option(action, value):
+    if action.nargs == 0:                          # a switch (store_true)
+        return isinstance(value, bool)
+    if value is None:
+        return action.default is None
+    if action.choices is not None:
+        return value in action.choices
+    if action.type is None:
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return action.type(str(value)) == value
+    except (argparse.ArgumentTypeError, ValueError):
+        return False
+
+
+def raise_error(message, checkpoint=False):
+    from .errors import CheckpointError, TinyAlexError
+    raise (CheckpointError if checkpoint else TinyAlexError)(message)
 
 
 def train_command(args, parser, argv):
-    from .trainer import Run, StopOnSigint, write_config
+    """Train or resume; the run directory's rules: tinyalex/rundir.py and docs/runs.md. SIGTERM
+    is handled like Ctrl-C (save, then exit 143)."""
+    import uuid
+    from .rundir import RunDir
+    from .trainer import StopOnSignals
     explicit = _explicit(parser, argv)
+    ckpt_path = meta = None
     if args.resume:
-        config, out, ckpt_path = _resume_config(args, explicit)
+        config, out, ckpt_path, meta = _resume_config(args, parser, explicit)
     else:
         config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command")}
         out = args.out or os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if os.path.exists(os.path.join(out, "last.npz")):
-            raise_error(f"{out} already holds a run: continue it with --resume {out}, or choose another --out")
-        ckpt_path = None
     config["out"] = out
     if config.get("threads"):
         from layers.fast import kernels
         kernels.set_num_threads(config["threads"])
-    os.makedirs(out, exist_ok=True)
+    with StopOnSignals() as signals:
+        try:
+            with RunDir(out) as run_dir:
+                if meta is None:
+                    run_dir.check_new()
+                    config["run_id"] = uuid.uuid4().hex
+                elif not run_dir.run_files():      # a new run directory, from that checkpoint
+                    config["run_id"] = uuid.uuid4().hex
+                    config["resumed_from"] = os.path.abspath(ckpt_path)
+                else:
+                    run_dir.check_resume(ckpt_path, meta)
+                    config.setdefault("run_id", uuid.uuid4().hex)
+                return _train(config, out, ckpt_path, signals)
+        except KeyboardInterrupt:
+            print(f"{_signal_word(signals)}: stopped at once; {_saved(out)}", file=sys.stderr)
+            return signals.exit_code
+
+
+def _train(config, out, ckpt_path, signals):
+    from .trainer import Run, write_config
     log = print
     run = Run(config, out, resume_from=ckpt_path, log=log)
     log(f"data: {run.data.summary()}")
@@ -135,14 +202,15 @@ def train_command(args, parser, argv):
         f"{run.schedule.name} schedule; run directory {out}")
     if ckpt_path:
         log(f"resuming {ckpt_path} at epoch {run.progress.epoch + 1}, batch {run.progress.batch}")
-    else:
-        write_config(out, config)
-    with StopOnSigint() as sigint:
-        status = run.train(stop_requested=lambda: sigint.requested, show_progress=not config["no_progress"])
+    write_config(out, config)
+    signals.armed = True
+    status = run.train(stop_requested=lambda: signals.requested, show_progress=not config["no_progress"])
+    signals.armed = False
     if status == "interrupted":
-        print(f"interrupted: saved {os.path.join(out, 'last.npz')} (epoch {run.progress.epoch + 1}, "
-              f"batch {run.progress.batch}); continue with: python train.py --resume {out}", file=sys.stderr)
-        return 130
+        print(f"{_signal_word(signals)}: saved {os.path.join(out, 'last.npz')} ("
+              f"{_saved_position(run)}); continue with: python train.py --resume {out}",
+              file=sys.stderr)
+        return signals.exit_code
     result = run.test()
     best = run.progress.best_val_acc
     if best >= 0:
@@ -153,8 +221,34 @@ def train_command(args, parser, argv):
         import json
         from .checkpoint import atomic_write
         text = json.dumps(result, indent=2) + "\n"
-        atomic_write(os.path.join(out, "test.json"), lambda f: f.write(text.encode()))
+        try:
+            atomic_write(os.path.join(out, "test.json"), lambda f: f.write(text.encode()))
+        except OSError as e:
+            raise_error(f"cannot write {os.path.join(out, 'test.json')}: {e.strerror or e}; "
+                        f"the run's checkpoints are saved in {out}")
     return 0
+
+
+def _saved_position(run):
+    from .checkpoint import describe_position
+    return describe_position({"epoch": run.progress.epoch, "batch": run.progress.batch})
+
+
+def _signal_word(signals):
+    return "interrupted" if signals.name == "SIGINT" else f"stopped by {signals.name}"
+
+
+def _saved(out):
+    """What OUT/last.npz holds, for the message of a run stopped at once."""
+    from .checkpoint import describe_position, read_meta
+    from .errors import TinyAlexError
+    last = os.path.join(out, "last.npz")
+    try:
+        meta = read_meta(last)
+    except TinyAlexError:
+        return "nothing was saved"
+    return (f"{last} holds {describe_position(meta)}; continue with: python train.py "
+            f"--resume {out}")
 
 
 def _pre_threads(argv):

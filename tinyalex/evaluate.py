@@ -50,11 +50,11 @@ import numpy as np
 from tqdm import tqdm
 
 from tinyalex.argtypes import positive_int
-from tinyalex.checkpoint import load_checkpoint
+from tinyalex.checkpoint import load_model_checkpoint
 from tinyalex.data import eval_views, load_dataset, load_images
 from tinyalex.data.transforms import VIEW_MODES
 from tinyalex.errors import CheckpointError, DataError, TinyAlexError
-from tinyalex.model import ARCHS, build_model
+from tinyalex.model import build_model
 from tinyalex.pictures import confusion_png, filter_grid
 
 DEFAULT_BATCH_SIZE = 128
@@ -75,74 +75,28 @@ COLOUR_GAP = 0.1
 def load_model(path, impl="fast"):
     """Load a checkpoint and turn it into a model in evaluation-ready form.
 
-    Checks that meta names a known model with a sensible class list, and that the
-    parameters have exactly the keys and shapes of build_model(meta["model"],
-    meta["num_classes"]), are floating point and finite. Parameters are cast to the
-    model's dtype (float32).
+    The checkpoint is checked by checkpoint.load_model_checkpoint, as for every other use
+    of a trained model (a known model, its class names, parameters of the right keys,
+    shapes and float dtype, finite, and the data's normalisation). Parameters are cast to
+    the model's dtype (float32).
 
     Returns (model, ckpt): an AlexNet holding the checkpoint's parameters and the
     Checkpoint (params, optimizer, arrays, meta). Raises CheckpointError (one line) for a
     missing, corrupt, foreign or mismatched checkpoint.
     """
     path = os.fspath(path)
-    ckpt = load_checkpoint(path)
-    meta = ckpt.meta
-    name, num_classes, classes = meta.get("model"), meta.get("num_classes"), meta.get("classes")
-    if name not in ARCHS:
-        raise CheckpointError(f"checkpoint {path} holds model {name!r}; tinyalex knows "
-                              f"{', '.join(ARCHS)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise CheckpointError(f"checkpoint {path} has num_classes {num_classes!r}, "
-                              f"expected a positive integer")
-    if (not isinstance(classes, list) or len(classes) != num_classes
-            or not all(isinstance(c, str) for c in classes)):
-        raise CheckpointError(f"checkpoint {path} should list {num_classes} class names "
-                              f"under 'classes', has {classes!r:.80}")
-
-    model = build_model(name, num_classes, impl=impl)
-    expected = {k: v.shape for k, v in model.params.items()}
-    missing = sorted(set(expected) - set(ckpt.params))
-    extra = sorted(set(ckpt.params) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"checkpoint {path} does not fit a {name} model with "
-                              f"{num_classes} classes (missing {missing or '-'}, "
-                              f"unexpected {extra or '-'})")
-    params = {}
-    for key, shape in expected.items():
-        value = ckpt.params[key]
-        if value.shape != shape:
-            raise CheckpointError(f"checkpoint {path}: {key} has shape {value.shape}; a "
-                                  f"{name} model with {num_classes} classes needs {shape}")
-        if value.dtype.kind != "f":
-            raise CheckpointError(f"checkpoint {path}: {key} has dtype {value.dtype}, "
-                                  f"expected floating point")
-        if not np.all(np.isfinite(value)):
-            raise CheckpointError(f"checkpoint {path}: {key} contains NaN or infinite values")
-        params[key] = np.ascontiguousarray(value, dtype=model.dtype)
-    model.params = params
-
-    image_size = meta.get("image_size", model.input_shape[1])
-    if image_size != model.input_shape[1]:
-        raise CheckpointError(f"checkpoint {path} says image_size {image_size!r}, but the "
-                              f"{name} model takes {model.input_shape[1]}x{model.input_shape[1]}")
+    ckpt = load_model_checkpoint(path)
+    model = build_model(ckpt.meta["model"], ckpt.meta["num_classes"], impl=impl)
+    model.params = {key: np.ascontiguousarray(ckpt.params[key], dtype=model.dtype)
+                    for key in model.params}
     return model, ckpt
 
 
 def normalisation(ckpt, path="checkpoint"):
-    """The training split's per-channel (mean, std) stored in a checkpoint, checked."""
-    stats = []
-    for key in ("mean", "std"):
-        value = ckpt.arrays.get(key)
-        if value is None:
-            raise CheckpointError(f"{path} has no data normalisation (array/{key})")
-        value = np.asarray(value, np.float32)
-        if value.shape != (3,) or not np.all(np.isfinite(value)):
-            raise CheckpointError(f"{path}: array/{key} should be 3 finite numbers, "
-                                  f"got {value!r:.80}")
-        stats.append(value)
-    if not np.all(stats[1] > 0):
-        raise CheckpointError(f"{path}: array/std must be positive, got {stats[1]}")
-    return stats[0], stats[1]
+    """The training split's per-channel (mean, std) stored in a checkpoint (checked by
+    load_model_checkpoint: 3 finite numbers each, std positive)."""
+    return (np.asarray(ckpt.arrays["mean"], np.float32),
+            np.asarray(ckpt.arrays["std"], np.float32))
 
 
 # --------------------------------------------------------------------------------------
@@ -153,7 +107,8 @@ def predict_logits(model, x, batch_size=DEFAULT_BATCH_SIZE):
     """Logits (N, classes) for inputs x (N, C, H, W), `batch_size` images at a time.
 
     Evaluation mode (dropout off). The input is cast to the model's dtype (float32), and
-    so are the logits.
+    so are the logits. Raises CheckpointError if any logit is NaN or infinite: finite
+    weights can still overflow, and argmax would read NaN rows as class 0.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -161,7 +116,13 @@ def predict_logits(model, x, batch_size=DEFAULT_BATCH_SIZE):
     out = np.empty((len(x), model.num_classes), dtype=model.dtype)
     for start in range(0, len(x), batch_size):
         batch = np.ascontiguousarray(x[start:start + batch_size], dtype=model.dtype)
-        out[start:start + len(batch)] = model.forward(batch)
+        with np.errstate(over="ignore", invalid="ignore"):    # checked just below
+            out[start:start + len(batch)] = model.forward(batch)
+    broken = ~np.isfinite(out).all(axis=1)
+    if broken.any():
+        raise CheckpointError(f"the model's outputs are NaN or infinite for {broken.sum()} of "
+                              f"{len(out)} inputs: its weights give no usable predictions "
+                              f"(did the run that made them diverge?)")
     return out
 
 

@@ -6,17 +6,28 @@ A run directory holds:
     metrics.csv   one row per epoch (train/val loss and accuracy, lr, seconds, images/s)
     curves.png    loss and accuracy per epoch, redrawn after every epoch
     last.npz      the latest checkpoint: written at every epoch end and every --save-every
-                  minutes mid-epoch, and on Ctrl-C
+                  minutes mid-epoch, and on Ctrl-C or SIGTERM
     best.npz      the checkpoint with the best validation accuracy so far
+
+(tinyalex/rundir.py decides which run may write into a directory.)
 
 Exact resumption. Every random draw of a step is a pure function of its position: the data
 loader's shuffle and augmentation of (seed, epoch, batch), the dropout masks of
 (seed, epoch, batch) below. A checkpoint therefore only has to store the position (epoch,
 batch), the parameters, the momentum buffers, the schedule's state and the running sums of the
-epoch in progress; a resumed run then takes the very same steps as an uninterrupted one.
+epoch in progress; a resumed run then takes the very same steps as an uninterrupted one. It
+also stores a fingerprint of the training and validation images, so that a resume on other
+images (of the same classes, even of the same number) is refused.
+
+Divergence. A non-finite state is never saved: the run stops when the training loss or
+the validation loss is not finite, or a parameter is not, and says which file holds the
+last good state. A resume may lower the learning rate (`--resume DIR --lr X`): the rest of
+the schedule is scaled by X over the run's old --lr, and config.json lists the change.
 """
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -30,11 +41,12 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import (atomic_write, describe_position, load_model_checkpoint, read_meta,
+                         save_checkpoint)
 from .data import BatchLoader, load_dataset
 from .errors import TinyAlexError
 from .model import ARCHS, build_model, warm_up
-from .optim import SGD, make_schedule
+from .optim import DEFAULT_LR, ONECYCLE_PEAK, SGD, make_schedule
 from .pictures import plot_curves
 from layers import softmax_cross_entropy
 
@@ -89,6 +101,24 @@ def build_loaders(c):
     return d, train, val, test
 
 
+def data_fingerprint(*arrays):
+    """A short hash of the training and validation images and labels: a resume checks that
+    it goes on with the very images the run started with."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def base_lr(config):
+    """The --lr a run's schedule is built from: the option, else the schedule's default."""
+    if config["lr"] is not None:
+        return config["lr"]
+    return ONECYCLE_PEAK[config["model"]] if config["schedule"] == "onecycle" else DEFAULT_LR
+
+
 def write_metrics(out_dir, rows):
     """OUT_DIR/metrics.csv (a row per epoch, METRICS_FIELDS) and OUT_DIR/curves.png, atomically."""
     buf = io.StringIO()
@@ -110,8 +140,11 @@ def evaluate_loader(model, loader):
     anything with forward(images) -> logits in NumPy (torch-train passes PyTorch's network)."""
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     for x, y in loader.epoch(0):
-        logits = model.forward(x)
-        loss, _ = softmax_cross_entropy(logits, y)
+        with np.errstate(over="ignore", invalid="ignore"):   # a diverged model: NaN, below
+            logits = model.forward(x)
+            loss, _ = softmax_cross_entropy(logits, y)
+        if not np.isfinite(logits).all():
+            loss = float("nan")
         loss_sum += loss * len(y)
         ranked = np.argsort(-logits, axis=1)[:, :5]
         top1 += int((ranked[:, 0] == y).sum())
@@ -136,6 +169,14 @@ class Run:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
         d = self.data
         self.image_size = IMAGE_SIZE[c["model"]]
+        val = self.val_loader
+        self.fingerprint = data_fingerprint(self.train_loader.images, self.train_loader.labels,
+                                            *((val.images, val.labels) if val else ()))
+        present = np.unique(self.train_loader.labels)
+        if len(present) < 2:
+            print(f"tinyalex: warning: every training image is of class "
+                  f"{d.classes[present[0]]!r}: the model can only learn to answer that, and "
+                  f"its accuracy of 100% says nothing", file=sys.stderr)
 
         self.model = build_model(c["model"], d.num_classes, init=c["init"], seed=c["seed"],
                                  impl=c.get("impl", "fast"))
@@ -156,9 +197,17 @@ class Run:
                 "batch": p.batch, "schedule": self.schedule.state_dict(), "metrics": p.metrics,
                 "best_val_acc": p.best_val_acc,
                 "running": {"loss_sum": p.loss_sum, "correct": p.correct, "seen": p.seen,
-                            "seconds": p.seconds}}
+                            "seconds": p.seconds},
+                "data": {"train": len(self.train_loader.labels),
+                         "val": len(self.val_loader.labels) if self.val_loader else 0,
+                         "fingerprint": self.fingerprint}}
 
     def save(self, name):
+        """Write OUT/name; a state with a non-finite parameter or velocity stops the run instead."""
+        for group, arrays in (("parameter", self.model.params), ("velocity", self.sgd.state_dict())):
+            for key, value in arrays.items():
+                if not np.isfinite(value).all():
+                    raise self._diverged(f"the {group} {key} is no longer finite")
         d = self.data
         save_checkpoint(os.path.join(self.out_dir, name), params=self.model.params,
                         optimizer=self.sgd.state_dict(),
@@ -167,23 +216,86 @@ class Run:
                         meta=self._meta())
 
     def _restore(self, path):
-        ckpt = load_checkpoint(path, model_name=self.config["model"])
+        ckpt = load_model_checkpoint(path, model_name=self.config["model"], training=True)
         meta = ckpt.meta
         if meta["classes"] != self.data.classes:
             raise TrainingError(f"{path} was trained on classes {meta['classes']}, the data has {self.data.classes}")
+        self._check_same_data(path, meta)
+        epochs, steps = self.config["epochs"], len(self.train_loader)
+        if meta["batch"] > steps or (meta["epoch"], meta["batch"]) > (epochs, 0):
+            raise TrainingError(f"{path} stopped at {describe_position(meta)}, outside this "
+                                f"run's {epochs} epochs of {steps} batches")
+        if meta["schedule"].get("epochs") != epochs:
+            raise TrainingError(f"{path}: its schedule is for {meta['schedule'].get('epochs')} "
+                                f"epochs, its config says {epochs}")
         for name, value in ckpt.params.items():
             if name not in self.model.params or self.model.params[name].shape != value.shape:
                 raise TrainingError(f"{path}: parameter {name} does not fit the {self.config['model']} model")
             self.model.params[name][...] = value
         self.sgd.load_state_dict(ckpt.optimizer)
         self.schedule.load_state_dict(meta["schedule"])
+        if self.schedule.steps_per_epoch != len(self.train_loader):
+            raise TrainingError(f"{path} was trained with {self.schedule.steps_per_epoch} "
+                                f"batches per epoch, the data give {len(self.train_loader)}")
+        if base_lr(self.config) != base_lr(meta["config"]):
+            self._change_lr(meta, base_lr(self.config) / base_lr(meta["config"]))
         r = meta["running"]
         self.progress = Progress(epoch=meta["epoch"], batch=meta["batch"], loss_sum=r["loss_sum"],
                                  correct=r["correct"], seen=r["seen"], seconds=r["seconds"],
                                  metrics=meta["metrics"], best_val_acc=meta["best_val_acc"])
 
+    def _check_same_data(self, path, meta):
+        """Refuse to continue a run on other images than it started with."""
+        saved = meta.get("data")
+        if not isinstance(saved, dict):    # a checkpoint from before fingerprints
+            return
+        now = {"train": len(self.train_loader.labels),
+               "val": len(self.val_loader.labels) if self.val_loader else 0,
+               "fingerprint": self.fingerprint}
+        if any(saved.get(k) != now[k] for k in now):
+            raise TrainingError(
+                f"{path} was trained on other images ({saved.get('train')} train / "
+                f"{saved.get('val')} val, fingerprint {saved.get('fingerprint')}) than "
+                f"{self.data.source} gives ({now['train']} / {now['val']}, {now['fingerprint']}); "
+                f"resume with the run's data (--data {meta['config'].get('data')}), or start a new run")
+
+    def _change_lr(self, meta, factor):
+        """A resume with another --lr: every rate from here on is `factor` times what it would
+        have been (onecycle's peak, step's base rate, plateau's current rate)."""
+        state = dict(self.schedule.state_dict())
+        for key in ("peak", "lr"):
+            if key in state:
+                state[key] *= factor
+        self.schedule.load_state_dict(state)
+        self.config["lr_changes"] = list(meta["config"].get("lr_changes", [])) + [
+            {"epoch": meta["epoch"] + 1, "batch": meta["batch"],
+             "from": meta["config"]["lr"], "to": self.config["lr"]}]
+
     def write_metrics(self):
-        write_metrics(self.out_dir, self.progress.metrics)
+        try:
+            write_metrics(self.out_dir, self.progress.metrics)
+        except OSError as e:
+            where = e.filename or os.path.join(self.out_dir, "metrics.csv")
+            raise TrainingError(f"cannot write {where}: {e.strerror or e}; the checkpoint of "
+                                f"epoch {self.progress.epoch} is saved: fix that, then continue "
+                                f"with: python train.py --resume {self.out_dir}") from None
+
+    def _diverged(self, what):
+        """The error that stops a diverged run, naming the file that holds the last good state."""
+        last = os.path.join(self.out_dir, "last.npz")
+        lr = base_lr(self.config)
+        try:
+            meta = read_meta(last)
+            good = (f"{last} holds the last good state ({describe_position(meta)}): continue "
+                    f"from it with a lower learning rate, e.g. python train.py --resume "
+                    f"{self.out_dir} --lr {lr / 10:.3g}")
+        except TinyAlexError:
+            source = self.config.get("resumed_from")
+            good = (f"nothing was saved; start again with a lower learning rate, e.g. python "
+                    f"train.py --resume {source} --out {self.out_dir} --lr {lr / 10:.3g}"
+                    if source else
+                    f"nothing was saved; start again with a lower --lr than {lr:.3g}")
+        return TrainingError(f"{what}; stopped. {good}")
 
     # --- the loop -----------------------------------------------------------------------
     def train(self, stop_requested=lambda: False, show_progress=True):
@@ -191,6 +303,8 @@ class Run:
         c, p = self.config, self.progress
         seed, steps = c["seed"], len(self.train_loader)
         save_every = c["save_every"] * 60.0
+        if p.metrics:     # a resumed run: metrics.csv as the checkpoint has it
+            self.write_metrics()
         while p.epoch < c["epochs"]:
             epoch = p.epoch
             last_save = time.monotonic()
@@ -198,18 +312,18 @@ class Run:
             bar = tqdm(total=steps, initial=p.batch, desc=f"epoch {epoch + 1}/{c['epochs']}",
                        unit="batch", dynamic_ncols=True, leave=False, disable=not show_progress,
                        file=sys.stderr)
-            try:
-                for x, y in self.train_loader.epoch(epoch, p.batch):
+            # closed here, not by the garbage collector: a second Ctrl-C while the loader's
+            # thread stops must reach the caller, not be printed as "Exception ignored"
+            with bar, contextlib.closing(self.train_loader.epoch(epoch, p.batch)) as batches:
+                for x, y in batches:
                     t0 = time.perf_counter()
                     lr = self.schedule.lr_at(epoch, p.batch)
                     with np.errstate(over="ignore", invalid="ignore"):   # caught just below
                         loss, grads, logits = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
                                                               return_logits=True)
                     if not math.isfinite(loss):
-                        raise TrainingError(
-                            f"the loss became {loss} at epoch {epoch + 1}, batch {p.batch + 1} "
-                            f"(lr {lr:.3g}); stopped. {os.path.join(self.out_dir, 'last.npz')} "
-                            "holds the last good state; try a lower --lr")
+                        raise self._diverged(f"the loss became {loss} at epoch {epoch + 1}, "
+                                             f"batch {p.batch + 1} (lr {lr:.3g})")
                     self.sgd.step(self.model.params, grads, lr)
                     dt = time.perf_counter() - t0
                     p.batch += 1
@@ -226,8 +340,6 @@ class Run:
                     if save_every > 0 and time.monotonic() - last_save > save_every and p.batch < steps:
                         self.save("last.npz")
                         last_save = time.monotonic()
-            finally:
-                bar.close()
             self._end_epoch(epoch, lr)
         return "done"
 
@@ -239,6 +351,9 @@ class Run:
                "train_acc": p.correct / max(1, p.seen), "val_loss": val_loss, "val_acc": val_acc,
                "lr": lr, "seconds": round(p.seconds + time.perf_counter() - t0, 3),
                "img_per_s": round(p.seen / max(p.seconds, 1e-9), 1)}
+        if val_loss is not None and not math.isfinite(val_loss):
+            raise self._diverged(f"the validation loss became {val_loss} at the end of epoch "
+                                 f"{epoch + 1} (lr {lr:.3g})")
         p.metrics.append(row)
         if val_acc is not None:
             self.schedule.end_epoch(epoch, val_acc)
@@ -262,23 +377,47 @@ class Run:
         return {"test_loss": loss, "test_top1": top1, "test_top5": top5}
 
 
-class StopOnSigint:
-    """First Ctrl-C: finish the current step, save, stop. A second Ctrl-C: stop at once."""
+class StopOnSignals:
+    """Ctrl-C (SIGINT) and SIGTERM (kill, timeout, a batch scheduler, a closing terminal).
+
+    While `armed` (the training loop looks at `requested` after every step), the first
+    signal asks it to finish the step, save and stop. Otherwise, or at a second signal,
+    KeyboardInterrupt is raised at once, as Ctrl-C does by default. `exit_code` is the
+    shell's for the first signal received: 130 for SIGINT, 143 for SIGTERM.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
+        self.received = None
+        self.armed = False
+
+    @property
+    def requested(self):
+        return self.received is not None
+
+    @property
+    def exit_code(self):
+        return 128 + (self.received or signal.SIGINT)
+
+    @property
+    def name(self):
+        return signal.Signals(self.received or signal.SIGINT).name
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
+        first = self.received is None
+        if first:
+            self.received = signum
+        if not (first and self.armed):
             raise KeyboardInterrupt
-        self.requested = True
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
         return False
 
 

@@ -108,6 +108,10 @@ def read_batches_dir(root: str):
     if not names:
         raise DataError(f"{os.path.join(root, META_FILE)} has no b'label_names'")
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:   # classes are matched by name (evaluate, resume): a name must mean one class
+        raise DataError(f"{os.path.join(root, META_FILE)} lists class name(s) "
+                        f"{', '.join(map(repr, twice))} more than once; give every class its own name")
     parts = [read_batch(os.path.join(root, n), len(classes)) for n in TRAIN_FILES]
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])

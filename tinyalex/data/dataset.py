@@ -77,7 +77,10 @@ def load_dataset(data=None, *, data_dir=None, val_size=5000, seed=0, skip_bad_im
     if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or val_size < 0:
         raise DataError(f"--val-size must be a non-negative integer, got {val_size!r}")
     if data is None:
-        root = cifar.official_batches_dir(data_dir, download_ok=download)
+        try:
+            root = cifar.official_batches_dir(data_dir, download_ok=download)
+        except OSError as e:
+            raise DataError(f"cannot download CIFAR-10 into {_unwritable(data_dir, e)}") from None
         parts, source = cifar.read_batches_dir(root), f"CIFAR-10 ({root})"
     else:
         parts, source = _load_path(os.path.expanduser(str(data)), data_dir, skip_bad_images)
@@ -98,7 +101,10 @@ def _load_path(path: str, data_dir: str, skip_bad_images: bool):
     if os.path.isfile(path):
         if not path.lower().endswith(ARCHIVE_SUFFIXES):
             raise DataError(f"--data {path}: expected a directory or a .tar.gz archive")
-        path = _unpack(path, data_dir)
+        try:
+            path = _unpack(path, data_dir)
+        except OSError as e:
+            raise DataError(f"cannot unpack {path} into {_unwritable(data_dir, e)}") from None
     if cifar.is_batches_dir(path):
         return cifar.read_batches_dir(path), f"CIFAR-10 batches ({path})"
     inner = os.path.join(path, cifar.BATCHES_DIR)
@@ -107,6 +113,15 @@ def _load_path(path: str, data_dir: str, skip_bad_images: bool):
     cache_dir = os.path.join(data_dir, CACHE_DIRNAME)
     return (load_image_folder(path, cache_dir=cache_dir, skip_bad_images=skip_bad_images),
             f"image folder ({os.path.abspath(path)})")
+
+
+def _unwritable(data_dir: str, error: OSError) -> str:
+    """The end of the message for a --data-dir that cannot be written: a file, read-only."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        why = "it is a file, not a directory"
+    else:
+        why = error.strerror or str(error)
+    return f"--data-dir {data_dir}: {why}; pass a writable directory as --data-dir"
 
 
 def _unpack(archive: str, data_dir: str) -> str:

@@ -19,13 +19,21 @@ Decoding 50,000 files takes a while, so the decoded arrays are cached in
 ``where`` hashes the folder's absolute path and ``key`` the list of files with their sizes
 and modification times: adding, removing or touching a file makes a new cache (the stale
 one is deleted). The cache is written under a temporary name and renamed, so a crash
-never leaves a half-written cache; a damaged cache is rebuilt.
+never leaves a half-written cache; a damaged cache is deleted and rebuilt.
+
+Only regular files are read. A file with an image extension that is something else (a
+FIFO, a device, a link to nothing or a link loop) counts as an unreadable image, without
+being opened: opening a FIFO would wait forever for a writer. Links to folders are
+followed, except those leading back to a folder already on the walk (``ln -s .. up``,
+``ln -s . self``), which would list the same images again and again; those are skipped
+with a warning.
 """
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 
@@ -54,7 +62,7 @@ def image_extensions() -> frozenset:
 def read_image(path: str, size: int = IMAGE_SIZE) -> np.ndarray:
     """Decode any Pillow-readable file to an RGB uint8 array (size, size, 3); DataError if unreadable."""
     try:
-        with Image.open(path) as image:
+        with _open_regular(path) as f, Image.open(f) as image:
             image.draft("RGB", (size, size))   # JPEG: decode big photos at 1/2..1/8 scale
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
@@ -64,6 +72,34 @@ def read_image(path: str, size: int = IMAGE_SIZE) -> np.ndarray:
     except Exception as e:   # Pillow raises OSError, ValueError, SyntaxError, ... on bad files
         raise DataError(f"cannot read image {path}: {_short(e)}") from None
     return array
+
+
+def _open_regular(path: str):
+    """``path`` opened for binary reading; OSError unless it is a regular file.
+
+    The file is opened without blocking and checked before anything is read: a plain
+    ``open`` of a FIFO waits until another process opens it for writing.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -91,14 +127,44 @@ def _short(e: BaseException) -> str:
 # Folder layout
 # --------------------------------------------------------------------------------------
 
-def _visible_dirs(path: str) -> list:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+def _dir_id(path: str):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
-def _image_files(class_dir: str, root: str, extensions) -> list:
-    """[(path relative to root, size, mtime_ns)] of the images under ``class_dir``, sorted."""
+def _visible_dirs(path: str, walked: set, skipped: list, root: str) -> list:
+    """Sorted names of the visible folders in ``path`` (links to folders included), leaving
+    out links back to a folder in ``walked``, which go into ``skipped``."""
+    names = []
+    for e in os.scandir(path):
+        if e.name.startswith(".") or not _is_dir(e):
+            continue
+        if _dir_id(e.path) in walked:
+            skipped.append(os.path.relpath(e.path, root))
+            continue
+        names.append(e.name)
+    return sorted(names)
+
+
+def _is_dir(entry) -> bool:
+    """``entry.is_dir()``, False for a link that cannot be followed (a loop raises OSError)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _image_files(class_dir: str, root: str, extensions, walked: set, unreadable: dict,
+                 skipped: list) -> list:
+    """[(path relative to root, size, mtime_ns)] of the images under ``class_dir``, sorted.
+
+    An image-named entry that is not a regular file gets size -1 and its reason in
+    ``unreadable``. ``walked`` holds the (device, inode) of the folders above and already
+    read; a link to one of them is not followed but noted in ``skipped``.
+    """
     found = []
     prefix = len(root) + 1
+    walked = walked | {_dir_id(class_dir)}
     stack = [class_dir]
     while stack:                       # depth-first, in sorted order
         entries = sorted(os.scandir(stack.pop()), key=lambda e: e.name)
@@ -106,10 +172,26 @@ def _image_files(class_dir: str, root: str, extensions) -> list:
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir():
-                subdirs.append(e.path)
+            if _is_dir(e):
+                where = _dir_id(e.path)
+                if where in walked:
+                    skipped.append(e.path[prefix:])
+                else:
+                    walked.add(where)
+                    subdirs.append(e.path)
             elif e.name[e.name.rfind("."):].lower() in extensions:
-                st = e.stat()
+                try:
+                    st = e.stat()            # follows a link to its file
+                except OSError as error:
+                    dangling = isinstance(error, FileNotFoundError) and e.is_symlink()
+                    unreadable[e.path[prefix:]] = ("a link to a missing file" if dangling
+                                                  else error.strerror or str(error))
+                    found.append((e.path[prefix:], -1, 0))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    unreadable[e.path[prefix:]] = f"{_kind(st.st_mode)}, not a regular file"
+                    found.append((e.path[prefix:], -1, 0))
+                    continue
                 found.append((e.path[prefix:], st.st_size, st.st_mtime_ns))
         stack += reversed(subdirs)
     return found
@@ -118,8 +200,11 @@ def _image_files(class_dir: str, root: str, extensions) -> list:
 def scan(root: str):
     """Find the splits, classes and files of an image folder.
 
-    Returns (classes, {"train": [(relpath, label, size, mtime_ns), ...], "test": [...]})
-    with "test" present only for the ``ROOT/train`` + ``ROOT/test`` layout.
+    Returns (classes, {"train": [(relpath, label, size, mtime_ns), ...], "test": [...]},
+    unreadable, skipped): "test" is present only for the ``ROOT/train`` + ``ROOT/test``
+    layout; ``unreadable`` maps the relpath of each image-named entry that is not a regular
+    file (size -1 in the lists) to the reason; ``skipped`` lists the links to folders that
+    lead back to a folder already on the walk, which are not followed.
     """
     if os.path.isdir(os.path.join(root, "train")):
         split_dirs = {"train": os.path.join(root, "train")}
@@ -131,12 +216,14 @@ def scan(root: str):
     else:
         split_dirs = {"train": root}
     extensions = image_extensions()
-    classes = _visible_dirs(split_dirs["train"])
+    unreadable, skipped = {}, []
+    above = {_dir_id(root)} | {_dir_id(d) for d in split_dirs.values()}
+    classes = _visible_dirs(split_dirs["train"], above, skipped, root)
     if not classes:
         raise DataError(f"no class folders in {split_dirs['train']}: expected "
                         f"{os.path.join(split_dirs['train'], '<class>', '<image files>')}")
     if "test" in split_dirs:
-        test_classes = _visible_dirs(split_dirs["test"])
+        test_classes = _visible_dirs(split_dirs["test"], above, [], root)
         if test_classes != classes:
             only_train = sorted(set(classes) - set(test_classes))
             only_test = sorted(set(test_classes) - set(classes))
@@ -147,13 +234,14 @@ def scan(root: str):
     for split, split_dir in split_dirs.items():
         entries = []
         for label, name in enumerate(classes):
-            files = _image_files(os.path.join(split_dir, name), root, extensions)
+            files = _image_files(os.path.join(split_dir, name), root, extensions, above,
+                                 unreadable, skipped)
             if split == "train" and not files:
                 raise DataError(f"class folder {os.path.join(split_dir, name)} has no images "
                                 f"(looked for {', '.join(sorted(extensions)[:6])}, ...)")
             entries += [(rel, label, size, mtime) for rel, size, mtime in files]
         splits[split] = entries
-    return classes, splits
+    return classes, splits, unreadable, skipped
 
 
 # --------------------------------------------------------------------------------------
@@ -168,12 +256,16 @@ def load_image_folder(root: str, *, cache_dir: str = None, skip_bad_images: bool
     with a warning on stderr when ``skip_bad_images``.
     """
     root = os.path.abspath(root)
-    classes, splits = scan(root)
+    classes, splits, unreadable, skipped = scan(root)
+    if skipped:
+        print(f"tinyalex: warning: not following {len(skipped)} link(s) back to a folder "
+              f"already read in {root}: {', '.join(skipped[:SHOW_BAD])}"
+              f"{' ...' if len(skipped) > SHOW_BAD else ''}", file=sys.stderr)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, IMAGE_SIZE, classes, splits]).encode())
     cache = _cache_path(cache_dir, root, key.hexdigest()) if cache_dir else None
     arrays = _read_cache(cache) if cache else None
     if arrays is None:
-        arrays = _decode(root, classes, splits)
+        arrays = _decode(root, classes, splits, unreadable)
         if cache:
             _write_cache(cache, arrays)
     bad = list(arrays["bad"])
@@ -195,7 +287,7 @@ def load_image_folder(root: str, *, cache_dir: str = None, skip_bad_images: bool
     return arrays["train_x"], arrays["train_y"], test_x, test_y, classes
 
 
-def _decode(root: str, classes, splits) -> dict:
+def _decode(root: str, classes, splits, unreadable: dict) -> dict:
     total = sum(len(v) for v in splits.values())
     if total == 0:
         raise DataError(f"no images found in {root}")
@@ -210,6 +302,10 @@ def _decode(root: str, classes, splits) -> dict:
             kept = 0
             for rel, label, _, _ in entries:
                 bar.update(1)
+                if rel in unreadable:          # not a regular file: never opened
+                    bad.append(rel)
+                    first_error = first_error or unreadable[rel]
+                    continue
                 try:
                     images[kept] = read_image(os.path.join(root, rel))
                 except DataError as e:
@@ -237,15 +333,23 @@ def _cache_path(cache_dir: str, root: str, key: str) -> str:
 
 
 def _read_cache(path: str):
-    """The arrays of a cache directory, or None if it is missing or damaged."""
+    """The arrays of a cache directory, or None if it is missing or damaged (a damaged one is
+    deleted, with a warning, so that the caller can write a new one in its place)."""
     if not os.path.isdir(path):
         return None
     try:
         arrays = {}
         for name in _CACHED:
             arrays[name] = np.load(os.path.join(path, name + ".npy"), allow_pickle=False)
+        for split in ("train", "test"):
+            x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+            if x.dtype != np.uint8 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or y.shape != (len(x),):
+                raise ValueError(f"{split} arrays of shapes {x.shape} and {y.shape}")
         return arrays
-    except Exception:   # truncated or damaged: rebuild it
+    except Exception as e:   # truncated or damaged: rebuild it
+        print(f"tinyalex: warning: the image cache {path} is damaged ({_short(e)}); "
+              f"decoding the folder again", file=sys.stderr)
+        shutil.rmtree(path, ignore_errors=True)
         return None
 
 

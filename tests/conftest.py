@@ -1,0 +1,47 @@
+"""Fixtures shared by the test modules."""
+
+import contextlib
+import os
+import signal
+
+import pytest
+
+
+@pytest.fixture
+def no_hang():
+    """`with no_hang(seconds): ...` fails the test instead of hanging when the block takes
+    longer (opening a FIFO, for one, blocks until a writer comes)."""
+    @contextlib.contextmanager
+    def limit(seconds):
+        def expire(signum, frame):
+            raise AssertionError(f"still running after {seconds} s: it hangs")
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    return limit
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """An existing directory this process cannot create files in: a read-only directory
+    (chmod 555), or, for root, who may write anywhere, /sys/kernel."""
+    if os.geteuid() != 0:
+        path = tmp_path / "read-only"
+        path.mkdir()
+        path.chmod(0o555)
+        yield str(path)
+        path.chmod(0o755)
+        return
+    path = "/sys/kernel"
+    try:
+        with open(os.path.join(path, "tinyalex-probe"), "w"):
+            pass
+    except OSError:
+        yield path
+        return
+    os.unlink(os.path.join(path, "tinyalex-probe"))
+    pytest.skip("no directory here is read-only for root")
