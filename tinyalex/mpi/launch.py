@@ -19,6 +19,7 @@ In order, before the ordinary `cli.train_command` runs with a `parallel` object:
    and if they do not, prints its error with its rank and aborts the whole job (MPI_Abort).
 """
 
+import argparse
 import os
 import sys
 import time
@@ -48,7 +49,6 @@ def _start_mpi():
 def _threads_per_rank(MPI, comm, argv):
     """--threads if given, else this process's cores / the ranks on this machine (at least 1)."""
     from ..cli import set_threads
-    import argparse
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--threads", type=int, default=None)
     given = pre.parse_known_args(argv)[0].threads
@@ -106,7 +106,7 @@ def train_main(argv, prog="train.py"):
     args = parser.parse_args(argv)             # a bad flag: every rank exits 2, rank 0 says why
     if towers == 2:
         from .towers import Towers
-        parallel, mode = Towers(comm), "two towers (model parallel, the paper's split)"
+        parallel, mode = Towers(comm), "two towers (model parallel, the paper's split: each holds half the parameters)"
     else:
         from .data_parallel import DataParallel
         parallel, mode = DataParallel(comm), f"data parallel, {args.batch_size} images per step in all"
