@@ -250,7 +250,8 @@ def _rank_pid(marker, rank):
                 env = f.read().split(b"\0")
         except OSError:
             continue
-        if f"TINYALEX_TEST_JOB={marker}".encode() in env and f"PMI_RANK={rank}".encode() in env:
+        ranks = {f"{var}={rank}".encode() for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")}
+        if f"TINYALEX_TEST_JOB={marker}".encode() in env and ranks & set(env):
             return int(pid)
     return None
 
