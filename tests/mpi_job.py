@@ -71,8 +71,25 @@ def lrn_within_tower_backward(dout, cache, link, ops):
     return ops.lrn_backward(dout, cache)
 
 
+def fail(comm):
+    """launch._fail: first every rank fails (rank 0 says it once), then rank 1 alone (it must
+    abort the job rather than leave rank 0 waiting for ever in its barrier)."""
+    from tinyalex.mpi import launch
+    launch.FAIL_TOGETHER_SECONDS = 1.0
+    errors = comm.Dup()
+    assert launch._fail(errors, comm.rank, "error: every rank failed", 2) == 2
+    sys.stdout.flush()
+    if comm.rank == 1:
+        launch._fail(errors, comm.rank, "error: rank 1 failed alone", 2)
+    else:
+        comm.Barrier()                     # never completes: rank 1 aborts the job
+    print("not reached", flush=True)
+
+
 def main(which):
     comm = MPI.COMM_WORLD
+    if which == "fail":
+        return fail(comm)
     batches = (8, 7)                       # 7: unequal shards (3 and 4 on two ranks)
     results = {}
     if which == "two":

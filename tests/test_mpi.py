@@ -197,6 +197,17 @@ def test_data_parallel_on_three_ranks_with_an_empty_shard():
     assert r["weights"] < 1e-10 and r["logits"] < 1e-10 and r["ranks_identical"], r
 
 
+@needs_mpi
+def test_an_error_on_every_rank_is_one_line_and_on_one_rank_aborts_the_job():
+    start = time.monotonic()
+    proc = mpiexec(2, [os.path.join(ROOT, "tests", "mpi_job.py"), "fail"], env=environment(threads=1),
+                   timeout=60)
+    assert proc.stderr.count("error: every rank failed") == 1, proc.stderr
+    assert "error: rank 1 failed alone (rank 1; the other ranks went on: aborting the job)" in proc.stderr
+    assert proc.returncode != 0 and "not reached" not in proc.stdout
+    assert time.monotonic() - start < 30
+
+
 @pytest.fixture(scope="module")
 def whole_run(data, tmp_path_factory):
     """Two epochs in one process, uninterrupted: the reference for the MPI runs."""
