@@ -16,7 +16,7 @@ from .argtypes import non_negative_int, number_in, positive_int
 COMMANDS = ("train", "evaluate", "predict", "filters", "bench", "torch-train")
 SCHEDULES = ("onecycle", "step", "plateau")
 # options that may differ when resuming: they do not change what the run computes
-RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "impl"}
+RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "impl", "towers"}
 
 
 def set_threads(threads):
@@ -76,6 +76,10 @@ def add_train_arguments(parser):
     r.add_argument("--save-every", type=number_in(0), default=5.0, metavar="MIN",
                    help="also save last.npz every MIN minutes mid-epoch (default 5; 0: epoch ends only)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    r.add_argument("--towers", type=int, choices=(1, 2), default=1,
+                   help="2: the paper's two towers on two MPI processes, mpiexec -n 2 python train.py "
+                        "--towers 2; under mpiexec without it, the processes train data-parallel "
+                        "(needs pip install 'tinyalex[mpi]'; docs/parallel.md)")
 
 
 def _explicit(parser, argv):
@@ -154,12 +158,14 @@ def raise_error(message, checkpoint=False):
     raise (CheckpointError if checkpoint else TinyAlexError)(message)
 
 
-def train_command(args, parser, argv):
+def train_command(args, parser, argv, parallel=None):
     """Train or resume; the run directory's rules: tinyalex/rundir.py and docs/runs.md. SIGTERM
-    is handled like Ctrl-C (save, then exit 143)."""
+    is handled like Ctrl-C (save, then exit 143). Under MPI (parallel, tinyalex/mpi/) only
+    rank 0 keeps the run directory and writes."""
     import uuid
     from .rundir import RunDir
     from .trainer import StopOnSignals
+    root = parallel is None or parallel.is_root
     explicit = _explicit(parser, argv)
     ckpt_path = meta = None
     if args.resume:
@@ -171,8 +177,10 @@ def train_command(args, parser, argv):
     if config.get("threads"):
         from layers.fast import kernels
         kernels.set_num_threads(config["threads"])
-    with StopOnSignals() as signals:
+    with StopOnSignals() if parallel is None else parallel.stop_on_signals() as signals:
         try:
+            if not root:
+                return _train(config, out, ckpt_path, signals, parallel)
             with RunDir(out) as run_dir:
                 if meta is None:
                     run_dir.check_new()
@@ -183,16 +191,17 @@ def train_command(args, parser, argv):
                 else:
                     run_dir.check_resume(ckpt_path, meta)
                     config.setdefault("run_id", uuid.uuid4().hex)
-                return _train(config, out, ckpt_path, signals)
+                return _train(config, out, ckpt_path, signals, parallel)
         except KeyboardInterrupt:
             print(f"{_signal_word(signals)}: stopped at once; {_saved(out)}", file=sys.stderr)
             return signals.exit_code
 
 
-def _train(config, out, ckpt_path, signals):
+def _train(config, out, ckpt_path, signals, parallel=None):
     from .trainer import Run, write_config
+    root = parallel is None or parallel.is_root
     log = print
-    run = Run(config, out, resume_from=ckpt_path, log=log)
+    run = Run(config, out, resume_from=ckpt_path, log=log, parallel=parallel)
     log(f"data: {run.data.summary()}")
     if config["limit_train"] or config["limit_val"]:
         log(f"limited to {len(run.train_loader.labels)} train / "
@@ -202,7 +211,8 @@ def _train(config, out, ckpt_path, signals):
         f"{run.schedule.name} schedule; run directory {out}")
     if ckpt_path:
         log(f"resuming {ckpt_path} at epoch {run.progress.epoch + 1}, batch {run.progress.batch}")
-    write_config(out, config)
+    if root:
+        write_config(out, config)
     signals.armed = True
     status = run.train(stop_requested=lambda: signals.requested, show_progress=not config["no_progress"])
     signals.armed = False
@@ -215,7 +225,7 @@ def _train(config, out, ckpt_path, signals):
     best = run.progress.best_val_acc
     if best >= 0:
         log(f"best validation accuracy {100 * best:.2f}% ({os.path.join(out, 'best.npz')})")
-    if result:
+    if result and root:
         log(f"test: top-1 {100 * result['test_top1']:.2f}%  top-5 {100 * result['test_top5']:.2f}%  "
             f"loss {result['test_loss']:.4f} (final parameters)")
         import json
@@ -284,6 +294,9 @@ def train_main(argv=None):
     """`python train.py ...`"""
     argv = sys.argv[1:] if argv is None else argv
     _runtime.apply()
+    from . import mpi
+    if mpi.requested(argv):                   # under mpiexec, or --towers 2: tinyalex/mpi/
+        return mpi.train_main(argv, prog="train.py")
     _pre_threads(argv)
     parser = train_parser(prog="train.py")
     args = parser.parse_args(argv)
@@ -294,6 +307,9 @@ def main(argv=None):
     """`python -m tinyalex COMMAND ...`"""
     argv = sys.argv[1:] if argv is None else argv
     _runtime.apply()
+    from . import mpi
+    if argv[:1] == ["train"] and mpi.requested(argv[1:]):   # as in train_main
+        return mpi.train_main(argv[1:], prog="python -m tinyalex train")
     _pre_threads(argv)
     parser = argparse.ArgumentParser(prog="python -m tinyalex", allow_abbrev=False,
                                      description="tinyalex: AlexNet from scratch in NumPy and Numba.")

@@ -158,8 +158,10 @@ def evaluate_loader(model, loader):
 class Run:
     """One training run: its options, data, model, optimizer, schedule and run directory."""
 
-    def __init__(self, config, out_dir, resume_from=None, log=print):
+    def __init__(self, config, out_dir, resume_from=None, log=print, parallel=None):
         self.config = config
+        # several MPI processes: towers or data parallel (tinyalex/mpi/ranks.py); None: this one
+        self.parallel = parallel
         self.out_dir = out_dir
         self.log = log
         c = config
@@ -180,6 +182,8 @@ class Run:
 
         self.model = build_model(c["model"], d.num_classes, init=c["init"], seed=c["seed"],
                                  impl=c.get("impl", "fast"))
+        if parallel is not None:
+            self.model = parallel.wrap(self.model)   # this rank's tower, or a batch-sharding wrapper
         self.sgd = SGD(self.model.params, momentum=c["momentum"], weight_decay=c["weight_decay"])
         self.schedule = make_schedule(c["schedule"], lr=c["lr"], epochs=c["epochs"],
                                       steps_per_epoch=len(self.train_loader),
@@ -209,14 +213,20 @@ class Run:
                 if not np.isfinite(value).all():
                     raise self._diverged(f"the {group} {key} is no longer finite")
         d = self.data
-        save_checkpoint(os.path.join(self.out_dir, name), params=self.model.params,
-                        optimizer=self.sgd.state_dict(),
+        params, optimizer = self.model.params, self.sgd.state_dict()
+        if self.parallel is not None:   # every rank calls this; rank 0 gets the whole model and writes
+            params, optimizer = self.parallel.full_state(params, optimizer)
+            if not self.parallel.is_root:
+                return
+        save_checkpoint(os.path.join(self.out_dir, name), params=params, optimizer=optimizer,
                         arrays={"mean": d.mean, "std": d.std, "pca_eigval": d.pca_eigval,
                                 "pca_eigvec": d.pca_eigvec},
                         meta=self._meta())
 
     def _restore(self, path):
         ckpt = load_model_checkpoint(path, model_name=self.config["model"], training=True)
+        if self.parallel is not None:
+            ckpt = self.parallel.local_checkpoint(ckpt)   # a tower's rows of the single-process file
         meta = ckpt.meta
         if meta["classes"] != self.data.classes:
             raise TrainingError(f"{path} was trained on classes {meta['classes']}, the data has {self.data.classes}")
@@ -272,6 +282,8 @@ class Run:
              "from": meta["config"]["lr"], "to": self.config["lr"]}]
 
     def write_metrics(self):
+        if self.parallel is not None and not self.parallel.is_root:   # under MPI, rank 0 writes
+            return
         try:
             write_metrics(self.out_dir, self.progress.metrics)
         except OSError as e:
@@ -337,7 +349,10 @@ class Run:
                     if stop_requested():
                         self.save("last.npz")
                         return "interrupted"
-                    if save_every > 0 and time.monotonic() - last_save > save_every and p.batch < steps:
+                    due = save_every > 0 and time.monotonic() - last_save > save_every and p.batch < steps
+                    if self.parallel is not None:   # all ranks save together, or none
+                        due = self.parallel.agree(due)
+                    if due:
                         self.save("last.npz")
                         last_save = time.monotonic()
             self._end_epoch(epoch, lr)
