@@ -262,11 +262,27 @@ def _saved(out):
 
 
 def _pre_threads(argv):
+    """Set the thread count from --threads, then load NumPy. A Ctrl-C while NumPy loads is held
+    until it has loaded (NumPy turns an interrupted import into an ImportError about a "bad
+    install"), then raised as the KeyboardInterrupt it was."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--threads", type=int, default=None)
     known, _ = pre.parse_known_args(argv)
     if known.threads and known.threads > 0:
         set_threads(known.threads)
+    import signal
+    held = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    except ValueError:          # not the main thread: nothing to hold
+        import numpy  # noqa: F401
+        return
+    try:
+        import numpy  # noqa: F401,F811
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def train_parser(prog=None):
