@@ -57,7 +57,7 @@ from tinyalex.errors import TinyAlexError
 
 FORMATS = ("onnx", "torch")
 OPSET = 17              # LRN 13, Conv 11, MaxPool 12, Gemm 13, Flatten 13, Softmax 13: all within 17
-IR_VERSION = 8          # the IR version that goes with opset 17; any ONNX Runtime since 1.11 loads it
+IR_VERSION = 8          # the IR version that goes with opset 17; ONNX Runtime 1.13 and later run both
 CHECK_BATCH = 2         # random images per check
 CHECK_TOLERANCE = 1e-4  # max |ours - theirs| / max |ours|, float32
 ONNX_HINT = 'pip install -e ".[onnx]"'

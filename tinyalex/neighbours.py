@@ -225,7 +225,7 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
     rows_top = len(top[0]) if Q else 0
     bar_h = 13
     # left half: cells of [image; correct label; bars], two columns
-    cell_w = max(side, name_w + 4 + 90)
+    cell_w = max(side, name_w + 4 + 120)
     cell_h = side + 20 + rows_top * (bar_h + 2) + 14
     cols = 2 if Q > 1 else 1
     left_rows = math.ceil(Q / cols)
@@ -233,7 +233,7 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
     # right half: a row of [query | k neighbours] per query
     row_h = side + 8
     right_w = side + 3 * gap + k * (side + gap)
-    title_h = 34
+    title_h = 34 + 20                               # the title, then the halves' headings
     width = margin + left_w + 4 * margin + right_w + margin
     height = title_h + margin + max(left_rows * cell_h, Q * row_h) + margin
     image = Image.new("RGB", (width, height), WHITE)
@@ -246,6 +246,15 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
     draw.text((width / 2, 10), title or "Figure 4: top-5 labels (left), six nearest training "
               "images in fc7 feature space (right)", font=title_font, fill=INK, anchor="mt")
     y0 = title_h + margin
+    x_right = margin + left_w + 4 * margin
+    heading_y = y0 - 6
+    draw.text((margin + left_w / 2, heading_y), "test images and their top labels",
+              font=label_font, fill=INK, anchor="ms")
+    draw.text((x_right + side / 2, heading_y), "test image", font=label_font, fill=INK,
+              anchor="ms")
+    draw.text((x_right + side + 3 * gap + (k * (side + gap) - gap) / 2, heading_y),
+              f"{k} nearest training images (fc7 features)", font=label_font, fill=INK,
+              anchor="ms")
     for q in range(Q):
         r, c = divmod(q, cols)
         x, y = margin + c * (cell_w + 2 * gap), y0 + r * cell_h
@@ -263,7 +272,6 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
                            fill=colour)
             draw.text((bx - 3, by + bar_h / 2), classes[cls], font=bar_font,
                       fill=CORRECT if cls == labels[q] else INK, anchor="rm")
-    x_right = margin + left_w + 4 * margin
     draw.line([(x_right - 2 * margin, y0), (x_right - 2 * margin, height - margin)],
               fill=(200, 200, 200), width=1)
     for q in range(Q):

@@ -135,12 +135,13 @@ def colour_ramp(values, ramp):
     return np.rint(ramp[k] + (ramp[k + 1] - ramp[k]) * t).astype(np.uint8)
 
 
-def saliency_png(image, grad, drops, path, *, title, side=None):
+def saliency_png(image, grad, drops, path, *, title, class_name="the class", side=None):
     """Draw the image, its gradient map and its occlusion map side by side, to a PNG.
 
     Inputs: image uint8 (h, w, 3) (the picture shown, resized to the maps' size);
-    grad (H, W) >= 0, the gradient saliency; drops (H, W), the occlusion drops; title, a
-    line above. side: pixels per panel (default: the maps' size, at least 192).
+    grad (H, W) >= 0, the gradient saliency; drops (H, W), the occlusion drops (blue below
+    0, white at 0, red above, symmetric about 0); title, a line above; class_name for the
+    caption. side: pixels per panel (default: the maps' size, at least 192).
     """
     from PIL import Image, ImageDraw
 
@@ -156,7 +157,7 @@ def saliency_png(image, grad, drops, path, *, title, side=None):
          f"gradient |dz/dx|, 0 to {top_g:.2g}"),
         (Image.fromarray(colour_ramp(0.5 + 0.5 * drops / top_d, BLUE_WHITE_RED))
          .resize((side, side), Image.NEAREST),
-         f"occlusion: drop in p, -{top_d:.2f} to +{top_d:.2f}"),
+         f"occlusion: drop in p({class_name}), -{top_d:.2f} to +{top_d:.2f}"),
     ]
     gap, margin, title_h, caption_h = 12, 14, 30, 24
     width = 2 * margin + len(panels) * side + (len(panels) - 1) * gap
@@ -225,7 +226,7 @@ def run(args):
                  + ("" if cls == predicted else f"; predicted {classes[predicted]} "
                                                 f"(p {p[predicted]:.2f})"))
         with writing(out):
-            saliency_png(pixels, grad, per_pixel, out, title=title)
+            saliency_png(pixels, grad, per_pixel, out, title=title, class_name=classes[cls])
         results.append({"image": path, "class": classes[cls], "probability": float(p[cls]),
                         "predicted": classes[predicted], "out": out,
                         "largest_drop": float(drops[i, j]),
