@@ -307,8 +307,8 @@ def run(args):
           f"{len(data) / 1e6:.1f} MB [{built:.1f} s]")
     if args.format == "onnx":
         print(f"input 'input' (N, {', '.join(map(str, model.input_shape))}) float32 RGB, "
-              f"normalised (pixel/255 - mean) / std with mean {np.round(mean, 4).tolist()}, "
-              f"std {np.round(std, 4).tolist()}; output "
+              f"normalised (pixel/255 - mean) / std with mean {[round(float(v), 4) for v in mean]}, "
+              f"std {[round(float(v), 4) for v in std]}; output "
               f"'{'probabilities' if args.softmax else 'logits'}'")
     if verdict:
         print(verdict)

@@ -243,8 +243,9 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
         tile = Image.fromarray(np.ascontiguousarray(array)).resize((side, side), Image.NEAREST)
         image.paste(tile, (int(x), int(y)))
 
-    draw.text((width / 2, 10), title or "Figure 4: top-5 labels (left), six nearest training "
-              "images in fc7 feature space (right)", font=title_font, fill=INK, anchor="mt")
+    title = title or (f"Figure 4: top-{len(top[0]) if Q else 5} labels (left), the {k} nearest "
+                      f"training images in fc7's feature space (right)")
+    draw.text((width / 2, 10), title, font=title_font, fill=INK, anchor="mt")
     y0 = title_h + margin
     x_right = margin + left_w + 4 * margin
     heading_y = y0 - 6
