@@ -8,6 +8,8 @@ refuses to write an export that fails its check.
 """
 
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -182,3 +184,16 @@ def test_export_bad_input(world, capsys, tmp_path, monkeypatch):
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err == 'error: the onnx package is not installed; export needs it: pip install -e ".[onnx]"\n'
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_real_process_without_onnx_prints_one_line(world, tmp_path):
+    """No traceback from a real `python -m tinyalex export` when onnx is missing."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = ("import sys; sys.modules['onnx'] = None; from tinyalex.cli import main; "
+              f"sys.exit(main(['export', {world['ckpt']!r}, {str(tmp_path / 'm.onnx')!r}]))")
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=repo, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ('error: the onnx package is not installed; export needs it: '
+                           'pip install -e ".[onnx]"\n')
