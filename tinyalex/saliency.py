@@ -150,26 +150,27 @@ def saliency_png(image, grad, drops, path, *, title, class_name="the class", sid
     side = side or max(192, H)
     top_g = float(np.percentile(grad, GRADIENT_PERCENTILE)) or float(grad.max()) or 1.0
     top_d = float(np.max(np.abs(drops))) or 1.0
-    panels = [
+    panels = [   # (picture, caption lines)
         (Image.fromarray(np.asarray(image, np.uint8)).resize((side, side), Image.BICUBIC),
-         "image"),
+         ["image"]),
         (Image.fromarray(colour_ramp(grad / top_g, INFERNO)).resize((side, side), Image.NEAREST),
-         f"gradient |dz/dx|, 0 to {top_g:.2g}"),
+         ["gradient: max over RGB of |dz/dx|", f"0 (black) to {top_g:.2g} (yellow)"]),
         (Image.fromarray(colour_ramp(0.5 + 0.5 * drops / top_d, BLUE_WHITE_RED))
          .resize((side, side), Image.NEAREST),
-         f"occlusion: drop in p({class_name}), -{top_d:.2f} to +{top_d:.2f}"),
+         [f"occlusion: drop in p({class_name})", f"-{top_d:.2g} (blue) to +{top_d:.2g} (red)"]),
     ]
-    gap, margin, title_h, caption_h = 12, 14, 30, 24
+    gap, margin, title_h, line_h = 12, 14, 30, 16
     width = 2 * margin + len(panels) * side + (len(panels) - 1) * gap
-    height = margin + title_h + side + caption_h + margin
+    height = margin + title_h + side + 6 + 2 * line_h + margin
     picture = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(picture)
     draw.text((width / 2, margin), title, font=_font(15), fill=INK, anchor="mt")
     for i, (panel, caption) in enumerate(panels):
         x = margin + i * (side + gap)
         picture.paste(panel, (x, margin + title_h))
-        draw.text((x + side / 2, margin + title_h + side + 6), caption, font=_font(12),
-                  fill=INK, anchor="mt")
+        for j, line in enumerate(caption):
+            draw.text((x + side / 2, margin + title_h + side + 6 + j * line_h), line,
+                      font=_font(12), fill=INK, anchor="mt")
     _save_png(picture, path)
 
 
