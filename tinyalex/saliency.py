@@ -238,7 +238,7 @@ def run(args):
     for r in results:
         at = r["largest_drop_at"]
         print(f"{r['image']}: {r['class']} (p {r['probability']:.3f}, predicted "
-              f"{r['predicted']}); occlusion: largest drop {r['largest_drop']:+.3f} with the "
+              f"{r['predicted']}); occlusion: largest drop {r['largest_drop']:+.3g} with the "
               f"patch at x {at['x']}-{at['x'] + patch - 1}, y {at['y']}-{at['y'] + patch - 1}; "
               f"wrote {r['out']}")
     return 0
