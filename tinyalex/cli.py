@@ -1,4 +1,5 @@
-"""The command line: `python train.py ...` and `python -m tinyalex {train,evaluate,predict,filters,bench,torch-train}`.
+"""The command line: `python train.py ...` and `python -m tinyalex {train,evaluate,predict,filters,bench,torch-train,
+neighbours,saliency,export}`.
 
 Heavy imports (NumPy, Numba) wait until the process settings are applied (tinyalex/_runtime.py)
 and the thread count is known, because BLAS reads both from the environment when it loads. Every user error (TinyAlexError) becomes
@@ -13,7 +14,8 @@ import time
 from . import _runtime
 from .argtypes import non_negative_int, number_in, positive_int
 
-COMMANDS = ("train", "evaluate", "predict", "filters", "bench", "torch-train")
+COMMANDS = ("train", "evaluate", "predict", "filters", "bench", "torch-train", "neighbours", "saliency",
+            "export")
 SCHEDULES = ("onecycle", "step", "plateau")
 # options that may differ when resuming: they do not change what the run computes
 RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "impl", "towers"}
@@ -346,5 +348,14 @@ def main(argv=None):
     if command in (None, "torch-train"):
         from . import torch_train
         torch_train.register(sub)
+    if command in (None, "neighbours"):
+        from . import neighbours
+        neighbours.register(sub)
+    if command in (None, "saliency"):
+        from . import saliency
+        saliency.register(sub)
+    if command in (None, "export"):
+        from . import export
+        export.register(sub)
     args = parser.parse_args(argv)
     return _run(lambda: args.func(args))
