@@ -201,6 +201,15 @@ def test_evaluate_test_split_json(world, capsys):
     assert set(report["per_class"]) == set(CLASSES) and sum(report["counts"].values()) == 30
 
 
+def test_evaluate_on_the_readable_route_gives_the_same_report(world, capsys):
+    argv = ["evaluate", world["ckpt"], "--data", world["cifar"], "--data-dir", world["data_dir"],
+            "--split", "test"]
+    fast = run_json(argv, capsys)
+    readable = run_json(argv + ["--impl", "readable"], capsys)
+    assert readable["top1"] == fast["top1"] and readable["top5"] == fast["top5"]
+    assert readable["loss"] == pytest.approx(fast["loss"], rel=1e-5)
+
+
 def test_evaluate_val_split_is_carved_out_as_in_training(world, capsys):
     report = run_json(["evaluate", world["ckpt"], "--data", world["cifar"],
                        "--data-dir", world["data_dir"], "--split", "val", "--tta", "flip"],
