@@ -75,6 +75,16 @@ class RunDir:
             self._remove_made_dir()
             raise RunDirError(f"cannot write to --out {path}: {e.strerror or e}; choose "
                               f"another --out") from None
+        except BaseException:              # Ctrl-C or SIGTERM while the directory is set up
+            if self._lock is not None:
+                self.__exit__(KeyboardInterrupt, None, None)
+            elif self.made:
+                try:
+                    os.unlink(os.path.join(path, LOCK))
+                except OSError:
+                    pass
+                self._remove_made_dir()
+            raise
         self._remove_stale_temporaries()
         return self
 
