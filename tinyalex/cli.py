@@ -57,10 +57,19 @@ def add_train_arguments(parser):
                         "definition (same maths, several times slower)")
     g.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
-    g.add_argument("--init", choices=INITS, default="torch",
-                   help="torch: PyTorch's default uniform +-1/sqrt(fan_in) (default); he: "
-                        "N(0, 2/fan_in); paper: N(0, 0.01) with biases 1, the paper's, which "
-                        "stays at chance on CIFAR-10")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="Nesterov momentum (default; --no-nesterov: the paper's plain momentum)")
+    g.add_argument("--bias-decay", action=argparse.BooleanOptionalAction, default=False,
+                   help="weight decay on the biases too, as the paper and PyTorch's default do "
+                        "(default: weights only)")
+    g.add_argument("--label-smoothing", type=number_in(0, 1), default=0.1, metavar="E",
+                   help="train towards 1-E+E/classes on the true class and E/classes on the "
+                        "others (default 0.1; 0: plain cross-entropy)")
+    g.add_argument("--init", choices=INITS, default="he",
+                   help="he: Kaiming normal, N(0, 2/fan_in) before a ReLU and N(0, 1/fan_in) "
+                        "for fc8 (default); torch: PyTorch's default uniform +-1/sqrt(fan_in), "
+                        "which sits at chance for most of the first epoch; paper: N(0, 0.01) "
+                        "with biases 1, the paper's, which stays at chance on CIFAR-10")
     add_data_arguments(parser)
     r = parser.add_argument_group("run")
     r.add_argument("--out", metavar="DIR", default=None,
@@ -96,6 +105,8 @@ def _explicit(parser, argv):
 
 # options a resume may change: the rest of the run follows the new value (config.json says so)
 RESUME_CHANGES = {"lr"}
+# options added after runs were already being saved: a checkpoint without one trained as this
+OLD_DEFAULTS = {"nesterov": False, "bias_decay": True, "label_smoothing": 0.0}
 
 
 def _resume_config(args, parser, explicit):
@@ -127,7 +138,9 @@ def _checked_config(config, parser, path):
         if not action.option_strings or action.dest in ("help", "resume"):
             continue
         flag = action.option_strings[0]
-        if action.dest not in config:
+        if action.dest not in config and action.dest in OLD_DEFAULTS:
+            config[action.dest] = OLD_DEFAULTS[action.dest]
+        elif action.dest not in config:
             if action.dest not in RESUME_FREE:
                 raise_error(f"checkpoint {path} cannot be resumed: its config has no {flag}",
                             checkpoint=True)
@@ -223,22 +236,31 @@ def _train(config, out, ckpt_path, signals, parallel=None):
               f"{_saved_position(run)}); continue with: python train.py --resume {out}",
               file=sys.stderr)
         return signals.exit_code
-    result = run.test()
+    scores = run.final_scores()
     best = run.progress.best_val_acc
     if best >= 0:
         log(f"best validation accuracy {100 * best:.2f}% ({os.path.join(out, 'best.npz')})")
-    if result and root:
-        log(f"test: top-1 {100 * result['test_top1']:.2f}%  top-5 {100 * result['test_top5']:.2f}%  "
-            f"loss {result['test_loss']:.4f} (final parameters)")
+    for split, name in (("val", "validation"), ("test", "test")):
+        if f"{split}_top1" in scores and root:
+            log(f"{name}: {_scores_line(scores, split)} (final parameters)")
+    if "test_top1" in scores and root:
         import json
         from .checkpoint import atomic_write
-        text = json.dumps(result, indent=2) + "\n"
+        text = json.dumps({"headline": "test_top1_flip", **scores}, indent=2) + "\n"
         try:
             atomic_write(os.path.join(out, "test.json"), lambda f: f.write(text.encode()))
         except OSError as e:
             raise_error(f"cannot write {os.path.join(out, 'test.json')}: {e.strerror or e}; "
                         f"the run's checkpoints are saved in {out}")
     return 0
+
+
+def _scores_line(scores, split):
+    """The end-of-run line of a split: flip-TTA first (the headline), then the centre image."""
+    return (f"top-1 {100 * scores[f'{split}_top1_flip']:.2f}% with flip TTA (image + mirror), "
+            f"{100 * scores[f'{split}_top1']:.2f}% centre only; top-5 "
+            f"{100 * scores[f'{split}_top5_flip']:.2f}% / {100 * scores[f'{split}_top5']:.2f}%; "
+            f"loss {scores[f'{split}_loss_flip']:.4f} / {scores[f'{split}_loss']:.4f}")
 
 
 def _saved_position(run):

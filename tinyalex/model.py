@@ -139,10 +139,16 @@ def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
            (fan_in = inputs per output: (C/groups)*KH*KW or D). What the PyTorch reference used.
     paper: the paper's: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7 (to give
            ReLUs positive inputs early) and 0 elsewhere. On CIFAR-10 this stays at chance.
-    he:    He et al.: weights N(0, sqrt(2/fan_in)), biases 0.
+    he:    He et al. (Kaiming normal, fan-in): weights N(0, gain^2 / fan_in), biases 0, with
+           gain^2 = 2 for a layer followed by a ReLU (it zeroes half its input's variance on
+           average, so each layer keeps the second moment of the signal) and 1 for fc8, whose
+           logits go to the softmax as they are. PyTorch's kaiming_normal_ with
+           nonlinearity "relu" and "linear".
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    plan = layer_plan(arch)
+    relu_after = {name for (name, _, _), (_, nxt, _) in zip(plan, plan[1:]) if nxt == "relu"}
     rng = np.random.default_rng(seed)
     dtype = np.dtype(dtype)
     params = {}
@@ -160,7 +166,8 @@ def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
             one = init == "paper" and layer in ("conv2", "conv4", "conv5", "fc6", "fc7")
             value = np.full(shape, 1.0 if one else 0.0, dtype=dtype)
         else:
-            std = 0.01 if init == "paper" else np.sqrt(2.0 / fan_in)
+            gain2 = 2.0 if layer in relu_after else 1.0
+            std = 0.01 if init == "paper" else np.sqrt(gain2 / fan_in)
             value = rng.standard_normal(shape, dtype=dtype)
             value *= dtype.type(std)                                           # N(0, std^2)
         params[name] = value
@@ -269,15 +276,17 @@ class AlexNet:
         Returns: logits (N, classes), or the output of layer `upto`."""
         return self.forward_tape(x, upto=upto)[0]
 
-    def loss(self, x, y, *, rng=None, train=True, return_dx=False, return_logits=False):
+    def loss(self, x, y, *, rng=None, train=True, return_dx=False, return_logits=False,
+             smoothing=0.0):
         """Training step maths: forward with dropout, softmax cross-entropy, backward.
 
-        Inputs: x (N, C, H, W), y (N,) labels, rng (np.random.Generator) for the dropout masks.
+        Inputs: x (N, C, H, W), y (N,) labels, rng (np.random.Generator) for the dropout masks,
+        smoothing: the loss's label smoothing (layers/loss.py).
         Returns: (loss, grads) with grads keyed like params; then, if asked, dx (the input
         gradient, for gradient checks) and the logits (for the running accuracy).
         """
         logits, tape = self.forward_tape(x, train=train, rng=rng)
-        loss, dlogits = self.ops.softmax_cross_entropy(logits, y)
+        loss, dlogits = self.ops.softmax_cross_entropy(logits, y, smoothing)
         grads, dx = self.backward_tape(tape, dlogits, need_dx=return_dx)
         extra = ((dx,) if return_dx else ()) + ((logits,) if return_logits else ())
         return (loss, grads) + extra

@@ -11,6 +11,19 @@ For every parameter array ``w`` (weights and biases alike) with gradient ``g = d
 
 with momentum 0.9 and weight decay 5e-4 by default. ``v`` (the velocity) starts at zero.
 
+Two common variations, each an option:
+
+- Nesterov momentum (Sutskever et al., 2013): the step looks ahead along the velocity,
+
+      v <- momentum * v - weight_decay * lr * w - lr * g
+      w <- w + momentum * v - weight_decay * lr * w - lr * g
+
+  i.e. the new velocity's momentum part plus this step's own gradient step, which is PyTorch's
+  ``SGD(nesterov=True)`` in the same way as below.
+- No weight decay on some parameters (``no_decay``, e.g. the biases): their
+  ``weight_decay`` is 0. A bias only shifts a unit's output; shrinking it towards zero does not
+  limit what the model can fit, it only slows the biases down.
+
 How PyTorch's ``torch.optim.SGD`` differs
 ------------------------------------------
 PyTorch keeps a momentum buffer ``b`` of *gradients*, not of steps, and multiplies by the
@@ -52,14 +65,20 @@ from layers.fast.kernels import threaded_kernel
 from tinyalex.errors import CheckpointError, TinyAlexError
 
 
-@threaded_kernel(lambda momentum, decay_lr, lr, g, w, v: v.shape[0])
-def _update(lo, hi, momentum, decay_lr, lr, g, w, v):
+@threaded_kernel(lambda nesterov, momentum, decay_lr, lr, g, w, v: v.shape[0])
+def _update(lo, hi, nesterov, momentum, decay_lr, lr, g, w, v):
     """The update rule over flat arrays, one pass over w, g and v (Numba, threaded as the
     layers' kernels are). Bit for bit the same as the NumPy lines in the comments of
     SGD.step: the same float32 operations in the same order."""
-    for i in range(lo, hi):
-        v[i] = momentum * v[i] - decay_lr * w[i] - lr * g[i]
-        w[i] += v[i]
+    if nesterov:
+        for i in range(lo, hi):
+            step = -decay_lr * w[i] - lr * g[i]
+            v[i] = momentum * v[i] + step
+            w[i] += momentum * v[i] + step
+    else:
+        for i in range(lo, hi):
+            v[i] = momentum * v[i] - decay_lr * w[i] - lr * g[i]
+            w[i] += v[i]
 
 
 class SGD:
@@ -69,18 +88,25 @@ class SGD:
     - params: dict name -> parameter array (e.g. ``model.params``); one velocity array of the
       same shape and dtype is allocated per parameter, filled with zeros.
     - momentum: the velocity's decay per step (paper: 0.9).
-    - weight_decay: the L2 coefficient, applied to every parameter, biases included, as
-      PyTorch's ``weight_decay`` does (paper: 5e-4).
+    - weight_decay: the L2 coefficient, applied to every parameter (biases included, as
+      PyTorch's ``weight_decay`` does; paper: 5e-4) except those named in ``no_decay``.
+    - nesterov: Nesterov momentum (module docstring); the paper's rule when False.
+    - no_decay: names of parameters that get no weight decay (e.g. the biases).
     """
 
     def __init__(self, params: dict[str, np.ndarray], *, momentum: float = 0.9,
-                 weight_decay: float = 5e-4):
+                 weight_decay: float = 5e-4, nesterov: bool = False, no_decay=()):
         if not (0.0 <= momentum < 1.0):
             raise TinyAlexError(f"momentum must be in [0, 1), got {momentum}")
         if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
             raise TinyAlexError(f"weight decay must be >= 0, got {weight_decay}")
+        unknown = sorted(set(no_decay) - set(params))
+        if unknown:
+            raise TinyAlexError(f"no_decay names unknown parameters: {', '.join(unknown)}")
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
+        self.nesterov = bool(nesterov)
+        self.no_decay = frozenset(no_decay)
         self.velocity = {name: np.zeros_like(w) for name, w in params.items()}
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
@@ -104,13 +130,18 @@ class SGD:
                                  f"{g.shape}, velocity {v.shape}")
             if not (w.flags.c_contiguous and v.flags.c_contiguous):
                 raise ValueError(f"SGD.step: {name} and its velocity must be C-contiguous arrays")
+            decay = 0.0 if name in self.no_decay else self.weight_decay
             # In NumPy, this is (one pass instead of five, and no temporaries):
             #   v *= momentum                  # v <- momentum * v
-            #   v -= (weight_decay * lr) * w   #      - weight_decay * lr * w
+            #   v -= (decay * lr) * w          #      - weight_decay * lr * w
             #   v -= lr * g                    #      - lr * g
             #   w += v                         # w <- w + v
+            # and with Nesterov momentum:
+            #   step = -(decay * lr) * w - lr * g
+            #   v *= momentum; v += step       # v <- momentum * v + step
+            #   w += momentum * v + step       # w <- w + momentum * v + step
             t = w.dtype.type  # the scalars in the parameters' dtype, as NumPy would use them
-            _update(t(self.momentum), t(self.weight_decay * lr), t(lr),
+            _update(self.nesterov, t(self.momentum), t(decay * lr), t(lr),
                     np.ascontiguousarray(g, dtype=w.dtype).reshape(-1), w.reshape(-1), v.reshape(-1))
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -131,17 +131,27 @@ def write_metrics(out_dir, rows):
     plot_curves(rows, os.path.join(out_dir, "curves.png"))
 
 
+def softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def dropout_rng(seed, epoch, batch):
     return np.random.default_rng([seed, DROPOUT_STREAM, epoch, batch])
 
 
-def evaluate_loader(model, loader):
+def evaluate_loader(model, loader, tta="none"):
     """Mean loss, top-1 and top-5 accuracy over a loader (eval mode: no dropout). `model` is
-    anything with forward(images) -> logits in NumPy (torch-train passes PyTorch's network)."""
+    anything with forward(images) -> logits in NumPy (torch-train passes PyTorch's network).
+    tta "flip": the softmax averaged over each image and its mirror image, as `evaluate --tta
+    flip` scores (the loader's normalisation is per channel, so mirroring after it is the same)."""
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     for x, y in loader.epoch(0):
         with np.errstate(over="ignore", invalid="ignore"):   # a diverged model: NaN, below
             logits = model.forward(x)
+            if tta == "flip":   # log of the mean of the two softmaxes, scored as logits
+                mirrored = model.forward(np.ascontiguousarray(x[..., ::-1]))
+                logits = np.log((softmax(logits) + softmax(mirrored)) / 2)
             loss, _ = softmax_cross_entropy(logits, y)
         if not np.isfinite(logits).all():
             loss = float("nan")
@@ -184,7 +194,9 @@ class Run:
                                  impl=c.get("impl", "fast"))
         if parallel is not None:
             self.model = parallel.wrap(self.model)   # this rank's tower, or a batch-sharding wrapper
-        self.sgd = SGD(self.model.params, momentum=c["momentum"], weight_decay=c["weight_decay"])
+        biases = [k for k in self.model.params if k.endswith(".b")]
+        self.sgd = SGD(self.model.params, momentum=c["momentum"], weight_decay=c["weight_decay"],
+                       nesterov=c["nesterov"], no_decay=() if c["bias_decay"] else biases)
         self.schedule = make_schedule(c["schedule"], lr=c["lr"], epochs=c["epochs"],
                                       steps_per_epoch=len(self.train_loader),
                                       patience=c["patience"], model=c["model"])
@@ -332,7 +344,8 @@ class Run:
                     lr = self.schedule.lr_at(epoch, p.batch)
                     with np.errstate(over="ignore", invalid="ignore"):   # caught just below
                         loss, grads, logits = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
-                                                              return_logits=True)
+                                                              return_logits=True,
+                                                              smoothing=c["label_smoothing"])
                     if not math.isfinite(loss):
                         raise self._diverged(f"the loss became {loss} at epoch {epoch + 1}, "
                                              f"batch {p.batch + 1} (lr {lr:.3g})")
@@ -384,12 +397,19 @@ class Run:
         self.log(f"epoch {epoch + 1:3d}/{self.config['epochs']}  train loss {row['train_loss']:.4f} "
                  f"acc {100 * row['train_acc']:.2f}%  {val}  {row['seconds']:.0f}s ({row['img_per_s']:.0f} img/s)")
 
-    def test(self):
-        """Top-1 and top-5 on the test split with the final parameters, or None without one."""
-        if self.test_loader is None:
-            return None
-        loss, top1, top5 = evaluate_loader(self.model, self.test_loader)
-        return {"test_loss": loss, "test_top1": top1, "test_top5": top5}
+    def final_scores(self):
+        """Loss, top-1 and top-5 of the final parameters on the validation and test splits
+        (those the data has), each scored twice: on the centre image and with flip test-time
+        augmentation. {"val_top1": ..., "val_top1_flip": ..., "test_top1": ..., ...}"""
+        scores = {}
+        for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
+            if loader is None:
+                continue
+            for tta, suffix in (("none", ""), ("flip", "_flip")):
+                loss, top1, top5 = evaluate_loader(self.model, loader, tta)
+                scores.update({f"{split}_loss{suffix}": loss, f"{split}_top1{suffix}": top1,
+                               f"{split}_top5{suffix}": top5})
+        return scores
 
 
 class StopOnSignals:

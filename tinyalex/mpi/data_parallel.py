@@ -90,7 +90,7 @@ class DataParallelAlexNet:
               lambda: self.comm.Allgatherv(mine, [whole, counts]))
         return whole
 
-    def loss(self, x, y, *, rng=None, train=True, return_logits=False):
+    def loss(self, x, y, *, rng=None, train=True, return_logits=False, smoothing=0.0):
         """As AlexNet.loss on the whole batch (x, y): (loss, grads[, logits]), the same on
         every rank; this rank computes its shard only."""
         B = len(y)
@@ -99,7 +99,7 @@ class DataParallelAlexNet:
         if n:
             rows = BatchRowsGenerator(rng, B, lo, hi) if rng is not None else None
             loss, grads, logits = self.model.loss(x[lo:hi], y[lo:hi], rng=rows, train=train,
-                                                  return_logits=True)
+                                                  return_logits=True, smoothing=smoothing)
         else:                                            # more ranks than images
             loss, logits = 0.0, np.empty((0, self.num_classes), self.dtype)
             grads = {k: np.zeros_like(w) for k, w in self.params.items()}

@@ -371,11 +371,11 @@ class TowerAlexNet:
         """Evaluation mode (no dropout): the logits (N, classes), on both ranks."""
         return self.forward_tape(x)[0]
 
-    def loss(self, x, y, *, rng=None, train=True, return_logits=False):
+    def loss(self, x, y, *, rng=None, train=True, return_logits=False, smoothing=0.0):
         """As AlexNet.loss: (loss, grads[, logits]); the loss and logits are the same on both
         ranks, the gradients are this tower's."""
         logits, tape = self.forward_tape(x, train=train, rng=rng)
-        loss, dlogits = self.ops.softmax_cross_entropy(logits, y)
+        loss, dlogits = self.ops.softmax_cross_entropy(logits, y, smoothing)
         grads = self.backward_tape(tape, dlogits)
         if train:
             self.link.traffic.steps += 1
