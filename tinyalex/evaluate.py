@@ -1,6 +1,6 @@
 """Using a trained model: the `evaluate`, `predict` and `filters` commands.
 
-    python -m tinyalex evaluate CKPT [--data PATH] [--split test|val] [--tta none|flip|10crop]
+    python -m tinyalex evaluate CKPT [--data PATH] [--split test|val] [--tta flip|none|10crop]
                                      [--batch-size N] [--json] [--confusion-png FILE]
     python -m tinyalex predict CKPT IMAGE... [--top K] [--json]
     python -m tinyalex filters CKPT --out conv1.png
@@ -17,7 +17,8 @@ Evaluation sees the images exactly as validation did in training: uint8 pixels s
 0..1 and normalised with the mean and std stored in the checkpoint (the training split's,
 never recomputed from the evaluation images), resized when the model takes 224x224.
 Test-time augmentation (`--tta`) averages the softmax outputs over views of each image
-(`tinyalex.data.eval_views`): `flip` the image and its mirror, `10crop` the four corner
+(`tinyalex.data.eval_views`): `flip` (the default) the image and its mirror, reported with
+the scores of the image alone (the centre view, `--tta none`) beside it, `10crop` the four corner
 crops and the centre crop plus their mirrors, as in the paper's section 4.1 (for the 32x32
 models the crops are windows of the 4-padded image, the extreme training crops).
 
@@ -148,7 +149,8 @@ def evaluate_arrays(model, images, labels, *, mean, std, image_size=None, tta="n
     - batch_size: views per forward pass (with tta="10crop", batch_size // 10 images).
     - progress: show a tqdm bar (on stderr, and only on a terminal).
 
-    Returns a dict:
+    Returns a dict (with tta "flip", also "centre": {"top1", "top5", "loss"} of the first
+    view alone, the unmirrored image, which costs nothing more):
     - "n": number of images
     - "top1", "top5": fractions in [0, 1] (top-5: top-min(5, classes))
     - "loss": mean cross-entropy -log p(true class) of the (averaged) probabilities
@@ -178,6 +180,7 @@ def evaluate_arrays(model, images, labels, *, mean, std, image_size=None, tta="n
     # Each forward pass takes `batch_size` views: all the views of `chunk` images.
     chunk = max(1, batch_size // NUM_VIEWS[tta])
     probs = np.empty((len(labels), K), np.float64)
+    first = np.empty((len(labels), K), np.float64)                     # view 0's alone
     starts = range(0, len(labels), chunk)
     for start in tqdm(starts, desc="evaluating", unit="batch", leave=False,
                       disable=None if progress else True):
@@ -185,25 +188,29 @@ def evaluate_arrays(model, images, labels, *, mean, std, image_size=None, tta="n
         logits = predict_logits(model, np.concatenate(views), batch_size)   # (V*B, K), V views
         p = softmax(logits).reshape(len(views), -1, K)                       # (V, B, K)
         probs[start:start + p.shape[1]] = p.mean(axis=0)
+        first[start:start + p.shape[1]] = p[0]
 
+    result = _scores(probs, labels)
     predicted = probs.argmax(axis=1)                                   # (N,)
-    k = min(TOP_K, K)
-    top_k = np.argpartition(-probs, k - 1, axis=1)[:, :k]              # (N, k), unordered
-    true_p = probs[np.arange(len(labels)), labels]
     confusion = np.zeros((K, K), np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     counts = confusion.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(counts > 0, np.diag(confusion) / counts, np.nan)
-    return {
-        "n": int(len(labels)),
-        "top1": float(np.mean(predicted == labels)),
-        "top5": float(np.mean((top_k == labels[:, None]).any(axis=1))),
-        "loss": float(np.mean(-np.log(np.maximum(true_p, np.finfo(np.float64).tiny)))),
-        "per_class": per_class,
-        "counts": counts,
-        "confusion": confusion,
-    }
+    result.update(n=int(len(labels)), per_class=per_class, counts=counts, confusion=confusion)
+    if tta == "flip":
+        result["centre"] = _scores(first, labels)
+    return result
+
+
+def _scores(probs, labels):
+    """{"top1", "top5", "loss"} of class probabilities (N, K) against labels (N,)."""
+    k = min(TOP_K, probs.shape[1])
+    top_k = np.argpartition(-probs, k - 1, axis=1)[:, :k]              # (N, k), unordered
+    true_p = probs[np.arange(len(labels)), labels]
+    return {"top1": float(np.mean(probs.argmax(axis=1) == labels)),
+            "top5": float(np.mean((top_k == labels[:, None]).any(axis=1))),
+            "loss": float(np.mean(-np.log(np.maximum(true_p, np.finfo(np.float64).tiny))))}
 
 
 # --------------------------------------------------------------------------------------
@@ -291,9 +298,16 @@ def format_report(result, classes):
     counts, confusion = result["counts"], result["confusion"]
     present = [i for i in range(len(classes)) if counts[i] > 0]
     name_w = max(len(classes[i]) for i in present)
-    lines = [f"top-1 {100 * result['top1']:.2f}%   top-5 {100 * result['top5']:.2f}%   "
-             f"loss {result['loss']:.4f}   ({result['n']} images)", "",
-             "per-class accuracy"]
+    label = f"   ({result['n']} images)"
+    lines = []
+    if "centre" in result:     # flip TTA: the headline, and the centre image alone under it
+        c = result["centre"]
+        label = f"   flip TTA (image + mirror), {result['n']} images"
+        lines.append(f"top-1 {100 * c['top1']:.2f}%   top-5 {100 * c['top5']:.2f}%   "
+                     f"loss {c['loss']:.4f}   centre image only")
+    lines[:0] = [f"top-1 {100 * result['top1']:.2f}%   top-5 {100 * result['top5']:.2f}%   "
+                 f"loss {result['loss']:.4f}{label}"]
+    lines += ["", "per-class accuracy" + (" (flip TTA)" if "centre" in result else "")]
     for i in present:
         lines.append(f"  {classes[i]:<{name_w}}  {100 * result['per_class'][i]:6.2f}%  "
                      f"{confusion[i, i]:>{len(str(counts.max()))}} / {counts[i]}")
@@ -362,7 +376,8 @@ def run_evaluate(args):
         print(json.dumps({
             "checkpoint": args.checkpoint, "model": model.name, "data": where,
             "tta": args.tta, "images": result["n"], "top1": result["top1"],
-            "top5": result["top5"], "loss": result["loss"], "classes": classes,
+            "top5": result["top5"], "loss": result["loss"], "centre": result.get("centre"),
+            "classes": classes,
             "per_class": {c: None if np.isnan(a) else float(a) for c, a in zip(classes, per_class)},
             "counts": {c: int(n) for c, n in zip(classes, result["counts"])},
             "confusion": result["confusion"].tolist(),
@@ -444,10 +459,11 @@ def register(subparsers):
                         "in training, carved out again with the checkpoint's val_size and "
                         "seed. Default: test if the source has one; a single-split image "
                         "folder ROOT/<class>/* is evaluated whole")
-    p.add_argument("--tta", choices=VIEW_MODES, default="none",
-                   help="test-time augmentation, softmax averaged over the views: none; flip "
-                        "(image + mirror); 10crop (4 corners + centre, and their mirrors, as "
-                        "in the paper). Default none")
+    p.add_argument("--tta", choices=VIEW_MODES, default="flip",
+                   help="test-time augmentation, softmax averaged over the views: none (the "
+                        "centre image); flip (image + mirror; the default, reported with the "
+                        "centre image's scores beside it); 10crop (4 corners + centre, and "
+                        "their mirrors, as in the paper)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"images per forward pass, each --tta view counting as one "
                         f"(default {DEFAULT_BATCH_SIZE})")

@@ -78,6 +78,7 @@ ARCHS = {
 }
 MODELS = tuple(ARCHS)
 INITS = ("torch", "paper", "he")
+PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")   # the paper's biases of 1
 # The two routes through the layers: `layers/` itself, the definition, and `layers/fast/`, the
 # same functions rewritten for speed (the default).
 IMPLS = {"fast": "layers.fast", "readable": "layers"}
@@ -102,6 +103,12 @@ def layer_plan(arch):
         plan.append((f"relu{i}", "relu", {}))
     plan.append(("fc8", "dense", {}))
     return plan
+
+
+def followed_by_relu(arch):
+    """Names of the weight layers whose output goes through a ReLU: all but fc8."""
+    plan = layer_plan(arch)
+    return {name for (name, _, _), (_, after, _) in zip(plan, plan[1:]) if after == "relu"}
 
 
 def conv_output_shape(arch):
@@ -147,8 +154,7 @@ def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
     """
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    plan = layer_plan(arch)
-    relu_after = {name for (name, _, _), (_, nxt, _) in zip(plan, plan[1:]) if nxt == "relu"}
+    relu_after = followed_by_relu(arch)
     rng = np.random.default_rng(seed)
     dtype = np.dtype(dtype)
     params = {}
@@ -163,7 +169,7 @@ def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
             value *= 2 * bound                                                 # in place, to
             value -= bound                                                     # U(-bound, bound)
         elif kind == "b":
-            one = init == "paper" and layer in ("conv2", "conv4", "conv5", "fc6", "fc7")
+            one = init == "paper" and layer in PAPER_BIAS_ONE
             value = np.full(shape, 1.0 if one else 0.0, dtype=dtype)
         else:
             gain2 = 2.0 if layer in relu_after else 1.0

@@ -7,12 +7,20 @@ batches and their augmentation through tinyalex's own loader (`trainer.build_loa
 leaves everything else to PyTorch:
 
     model         torch_twin.torch_model: the same layers, as torch.nn modules
-    init          PyTorch's default (uniform +-1/sqrt(fan_in)), seeded by torch.manual_seed
+    init          he: torch.nn.init.kaiming_normal_ (nonlinearity "relu", "linear" for fc8),
+                  biases 0; torch: PyTorch's default (uniform +-1/sqrt(fan_in)); paper:
+                  normal_(0, 0.01), biases 1 where the paper has them; seeded by
+                  torch.manual_seed
     dropout       torch.nn.Dropout, PyTorch's random numbers
-    optimizer     torch.optim.SGD(momentum, weight_decay)
+    loss          torch.nn.functional.cross_entropy(label_smoothing)
+    optimizer     torch.optim.SGD(momentum, nesterov, weight_decay), the biases in a
+                  parameter group without weight decay unless --bias-decay
     schedule      onecycle: torch.optim.lr_scheduler.OneCycleLR (linear, 15% warm-up from
                   peak/25, down to peak/25/1e4, momentum not cycled), stepped every batch;
                   step: MultiStepLR, x0.1 after epochs 5 and 8
+
+The options and their defaults are train.py's, so `torch-train` with no options runs
+train.py's default recipe.
 
 It writes OUT/metrics.csv (the columns of train.py's) and OUT/curves.png after every epoch,
 and prints test top-1 and top-5 at the end when the data has a test split. It keeps no
@@ -35,7 +43,7 @@ SCHEDULES = ("onecycle", "step")
 def register(subparsers):
     """Add the `torch-train` command to an argparse subparsers object."""
     from .argtypes import number_in, positive_int
-    from .model import MODELS
+    from .model import INITS, MODELS
     from .data import add_data_arguments
     p = subparsers.add_parser(
         "torch-train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -50,6 +58,14 @@ def register(subparsers):
                    help="onecycle (default) or step, as in train.py")
     p.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
     p.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="Nesterov momentum (default; --no-nesterov: plain momentum)")
+    p.add_argument("--bias-decay", action=argparse.BooleanOptionalAction, default=False,
+                   help="weight decay on the biases too (default: weights only)")
+    p.add_argument("--label-smoothing", type=number_in(0, 1), default=0.1, metavar="E",
+                   help="label smoothing of the loss (default 0.1)")
+    p.add_argument("--init", choices=INITS, default="he",
+                   help="he (default), torch (PyTorch's own default) or paper, as in train.py")
     add_data_arguments(p)
     r = p.add_argument_group("run")
     r.add_argument("--out", metavar="DIR", default=None,
@@ -73,6 +89,26 @@ def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch):
             anneal_strategy="linear", div_factor=25.0, final_div_factor=1e4,
             cycle_momentum=False), True
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[5, 8], gamma=0.1), False
+
+
+def init_weights(torch, net, init, arch):
+    """Draw `net`'s parameters as train.py's --init does (model.init_params), with PyTorch's
+    own functions."""
+    from .model import PAPER_BIAS_ONE, followed_by_relu, layer_plan
+    if init == "torch":
+        return                                   # the modules' own reset_parameters()
+    relu_after = followed_by_relu(arch)
+    for name, kind, _ in layer_plan(arch):
+        if kind not in ("conv", "dense"):
+            continue
+        module = getattr(net, name)
+        if init == "he":
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_in",
+                                          nonlinearity="relu" if name in relu_after else "linear")
+            torch.nn.init.zeros_(module.bias)
+        else:                                    # paper
+            torch.nn.init.normal_(module.weight, 0.0, 0.01)
+            torch.nn.init.constant_(module.bias, 1.0 if name in PAPER_BIAS_ONE else 0.0)
 
 
 def numpy_model(torch, net):
@@ -99,16 +135,23 @@ def run(args):
     data, train, val, test = build_loaders(vars(args))
     peak = args.lr or (ONECYCLE_PEAK[args.model] if args.schedule == "onecycle" else DEFAULT_LR)
     net = torch_model(ARCHS[args.model], data.num_classes)
+    init_weights(torch, net, args.init, ARCHS[args.model])
     scored = numpy_model(torch, net)
-    opt = torch.optim.SGD(net.parameters(), lr=peak, momentum=args.momentum,
-                          weight_decay=args.weight_decay)
+    decayed = [w for name, w in net.named_parameters() if args.bias_decay or not name.endswith(".bias")]
+    exempt = [w for name, w in net.named_parameters() if not args.bias_decay and name.endswith(".bias")]
+    groups = [{"params": decayed, "weight_decay": args.weight_decay}]
+    if exempt:
+        groups.append({"params": exempt, "weight_decay": 0.0})
+    opt = torch.optim.SGD(groups, lr=peak, momentum=args.momentum, nesterov=args.nesterov)
     scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train))
     out = args.out or os.path.join("runs", f"torch-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=True)
     print(f"data: {data.summary()}")
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads: {args.model}, "
           f"{args.epochs} epochs of {len(train)} steps, batch {args.batch_size}, {args.schedule} "
-          f"schedule from lr {peak:g}; metrics in {out}")
+          f"schedule from lr {peak:g}, init {args.init}, label smoothing {args.label_smoothing:g}, "
+          f"{'Nesterov' if args.nesterov else 'plain'} momentum {args.momentum:g}, weight decay "
+          f"{args.weight_decay:g}{'' if args.bias_decay else ' (not on biases)'}; metrics in {out}")
     rows = []
     for epoch in range(args.epochs):
         net.train()
@@ -121,7 +164,7 @@ def run(args):
             images, labels = torch.from_numpy(x), torch.from_numpy(y)
             opt.zero_grad(set_to_none=True)
             logits = net(images)
-            loss = torch.nn.functional.cross_entropy(logits, labels)
+            loss = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
             loss.backward()
             opt.step()
             if per_batch:
@@ -150,7 +193,11 @@ def run(args):
         print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {loss_sum / seen:.4f} "
               f"acc {100 * correct / seen:.2f}%  {shown}  {rows[-1]['seconds']:.0f}s "
               f"({rows[-1]['img_per_s']:.0f} img/s)")
-    if test is not None:
-        loss, top1, top5 = evaluate_loader(scored, test)
-        print(f"test: top-1 {100 * top1:.2f}%  top-5 {100 * top5:.2f}%  loss {loss:.4f}")
+    for split, loader in (("validation", val), ("test", test)):
+        if loader is None:
+            continue
+        centre, flip = evaluate_loader(scored, loader), evaluate_loader(scored, loader, "flip")
+        print(f"{split}: top-1 {100 * flip[1]:.2f}% with flip TTA (image + mirror), "
+              f"{100 * centre[1]:.2f}% centre only; top-5 {100 * flip[2]:.2f}% / "
+              f"{100 * centre[2]:.2f}%; loss {flip[0]:.4f} / {centre[0]:.4f} (final parameters)")
     return 0
