@@ -51,6 +51,12 @@ def test_rel_error_definition():
     assert rel_error([1.0, 2.0], [1.0, 2.2]) == pytest.approx(0.2 / 4.2)
     # the 1e-8 floor: two tiny numbers are not "100% apart"
     assert rel_error([1e-12], [3e-12]) == pytest.approx(2e-12 / 1e-8)
+    # the whole net's floor: a true 0 against a difference of one ulp of the loss over 2h
+    # passes there, and a gradient 1% off still fails
+    noise = np.spacing(4.0) / 2e-5                                    # 4.4e-11
+    assert rel_error([0.0], [noise]) > gradcheck.NET_THRESHOLD
+    assert rel_error([0.0], [noise], floor=gradcheck.NET_FLOOR) < gradcheck.NET_THRESHOLD / 2
+    assert rel_error([1e-6], [1.01e-6], floor=gradcheck.NET_FLOOR) > gradcheck.NET_THRESHOLD
     assert rel_error([np.nan], [1.0]) == float("inf")
     with pytest.raises(ValueError, match="shapes differ"):
         rel_error(np.zeros(3), np.zeros(4))
