@@ -37,7 +37,73 @@ def test_two_epochs_learn_and_write_metrics_with_tinyalex_s_schedule(data, tmp_p
     np.testing.assert_allclose([float(r["lr"]) for r in rows], [ours.lr_at(e, 5) for e in (0, 1)],
                                rtol=1e-9)
     printed = capsys.readouterr().out
-    assert "epoch   2/2" in printed and "test: top-1" in printed
+    assert "epoch   2/2" in printed
+    # train.py's recipe by default
+    assert ("init he, label smoothing 0.1, Nesterov momentum 0.9, weight decay 0.0005 "
+            "(not on biases); metrics in") in printed
+    # the end: the final parameters on validation and test, flip TTA and the centre image
+    last = printed.strip().splitlines()[-2:]
+    for line, split in zip(last, ("validation", "test")):
+        assert line.startswith(f"{split}: top-1 ") and "% with flip TTA (image + mirror), " in line
+        assert "% centre only; top-5 " in line and line.endswith("(final parameters)")
+
+
+def quick_run(data, tmp_path, *flags):
+    return main(["torch-train", "--model", "tiny", "--data", data, "--data-dir", str(tmp_path / "cache"),
+                 "--val-size", "30", "--batch-size", "15", "--epochs", "1", "--lr", "0.02",
+                 "--out", str(tmp_path / "torch"), "--no-progress", "--threads", "1", *flags])
+
+
+def test_the_recipe_options_reach_pytorch(data, tmp_path, capsys, monkeypatch):
+    """--init paper --no-nesterov --bias-decay --label-smoothing 0: the header says so, and
+    the optimizer, the loss and the initial weights are PyTorch's with those settings."""
+    import torch
+    import tinyalex.torch_train as torch_train
+    seen = {"smoothing": set()}
+    real_sgd, real_ce, real_init = torch.optim.SGD, torch.nn.functional.cross_entropy, torch_train.init_weights
+
+    class SGD(real_sgd):
+        def __init__(self, groups, **kw):
+            super().__init__(groups, **kw)
+            seen["sgd"] = self
+
+    def cross_entropy(*a, **kw):
+        seen["smoothing"].add(kw.get("label_smoothing"))
+        return real_ce(*a, **kw)
+
+    def init_weights(torch, net, init, arch):
+        real_init(torch, net, init, arch)
+        seen["init"] = init
+        seen["fc6.bias"] = net.fc6.bias.detach().clone().numpy()
+
+    monkeypatch.setattr(torch.optim, "SGD", SGD)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(torch_train, "init_weights", init_weights)
+    assert quick_run(data, tmp_path, "--init", "paper", "--no-nesterov", "--bias-decay",
+                     "--label-smoothing", "0") == 0
+    printed = capsys.readouterr().out
+    assert ("init paper, label smoothing 0, plain momentum 0.9, weight decay 0.0005; "
+            "metrics in") in printed
+    assert seen["init"] == "paper" and np.all(seen["fc6.bias"] == 1.0)   # the paper's biases of 1
+    assert seen["smoothing"] == {0.0}
+    (group,) = seen["sgd"].param_groups                    # decay on every parameter
+    assert group["nesterov"] is False and group["weight_decay"] == 5e-4 and len(group["params"]) == 16
+
+    seen["smoothing"].clear()
+    assert quick_run(data, tmp_path / "defaults") == 0
+    assert seen["init"] == "he" and np.all(seen["fc6.bias"] == 0.0)
+    assert seen["smoothing"] == {0.1}
+    weights, biases = seen["sgd"].param_groups             # the biases in a group of their own
+    assert weights["nesterov"] is True and biases["nesterov"] is True
+    assert (weights["weight_decay"], biases["weight_decay"]) == (5e-4, 0.0)
+    assert len(weights["params"]) == len(biases["params"]) == 8
+    assert all(p.dim() == 1 for p in biases["params"]) and all(p.dim() > 1 for p in weights["params"])
+
+
+def test_momentum_zero_with_the_default_nesterov_runs(data, tmp_path, capsys):
+    """PyTorch refuses nesterov=True without momentum; with momentum 0 it is plain SGD."""
+    assert quick_run(data, tmp_path, "--momentum", "0") == 0
+    assert "Nesterov momentum 0, weight decay" in capsys.readouterr().out
 
 
 def test_bad_input_is_one_line(data, tmp_path, capsys):

@@ -142,7 +142,9 @@ def run(args):
     groups = [{"params": decayed, "weight_decay": args.weight_decay}]
     if exempt:
         groups.append({"params": exempt, "weight_decay": 0.0})
-    opt = torch.optim.SGD(groups, lr=peak, momentum=args.momentum, nesterov=args.nesterov)
+    # (PyTorch refuses Nesterov without momentum; with momentum 0 both rules are plain SGD)
+    opt = torch.optim.SGD(groups, lr=peak, momentum=args.momentum,
+                          nesterov=args.nesterov and args.momentum > 0)
     scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train))
     out = args.out or os.path.join("runs", f"torch-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=True)
