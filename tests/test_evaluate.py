@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -128,6 +129,18 @@ def check_scores(result, model, images, labels, tta):
     np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(labels, minlength=10))
 
 
+def check_centre(result, model, images, labels):
+    """The "centre" scores beside flip TTA: the image alone, as --tta none scores it."""
+    probs = direct_probs(model, images, "none")
+    centre = result["centre"]
+    assert set(centre) == {"top1", "top5", "loss"}
+    assert centre["top1"] == pytest.approx(np.mean(probs.argmax(axis=1) == labels), abs=1e-12)
+    in_top5 = (np.argsort(-probs, axis=1)[:, :5] == labels[:, None]).any(axis=1)
+    assert centre["top5"] == pytest.approx(np.mean(in_top5), abs=1e-12)
+    assert centre["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(labels)), labels])),
+                                           rel=1e-4)
+
+
 # --------------------------------------------------------------------------------------
 # Library functions
 # --------------------------------------------------------------------------------------
@@ -149,6 +162,10 @@ def test_evaluate_arrays_matches_a_direct_computation(world, tta, batch_size):
     result = evaluate_arrays(model, images, labels, mean=MEAN, std=STD, image_size=32, tta=tta,
                              batch_size=batch_size)
     check_scores(result, model, images, labels, tta)
+    if tta == "flip":
+        check_centre(result, model, images, labels)
+    else:
+        assert "centre" not in result
     assert result["n"] == 24
     assert (result["confusion"].sum(axis=0) > 0).sum() >= 2   # not one class for every image
     with np.errstate(invalid="ignore"):
@@ -176,27 +193,60 @@ def test_evaluate_arrays_marks_classes_without_images(world):
 # evaluate
 # --------------------------------------------------------------------------------------
 
+def direct_line_scores(model, images, labels, tta):
+    """"top-1 X%   top-5 Y%   loss Z" as the report prints them, computed directly."""
+    probs = direct_probs(model, images, tta)
+    top1 = np.mean(probs.argmax(axis=1) == labels)
+    top5 = np.mean((np.argsort(-probs, axis=1)[:, :5] == labels[:, None]).any(axis=1))
+    loss = -np.mean(np.log(probs[np.arange(len(labels)), labels]))
+    return f"top-1 {100 * top1:.2f}%   top-5 {100 * top5:.2f}%   loss {loss:.4f}"
+
+
 def test_evaluate_test_split_text(world, capsys):
+    """The default is flip TTA: its line first, the centre image's under it."""
     code, out, err = run(["evaluate", world["ckpt"], "--data", world["cifar"],
                           "--data-dir", world["data_dir"]], capsys)
     assert code == 0, err
     ds = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=0)
-    probs = direct_probs(world["model"], ds.test_x, "none")
-    top1 = np.mean(probs.argmax(axis=1) == ds.test_y)
-    assert "test split" in out and "(30 images)" in out
-    assert f"top-1 {100 * top1:.2f}%" in out
-    assert "per-class accuracy" in out and "confusion matrix" in out
+    flip = direct_line_scores(world["model"], ds.test_x, ds.test_y, "flip")
+    centre = direct_line_scores(world["model"], ds.test_x, ds.test_y, "none")
+    assert flip != centre                    # the two lines can be told apart
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("top-1"))
+    assert "test split" in out
+    assert lines[first] == f"{flip}   flip TTA (image + mirror), 30 images"
+    assert lines[first + 1] == f"{centre}   centre image only"
+    assert "per-class accuracy (flip TTA)" in out and "confusion matrix" in out
     for name in CLASSES:                    # a row per class, 3 test images each
         assert any(line.split()[:2] == [str(CLASSES.index(name)), name]
                    and sum(map(int, line.split()[2:])) == 3
                    for line in out.splitlines()), name
 
 
+def test_evaluate_tta_none_text_is_the_centre_line_alone(world, capsys):
+    code, out, err = run(["evaluate", world["ckpt"], "--data", world["cifar"],
+                          "--data-dir", world["data_dir"], "--tta", "none"], capsys)
+    assert code == 0, err
+    ds = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=0)
+    centre = direct_line_scores(world["model"], ds.test_x, ds.test_y, "none")
+    assert f"{centre}   (30 images)" in out.splitlines()
+    assert "centre image only" not in out and "flip TTA" not in out
+
+
 def test_evaluate_test_split_json(world, capsys):
     report = run_json(["evaluate", world["ckpt"], "--data", world["cifar"],
                        "--data-dir", world["data_dir"], "--split", "test"], capsys)
     ds = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=0)
-    check_scores(report, world["model"], ds.test_x, ds.test_y, "none")
+    assert report["tta"] == "flip"                       # the default
+    check_scores(report, world["model"], ds.test_x, ds.test_y, "flip")
+    check_centre(report, world["model"], ds.test_x, ds.test_y)
+    # the centre scores are --tta none's (to float32 rounding of batches of other sizes)
+    none = run_json(["evaluate", world["ckpt"], "--data", world["cifar"],
+                     "--data-dir", world["data_dir"], "--split", "test", "--tta", "none"], capsys)
+    assert none["centre"] is None and none["tta"] == "none"
+    assert (report["centre"]["top1"], report["centre"]["top5"]) == (none["top1"], none["top5"])
+    assert report["centre"]["loss"] == pytest.approx(none["loss"], rel=1e-5)
+    assert report["centre"]["loss"] != pytest.approx(report["loss"], rel=1e-3)
     assert report["images"] == 30 and report["classes"] == CLASSES
     assert set(report["per_class"]) == set(CLASSES) and sum(report["counts"].values()) == 30
 
@@ -232,7 +282,8 @@ def test_evaluate_val_split_honours_limit_val(world, capsys, tmp_path):
     assert report["images"] == 4 and "the 4 sampled by --limit-val" in report["data"]
     from tinyalex.trainer import subset
     x, y = subset(ds.val_x, ds.val_y, 4, SEED, "val")     # the trainer's own sample
-    check_scores(report, world["model"], x, y, "none")
+    check_scores(report, world["model"], x, y, "flip")
+    check_centre(report, world["model"], x, y)
 
 
 def test_evaluate_agrees_with_the_trainers_own_scores(world):
@@ -244,6 +295,44 @@ def test_evaluate_agrees_with_the_trainers_own_scores(world):
     result = evaluate_arrays(world["model"], ds.test_x, ds.test_y, mean=MEAN, std=STD)
     assert (result["top1"], result["top5"]) == (top1, top5)
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    # flip TTA too: the trainer mirrors the normalised batch, evaluate the image
+    loss, top1, top5 = evaluate_loader(world["model"], loader, tta="flip")
+    flip = evaluate_arrays(world["model"], ds.test_x, ds.test_y, mean=MEAN, std=STD, tta="flip")
+    assert (flip["top1"], flip["top5"]) == (top1, top5)
+    assert flip["loss"] == pytest.approx(loss, rel=1e-5)
+    assert flip["loss"] != pytest.approx(result["loss"], rel=1e-3)   # another score
+
+
+class Confident:
+    """A model sure of class 0 whatever it sees (logits 200 apart, or NaN if diverged)."""
+    num_classes, input_shape, dtype = 10, (3, 32, 32), np.float32
+
+    def __init__(self, value=200.0):
+        self.value = value
+
+    def forward(self, x):
+        logits = np.zeros((len(x), 10), np.float32)
+        logits[:, 0] = self.value
+        return logits
+
+
+def test_flip_scores_of_a_sure_model_are_finite_and_of_a_diverged_one_nan():
+    """exp(-200) underflows to 0 in float32: the mean of the two views' softmax holds zeros,
+    whose log is -inf; that must not read as a diverged model's NaN loss."""
+    images = np.zeros((6, 32, 32, 3), np.uint8)
+    loader = BatchLoader(images, np.array([0, 0, 0, 0, 3, 3]), batch_size=4, train=False,
+                         image_size=32, mean=MEAN, std=STD, prefetch=0)
+    expected = 2 / 6 * 200.0            # the two label-3 images: -log p = 200 each (float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no "divide by zero encountered in log"
+        for tta in ("none", "flip"):
+            loss, top1, top5 = evaluate_loader(Confident(), loader, tta=tta)
+            assert loss == pytest.approx(expected, rel=1e-3) and top1 == pytest.approx(4 / 6), tta
+        result = evaluate_arrays(Confident(), images, np.array([0, 0, 0, 0, 3, 3]), mean=MEAN,
+                                 std=STD, tta="flip")
+    assert result["top1"] == pytest.approx(4 / 6) and np.isfinite(result["loss"])
+    for tta in ("none", "flip"):
+        assert np.isnan(evaluate_loader(Confident(np.nan), loader, tta=tta)[0]), tta
 
 
 def test_evaluate_reproduces_a_training_runs_validation_and_test_scores(world, capsys, tmp_path):
@@ -259,15 +348,27 @@ def test_evaluate_reproduces_a_training_runs_validation_and_test_scores(world, c
                     "--split", "val"], capsys)
     with open(out / "metrics.csv") as f:
         row = dict(zip(*(line.strip().split(",") for line in f)))
-    assert val["images"] == 10
-    assert val["top1"] == pytest.approx(float(row["val_acc"]), abs=1e-9)
-    assert val["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)
-    test = run_json(["evaluate", last, "--data", world["cifar"], "--data-dir", world["data_dir"]],
-                    capsys)
     with open(out / "test.json") as f:
         logged = json.load(f)
-    assert (test["top1"], test["top5"]) == (logged["test_top1"], logged["test_top5"])
-    assert test["loss"] == pytest.approx(logged["test_loss"], rel=1e-5)
+    assert val["images"] == 10
+    # the validation in training scored the centre image: evaluate --tta none, and the
+    # "centre" of the default flip report
+    none = run_json(["evaluate", last, "--data", world["cifar"], "--data-dir", world["data_dir"],
+                     "--split", "val", "--tta", "none"], capsys)
+    for centre in (none, val["centre"]):
+        assert centre["top1"] == pytest.approx(float(row["val_acc"]), abs=1e-9)
+        assert centre["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-5)
+    # and the end of the run scored the final parameters both ways, on both splits
+    test = run_json(["evaluate", last, "--data", world["cifar"], "--data-dir", world["data_dir"]],
+                    capsys)
+    assert logged["headline"] == "test_top1_flip"
+    for split, report in (("val", val), ("test", test)):
+        assert (report["top1"], report["top5"]) == (logged[f"{split}_top1_flip"],
+                                                    logged[f"{split}_top5_flip"]), split
+        assert report["loss"] == pytest.approx(logged[f"{split}_loss_flip"], rel=1e-5)
+        centre = report["centre"]
+        assert (centre["top1"], centre["top5"]) == (logged[f"{split}_top1"], logged[f"{split}_top5"])
+        assert centre["loss"] == pytest.approx(logged[f"{split}_loss"], rel=1e-5)
 
 
 def test_evaluate_single_split_folder_whole_with_a_subset_of_classes(world, capsys):

@@ -151,7 +151,10 @@ def evaluate_loader(model, loader, tta="none"):
             logits = model.forward(x)
             if tta == "flip":   # log of the mean of the two softmaxes, scored as logits
                 mirrored = model.forward(np.ascontiguousarray(x[..., ::-1]))
-                logits = np.log((softmax(logits) + softmax(mirrored)) / 2)
+                mean = (softmax(logits.astype(np.float64)) + softmax(mirrored.astype(np.float64))) / 2
+                # floored as evaluate's loss is: a probability that underflows to 0 (a model
+                # sure of another class) is not a diverged model's -inf; NaN stays NaN
+                logits = np.log(np.maximum(mean, np.finfo(np.float64).tiny))
             loss, _ = softmax_cross_entropy(logits, y)
         if not np.isfinite(logits).all():
             loss = float("nan")
