@@ -45,3 +45,10 @@ def unwritable_dir(tmp_path):
         return
     os.unlink(os.path.join(path, "tinyalex-probe"))
     pytest.skip("no directory here is read-only for root")
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, the oracle of the tests that compare with it (skipped where it is missing;
+    the others run without it)."""
+    return pytest.importorskip("torch")

@@ -10,12 +10,7 @@ import pytest
 from tinyalex.errors import CheckpointError, TinyAlexError
 from tinyalex.optim import SGD, make_schedule
 
-
-
-@pytest.fixture
-def torch():
-    """PyTorch, the oracle of the tests that compare with it (the others run without it)."""
-    return pytest.importorskip("torch")
+# `torch`: the fixture of conftest.py (PyTorch, or the test is skipped)
 
 
 # --- SGD ------------------------------------------------------------------------------------
@@ -60,9 +55,10 @@ def test_updates_in_place_and_keeps_float32():
     assert np.all(before < 1)
 
 
-def _torch_sgd_trajectory(torch, w0, grads_fn, lrs, momentum, weight_decay):
+def _torch_sgd_trajectory(torch, w0, grads_fn, lrs, momentum, weight_decay, nesterov=False):
     w = torch.tensor(w0.copy(), requires_grad=True)
-    opt = torch.optim.SGD([w], lr=lrs[0], momentum=momentum, weight_decay=weight_decay)
+    opt = torch.optim.SGD([w], lr=lrs[0], momentum=momentum, weight_decay=weight_decay,
+                          nesterov=nesterov)
     for lr in lrs:
         for group in opt.param_groups:
             group["lr"] = lr
@@ -116,6 +112,107 @@ def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise(torch):
     dropped = [0.05] * 4 + [0.005] * 4
     gap = np.abs(ours(dropped) - _torch_sgd_trajectory(torch, w0, grads_fn, dropped, 0.9, 5e-3))
     assert gap.max() > 1e-3
+
+
+# --- Nesterov momentum ---------------------------------------------------------------------
+
+def test_nesterov_one_step_by_hand_and_not_plain_momentum():
+    # w = 1, g = 1, momentum 0.9, no decay, lr 0.1, from v = 0:
+    #   plain:    v = -0.1;                  w = 1 - 0.1 = 0.9
+    #   Nesterov: step = -0.1, v = -0.1;     w = 1 + 0.9 * -0.1 - 0.1 = 0.81
+    # and a second step with g = 1:
+    #   plain:    v = -0.09 - 0.1 = -0.19;   w = 0.9 - 0.19 = 0.71
+    #   Nesterov: v = -0.19;                 w = 0.81 + 0.9 * -0.19 - 0.1 = 0.539
+    for nesterov, expected in ((False, [0.9, 0.71]), (True, [0.81, 0.539])):
+        params = {"w": np.array([1.0])}
+        opt = SGD(params, momentum=0.9, weight_decay=0.0, nesterov=nesterov)
+        seen = []
+        for _ in range(2):
+            opt.step(params, {"w": np.array([1.0])}, lr=0.1)
+            seen.append(params["w"][0])
+        np.testing.assert_allclose(seen, expected, rtol=1e-12)
+        np.testing.assert_allclose(opt.velocity["w"], [-0.19], rtol=1e-12)   # the same v
+
+
+def test_nesterov_update_is_the_numpy_formula_bit_for_bit():
+    # as test_one_pass_update_is_the_numpy_formula_bit_for_bit, with the Nesterov lines of
+    # SGD.step's comment
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((300, 400)).astype(np.float32)
+    g = rng.standard_normal((400, 300)).astype(np.float32).T
+    opt = SGD({"w": w}, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    plain = SGD({"w": w.copy()}, momentum=0.9, weight_decay=5e-4)
+    w_plain = w.copy()
+    w_ref, v_ref = w.copy(), np.zeros_like(w)
+    for lr in (0.05, 0.0123, 0.03):
+        opt.step({"w": w}, {"w": g}, lr)
+        plain.step({"w": w_plain}, {"w": g}, lr)
+        step = -(5e-4 * lr) * w_ref - lr * g
+        v_ref *= 0.9
+        v_ref += step
+        w_ref += 0.9 * v_ref + step
+        np.testing.assert_array_equal(opt.velocity["w"], v_ref)
+        np.testing.assert_array_equal(w, w_ref)
+    assert w.dtype == np.float32 and opt.velocity["w"].dtype == np.float32
+    assert np.abs(w - w_plain).max() > 1e-3                     # not the plain rule
+
+
+def test_nesterov_same_as_torch_sgd_nesterov_at_constant_lr(torch):
+    rng = np.random.default_rng(2)
+    w0 = rng.standard_normal(20)
+    target = rng.standard_normal(20)
+
+    def grads_fn(w):
+        return 3.0 * (w - target)
+
+    def ours(lrs, nesterov):
+        params = {"w": w0.copy()}
+        opt = SGD(params, momentum=0.9, weight_decay=5e-3, nesterov=nesterov)
+        for lr in lrs:
+            opt.step(params, {"w": grads_fn(params["w"])}, lr)
+        return params["w"]
+
+    constant = [0.05] * 8
+    theirs = _torch_sgd_trajectory(torch, w0, grads_fn, constant, 0.9, 5e-3, nesterov=True)
+    np.testing.assert_allclose(ours(constant, True), theirs, rtol=1e-12, atol=1e-12)
+    # and PyTorch's plain momentum is another trajectory: the comparison can tell them apart
+    plain = _torch_sgd_trajectory(torch, w0, grads_fn, constant, 0.9, 5e-3)
+    assert np.abs(ours(constant, True) - plain).max() > 1e-3
+    np.testing.assert_allclose(ours(constant, False), plain, rtol=1e-12, atol=1e-12)
+
+
+# --- no weight decay on some parameters ---------------------------------------------------
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_no_decay_parameters_move_as_with_weight_decay_zero(nesterov):
+    rng = np.random.default_rng(5)
+    start = {"fc.w": rng.standard_normal((6, 4)).astype(np.float32),
+             "fc.b": rng.standard_normal(6).astype(np.float32)}
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in start.items()}
+             for _ in range(3)]
+
+    def trained(weight_decay, no_decay=()):
+        params = {k: v.copy() for k, v in start.items()}
+        opt = SGD(params, momentum=0.9, weight_decay=weight_decay, nesterov=nesterov,
+                  no_decay=no_decay)
+        for g, lr in zip(grads, (0.1, 0.05, 0.1)):
+            opt.step(params, g, lr)
+        return params, opt
+
+    mixed, opt = trained(0.05, no_decay=["fc.b"])
+    decayed, _ = trained(0.05)
+    undecayed, _ = trained(0.0)
+    assert opt.no_decay == {"fc.b"}
+    np.testing.assert_array_equal(mixed["fc.b"], undecayed["fc.b"])   # as with weight_decay 0
+    np.testing.assert_array_equal(mixed["fc.w"], decayed["fc.w"])     # the others as before
+    assert np.abs(decayed["fc.b"] - undecayed["fc.b"]).max() > 1e-4   # the decay is visible
+
+
+def test_no_decay_names_must_be_parameters():
+    params = {"fc.w": np.zeros((2, 2)), "fc.b": np.zeros(2)}
+    with pytest.raises(TinyAlexError, match="no_decay names unknown parameters: fc.bias, fc9.b"):
+        SGD(params, no_decay=["fc.b", "fc9.b", "fc.bias"])
+    assert SGD(params, no_decay=()).no_decay == frozenset()
 
 
 def test_step_rejects_mismatched_gradients():

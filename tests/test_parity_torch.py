@@ -279,13 +279,14 @@ def test_relu_matches_torch_including_exact_zeros(ops, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, m, scale, shift", [(6, 10, 1.0, 0.0), (1, 3, 1.0, 0.0),
                                                (5, 7, 30.0, 1000.0), (4, 10, 5.0, -500.0)])
-def test_softmax_cross_entropy_matches_torch(ops, n, m, scale, shift, dtype):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 1.0])
+def test_softmax_cross_entropy_matches_torch(ops, n, m, scale, shift, dtype, smoothing):
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal((n, m)) * scale + shift).astype(dtype)
     y = rng.integers(0, m, size=n)
-    loss, dlogits = ops.softmax_cross_entropy(logits, y)
+    loss, dlogits = ops.softmax_cross_entropy(logits, y, smoothing)
     lt = leaf(logits)
-    ref = F.cross_entropy(lt, torch.from_numpy(y))          # mean over the batch
+    ref = F.cross_entropy(lt, torch.from_numpy(y), label_smoothing=smoothing)   # batch mean
     ref.backward()
     assert np.isfinite(loss)
     assert abs(loss - ref.item()) <= TOL[dtype] * max(1.0, abs(ref.item()))
