@@ -35,9 +35,31 @@ def set_threads(threads):
             pass
 
 
+def add_recipe_arguments(g):
+    """The optimiser's and the loss's options, shared by train.py and torch-train (which runs
+    the same recipe in PyTorch): --momentum, --weight-decay, --nesterov, --bias-decay,
+    --label-smoothing, --init."""
+    from .model import INITS
+    g.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="Nesterov momentum (default; --no-nesterov: the paper's plain momentum)")
+    g.add_argument("--bias-decay", action=argparse.BooleanOptionalAction, default=False,
+                   help="weight decay on the biases too, as the paper and PyTorch's default do "
+                        "(default: weights only)")
+    g.add_argument("--label-smoothing", type=number_in(0, 1), default=0.1, metavar="E",
+                   help="train towards 1-E+E/classes on the true class and E/classes on the "
+                        "others (default 0.1; 0: plain cross-entropy)")
+    g.add_argument("--init", choices=INITS, default="he",
+                   help="he: Kaiming normal, N(0, 2/fan_in) before a ReLU and N(0, 1/fan_in) "
+                        "for fc8 (default); torch: PyTorch's default uniform +-1/sqrt(fan_in), "
+                        "which sits at chance for most of the first epoch; paper: N(0, 0.01) "
+                        "with biases 1, the paper's, which stays at chance on CIFAR-10")
+
+
 def add_train_arguments(parser):
     from .data import add_data_arguments  # noqa: E402  (after set_threads)
-    from .model import IMPLS, INITS, MODELS
+    from .model import IMPLS, MODELS
     g = parser.add_argument_group("model and optimisation")
     g.add_argument("--model", choices=MODELS, default="cifar",
                    help="cifar: AlexNet for native 32x32 images (default); paper: the faithful "
@@ -55,21 +77,7 @@ def add_train_arguments(parser):
     g.add_argument("--impl", choices=tuple(IMPLS), default="fast",
                    help="fast: the layers of layers/fast/ (default); readable: layers/ itself, the "
                         "definition (same maths, several times slower)")
-    g.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
-                   help="Nesterov momentum (default; --no-nesterov: the paper's plain momentum)")
-    g.add_argument("--bias-decay", action=argparse.BooleanOptionalAction, default=False,
-                   help="weight decay on the biases too, as the paper and PyTorch's default do "
-                        "(default: weights only)")
-    g.add_argument("--label-smoothing", type=number_in(0, 1), default=0.1, metavar="E",
-                   help="train towards 1-E+E/classes on the true class and E/classes on the "
-                        "others (default 0.1; 0: plain cross-entropy)")
-    g.add_argument("--init", choices=INITS, default="he",
-                   help="he: Kaiming normal, N(0, 2/fan_in) before a ReLU and N(0, 1/fan_in) "
-                        "for fc8 (default); torch: PyTorch's default uniform +-1/sqrt(fan_in), "
-                        "which sits at chance for most of the first epoch; paper: N(0, 0.01) "
-                        "with biases 1, the paper's, which stays at chance on CIFAR-10")
+    add_recipe_arguments(g)
     add_data_arguments(parser)
     r = parser.add_argument_group("run")
     r.add_argument("--out", metavar="DIR", default=None,

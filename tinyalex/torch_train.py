@@ -43,7 +43,8 @@ SCHEDULES = ("onecycle", "step")
 def register(subparsers):
     """Add the `torch-train` command to an argparse subparsers object."""
     from .argtypes import number_in, positive_int
-    from .model import INITS, MODELS
+    from .cli import add_recipe_arguments
+    from .model import MODELS
     from .data import add_data_arguments
     p = subparsers.add_parser(
         "torch-train", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -56,16 +57,7 @@ def register(subparsers):
                    help="onecycle's peak (default 0.05 cifar, 0.02 paper) or step's start (0.01)")
     p.add_argument("--schedule", choices=SCHEDULES, default="onecycle",
                    help="onecycle (default) or step, as in train.py")
-    p.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
-                   help="Nesterov momentum (default; --no-nesterov: plain momentum)")
-    p.add_argument("--bias-decay", action=argparse.BooleanOptionalAction, default=False,
-                   help="weight decay on the biases too (default: weights only)")
-    p.add_argument("--label-smoothing", type=number_in(0, 1), default=0.1, metavar="E",
-                   help="label smoothing of the loss (default 0.1)")
-    p.add_argument("--init", choices=INITS, default="he",
-                   help="he (default), torch (PyTorch's own default) or paper, as in train.py")
+    add_recipe_arguments(p)
     add_data_arguments(p)
     r = p.add_argument_group("run")
     r.add_argument("--out", metavar="DIR", default=None,
