@@ -45,6 +45,7 @@ from .checkpoint import (atomic_write, describe_position, load_model_checkpoint,
                          save_checkpoint)
 from .data import BatchLoader, load_dataset
 from .errors import TinyAlexError
+from .evaluate import softmax
 from .model import ARCHS, build_model, warm_up
 from .optim import DEFAULT_LR, ONECYCLE_PEAK, SGD, make_schedule
 from .pictures import plot_curves
@@ -131,11 +132,6 @@ def write_metrics(out_dir, rows):
     plot_curves(rows, os.path.join(out_dir, "curves.png"))
 
 
-def softmax(logits):
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def dropout_rng(seed, epoch, batch):
     return np.random.default_rng([seed, DROPOUT_STREAM, epoch, batch])
 
@@ -151,7 +147,7 @@ def evaluate_loader(model, loader, tta="none"):
             logits = model.forward(x)
             if tta == "flip":   # log of the mean of the two softmaxes, scored as logits
                 mirrored = model.forward(np.ascontiguousarray(x[..., ::-1]))
-                mean = (softmax(logits.astype(np.float64)) + softmax(mirrored.astype(np.float64))) / 2
+                mean = (softmax(logits) + softmax(mirrored)) / 2     # (in float64)
                 # floored as evaluate's loss is: a probability that underflows to 0 (a model
                 # sure of another class) is not a diverged model's -inf; NaN stays NaN
                 logits = np.log(np.maximum(mean, np.finfo(np.float64).tiny))
