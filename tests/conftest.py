@@ -52,3 +52,21 @@ def torch():
     """PyTorch, the oracle of the tests that compare with it (skipped where it is missing;
     the others run without it)."""
     return pytest.importorskip("torch")
+
+
+@pytest.fixture
+def work_sharing(monkeypatch):
+    """`work_sharing(threads)`: the fast route on `threads` threads, every kernel, product and
+    convolution cut into as many pieces as it has rows (the smallest pieces there are), so that
+    tests on small arrays exercise the hand-out of layers/fast/threads.py; on one thread, whole
+    (small_pieces=True: the same small pieces, run one after the other)."""
+    from layers.fast import conv, gemm, kernels, threads
+
+    def configure(n, small_pieces=None):
+        monkeypatch.setattr(threads, "_threads", n)
+        many = n > 1 if small_pieces is None else small_pieces
+        monkeypatch.setattr(kernels, "PIECE_WORK", 1 if many else 2**62)
+        monkeypatch.setattr(gemm, "PIECE_FLOPS", 1 if many else 2**62)
+        monkeypatch.setattr(gemm, "MIN_SIDE", 1)
+        monkeypatch.setattr(conv, "PIECE_COLS_BYTES", 1 if many else 2**62)
+    return configure

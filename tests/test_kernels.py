@@ -2,10 +2,6 @@
 reference returns, on awkward shapes, on one thread and cut across three. (The readable
 route's im2col kernels: tests/test_routes.py.)"""
 
-import os
-import subprocess
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -32,10 +28,9 @@ def rng():
 
 
 @pytest.fixture(autouse=True, params=["serial", "parallel"])
-def threading(request, monkeypatch):
-    """Run every test on one thread, and cut into three uneven slices on three threads."""
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if request.param == "parallel" else 2**62)
-    monkeypatch.setattr(kernels, "_threads", 3 if request.param == "parallel" else 1)
+def threading(request, work_sharing):
+    """Run every test on one thread, and cut into pieces of one row on three threads."""
+    work_sharing(3 if request.param == "parallel" else 1)
     return request.param
 
 
@@ -148,33 +143,3 @@ def test_relu_fused_layout_helpers(rng):
     np.testing.assert_array_equal(back, masked.transpose(1, 0, 2).reshape(4, 15))
     np.testing.assert_allclose(sums, masked.sum(axis=2), rtol=1e-13)
     assert not np.allclose(sums, dout.sum(axis=2))         # the mask mattered
-
-
-def test_a_large_kernel_is_cut_into_one_slice_per_thread(monkeypatch, threading, rng):
-    # The pool gets every slice but the first (the calling thread runs that one); together the
-    # slices cover the outer loop exactly once. Here: the 2*3 = 6 planes of the zero padding,
-    # then the 3*3*3 = 27 rows of im2col's output. On one thread the pool gets nothing.
-    submitted = []
-
-    class Recorder:
-        def submit(self, fn, lo, hi, *args):
-            submitted.append((lo, hi))
-            fn(lo, hi, *args)
-            return types.SimpleNamespace(result=lambda: None)
-    monkeypatch.setattr(kernels, "_workers", Recorder)
-    x = rng.standard_normal((2, 3, 6, 6))
-    np.testing.assert_array_equal(kernels.im2col(x, 3, 3, 1, 1), reference.im2col(x, 3, 3, 1, 1))
-    assert submitted == ([(2, 4), (4, 6), (9, 18), (18, 27)] if threading == "parallel" else [])
-
-
-def test_thread_count_must_be_positive():
-    with pytest.raises(ValueError, match="at least 1"):
-        kernels.set_num_threads(0)
-
-
-def test_thread_count_defaults_to_numba_num_threads():
-    # NUMBA_NUM_THREADS (what train.py --threads sets before the import) picks the slice count
-    code = "from layers.fast import kernels; print(kernels.get_num_threads())"
-    env = dict(os.environ, NUMBA_NUM_THREADS="3")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "3"

@@ -102,7 +102,7 @@ def test_conv_matches_torch(ops, xs, ws, stride, pad, groups, dtype):
 @pytest.mark.parametrize("chunked", [False, True])
 def test_fused_conv_relu_matches_torch_relu_of_conv2d(xs, ws, stride, pad, groups, dtype, chunked, monkeypatch):
     if chunked:
-        monkeypatch.setattr(conv_module, "COLS_BYTES", 1)      # one image per chunk
+        monkeypatch.setattr(conv_module, "PIECE_COLS_BYTES", 1)      # one image per piece
         monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(2)
     x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
@@ -122,7 +122,7 @@ def test_fused_conv_relu_matches_torch_relu_of_conv2d(xs, ws, stride, pad, group
 
 def test_conv_chunked_batch_matches_torch(monkeypatch):
     """Batches larger than one im2col buffer are processed in chunks: same answer."""
-    monkeypatch.setattr(conv_module, "COLS_BYTES", 1)      # one image per chunk
+    monkeypatch.setattr(conv_module, "PIECE_COLS_BYTES", 1)      # one image per piece
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal((6, 2, 3, 3)), rng.standard_normal(6)
     out, cache = layers.fast.conv_forward(x, w, b, stride=1, pad=1, groups=2)

@@ -72,9 +72,9 @@ def im2col_route(monkeypatch, fn, *args, **kwargs):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, threads, monkeypatch):
-    monkeypatch.setattr(kernels, "_threads", threads)
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if threads > 1 else 2**62)
+def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, threads, monkeypatch,
+                                                      work_sharing):
+    work_sharing(threads)
     N, C, H, W, F, K, pad, groups = shape
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal((N, C, H, W)).astype(dtype)

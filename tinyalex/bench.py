@@ -67,7 +67,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from layers.fast import kernels
+from layers.fast import threads as fast_threads
 from tinyalex.errors import TinyAlexError
 from tinyalex.model import MODELS
 from tinyalex.torch_twin import INSTALL_HINT, import_torch, torch_model
@@ -291,7 +291,7 @@ def runtime_info():
             info[api] = [dict({k: pool.get(k) for k in keep},
                               library=os.path.basename(pool.get("filepath") or ""))
                          for pool in pools if pool.get("user_api") == api]
-    info["kernel_threads"] = kernels.get_num_threads()
+    info["kernel_threads"] = fast_threads.get_num_threads()
     return info
 
 
@@ -358,7 +358,7 @@ def run_bench(args):
     if warning:
         print(warning, file=sys.stderr)
     threads = args.threads or available_cores()
-    kernels.set_num_threads(threads)
+    fast_threads.set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
     say = (lambda *a: None) if args.json else print

@@ -198,8 +198,8 @@ def train_command(args, parser, argv, parallel=None):
         out = args.out or os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     config["out"] = out
     if config.get("threads"):
-        from layers.fast import kernels
-        kernels.set_num_threads(config["threads"])
+        from layers.fast import threads
+        threads.set_num_threads(config["threads"])
     with StopOnSignals() if parallel is None else parallel.stop_on_signals() as signals:
         try:
             if not root:

@@ -64,7 +64,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from layers.fast import kernels
+from layers.fast import threads as fast_threads
 
 LAYER_THRESHOLD = 1e-7
 NET_THRESHOLD = 1e-5
@@ -493,8 +493,8 @@ def single_threaded():
     """Run Numba kernels and BLAS on one thread. Every array here is tiny: waking a thread
     pool costs more than the work, and on a busy machine (other processes on the cores)
     far more."""
-    threads = kernels.get_num_threads()
-    kernels.set_num_threads(1)
+    threads = fast_threads.get_num_threads()
+    fast_threads.set_num_threads(1)
     try:
         try:
             from threadpoolctl import threadpool_limits   # optional (a test dependency)
@@ -505,7 +505,7 @@ def single_threaded():
         with blas:
             yield
     finally:
-        kernels.set_num_threads(threads)
+        fast_threads.set_num_threads(threads)
 
 
 def format_table(rows: Sequence[Check]) -> str:

@@ -24,7 +24,7 @@ from ..loss import softmax_cross_entropy
 from ..relu import ReluCache, relu_backward, relu_forward
 from .conv import ConvCache, conv_backward, conv_forward, conv_relu_forward
 from .dense import DenseCache, dense_backward, dense_forward
-from .kernels import get_num_threads, set_num_threads
+from .threads import get_num_threads, set_num_threads
 from .lrn import LRNCache, lrn_backward, lrn_forward
 from .pool import PoolCache, maxpool_backward, maxpool_forward
 

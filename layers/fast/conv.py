@@ -14,9 +14,12 @@ answers (to rounding), and three tricks the readable version leaves out.
    the output instead of two, one array instead of two); `conv_backward` on its cache applies
    the ReLU's backward (dout where out > 0) in the pass that lays dout out for the matrix
    products, and sums the bias gradient in that same pass.
-3. Memory. `cols` is KH*KW/stride^2 times larger than the input, so the batch goes through
-   in chunks of images whose `cols` fits COLS_BYTES, one recycled buffer (`buffers.py`) for
-   every chunk; the backward pass rebuilds `cols` chunk by chunk instead of keeping it.
+3. Pieces of images. `cols` is KH*KW/stride^2 times larger than the input, so the batch goes
+   through in pieces of a few images whose `cols` fits PIECE_COLS_BYTES (it stays in cache),
+   and each piece runs im2col, its products (on one BLAS thread) and the layout pass from
+   start to end on whichever thread takes it (`threads.share`): no thread waits for another
+   inside the layer. The backward pass rebuilds `cols` piece by piece instead of keeping it,
+   and sums the pieces' shares of dw in piece order.
 
 Dimensions as in `layers/conv.py`: N batch, C, H, W input, F filters, G groups, KH, KW kernel,
 OH, OW output, P = OH*OW, K = (C/G)*KH*KW. What each trick buys: docs/performance.md.
@@ -26,11 +29,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import buffers, kernels, winograd
+from . import buffers, kernels, threads, winograd
 from .._checks import check_conv_args, check_conv_dout
 from ..reference import out_size
 
-COLS_BYTES = 64 * 2**20  # the largest im2col buffer a chunk of images may use
+PIECE_COLS_BYTES = 2**20  # the im2col matrix of one piece of images (a few images: it stays in cache)
 # Stride-1 convolutions with 3x3 or 5x5 filters and at least this many input channels per
 # group take the Winograd route (winograd.py). With fewer (cifar's conv1 sees the 3
 # colour channels) the matrix products are too thin for the saving to pay for the
@@ -54,15 +57,12 @@ class ConvCache(NamedTuple):
     relu_out: Optional[np.ndarray] = None  # the output, when a ReLU was fused in (its mask)
 
 
-def _chunks(x, KH, KW, P, F):
-    """Split the batch into consecutive [n0, n1) chunks of images whose im2col buffer fits
-    COLS_BYTES; returns them with the two buffers every chunk reuses: cols (flat, room for
-    C*KH*KW x nb*P) and a GEMM-side matrix (flat, room for F x nb*P)."""
+def _image_pieces(x, KH, KW, P):
+    """Cut the batch into consecutive [n0, n1) pieces of images whose im2col matrix fits
+    PIECE_COLS_BYTES (at least one image a piece)."""
     N, C = x.shape[:2]
-    per_chunk = max(1, min(N, COLS_BYTES // max(1, C * KH * KW * P * x.itemsize)))
-    chunks = [(n0, min(N, n0 + per_chunk)) for n0 in range(0, N, per_chunk)]
-    return (chunks, buffers.empty(C * KH * KW * per_chunk * P, x.dtype),
-            buffers.empty(F * per_chunk * P, x.dtype))
+    per_piece = max(1, min(N, PIECE_COLS_BYTES // max(1, C * KH * KW * P * x.itemsize)))
+    return [(n0, min(N, n0 + per_piece)) for n0 in range(0, N, per_piece)]
 
 
 def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
@@ -92,14 +92,16 @@ def _conv_forward(x, w, b, stride, pad, groups, relu):
 
     w_g = np.ascontiguousarray(w).reshape(G, F // G, K)             # (G, F/G, K)
     out = buffers.empty((N, F, P), x.dtype)                          # (N, F, P)
-    chunks, cols_buf, mat_buf = _chunks(x, KH, KW, P, F)
-    for n0, n1 in chunks:
+    pieces = _image_pieces(x, KH, KW, P)
+
+    def piece(i):   # one piece of images, start to end on one thread
+        n0, n1 = pieces[i]
         NP = (n1 - n0) * P
-        cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad,
-                              out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
-        mat = mat_buf[:F * NP].reshape(G, F // G, NP)                # (G, F/G, nb*P)
-        np.matmul(w_g, cols.reshape(G, K, NP), out=mat)              # out_g = w_g @ cols_g
+        cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad)        # (C*KH*KW, nb*P)
+        mat = np.matmul(w_g, cols.reshape(G, K, NP),                 # out_g = w_g @ cols_g
+                        out=buffers.empty((G, F // G, NP), x.dtype))
         kernels.mat_to_nchw(mat.reshape(F, NP), b, relu, out[n0:n1])  # + b (, ReLU), to (nb, F, P)
+    threads.share_blas_work(piece, len(pieces))
     out = out.reshape(N, F, OH, OW)
     return out, ConvCache(x, w, stride, pad, groups, out if relu else None)
 
@@ -124,33 +126,32 @@ def conv_backward(dout, cache, *, need_dx=True):
         # forward was out = relu(conv): dout first goes back through the ReLU (dout where
         # out > 0, else 0), fused into the layout pass below
         relu_out = relu_out.reshape(N, F, P)
-    db_sum = np.zeros(F)                                              # float64 accumulator
     w_g = np.ascontiguousarray(w).reshape(G, F // G, K)              # (G, F/G, K)
     w_gT = w_g.transpose(0, 2, 1)                                    # (G, K, F/G)
-    dw_g = np.zeros((G, F // G, K), dtype=x.dtype)
     dx = buffers.empty_like(x) if need_dx else None
+    image_sums = np.empty((N, F), dtype=np.float64)                  # sums[n, f] of dout[n, f]
+    pieces = _image_pieces(x, KH, KW, P)
+    dw_parts = np.empty((len(pieces), G, F // G, K), dtype=x.dtype)  # each piece's share of dw
 
-    chunks, cols_buf, dmat_buf = _chunks(x, KH, KW, P, F)
-    for n0, n1 in chunks:
+    def piece(i):   # one piece of images, start to end on one thread
+        n0, n1 = pieces[i]
         NP = (n1 - n0) * P
-        cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad,
-                              out=cols_buf[:C * KH * KW * NP].reshape(C * KH * KW, NP))
-        cols = cols.reshape(G, K, NP)                                # (G, K, nb*P)
-        dmat = dmat_buf[:F * NP].reshape(F, NP)
+        cols = kernels.im2col(x[n0:n1], KH, KW, stride, pad).reshape(G, K, NP)
+        dmat = buffers.empty((F, NP), x.dtype)
         # forward: out[n, f, :] = ... + b[f], so db[f] sums dout over images and positions;
         # the pass that lays dout out as (F, nb*P) also sums each image's row
-        image_sums = np.empty((n1 - n0, F), dtype=np.float64)
         if relu_out is None:
-            kernels.nchw_to_mat(dout[n0:n1], dout[n0:n1], False, image_sums, dmat)
+            kernels.nchw_to_mat(dout[n0:n1], dout[n0:n1], False, image_sums[n0:n1], dmat)
         else:
-            kernels.nchw_to_mat(dout[n0:n1], relu_out[n0:n1], True, image_sums, dmat)
-        db_sum += image_sums.sum(axis=0)
+            kernels.nchw_to_mat(dout[n0:n1], relu_out[n0:n1], True, image_sums[n0:n1], dmat)
         dmat = dmat.reshape(G, F // G, NP)                           # (G, F/G, nb*P)
-        # forward: out_g = w_g @ cols_g, so dw_g = dout_g @ cols_g.T
-        dw_g += np.matmul(dmat, cols.transpose(0, 2, 1))
+        # forward: out_g = w_g @ cols_g, so dw_g = dout_g @ cols_g.T (summed over the pieces)
+        np.matmul(dmat, cols.transpose(0, 2, 1), out=dw_parts[i])
         if need_dx:
             # and dcols_g = w_g.T @ dout_g; cols is spent, so its buffer takes dcols
             dcols = np.matmul(w_gT, dmat, out=cols)                  # (G, K, nb*P)
             kernels.col2im(dcols.reshape(C * KH * KW, NP), (n1 - n0, C, H, W),
                            KH, KW, stride, pad, out=dx[n0:n1])
-    return dx, dw_g.reshape(F, Cg, KH, KW), db_sum.astype(x.dtype)
+    threads.share_blas_work(piece, len(pieces))
+    dw = dw_parts.sum(axis=0)                 # in piece order: the same bits on any thread count
+    return dx, dw.reshape(F, Cg, KH, KW), image_sums.sum(axis=0).astype(x.dtype)

@@ -26,81 +26,40 @@ in gradient checks) and cached on disk (`cache=True`): see `layers/__init__.py` 
 Threads. Each kernel's outermost loop runs over independent pieces of work (rows of cols,
 channels, images, planes) that write disjoint parts of the output; every kernel takes that
 loop's range as its first two arguments, `lo, hi`. On a large output the range is cut into
-one slice per thread, and the slices run at the same time on a small pool of Python threads
-(the kernels release the GIL: `nogil=True`). This does what Numba's `parallel=True` and
-`prange` would, but each kernel is compiled once, not twice, with no parallel-compiler passes
-(a much shorter cold start), and the idle workers sleep instead of spinning against OpenBLAS's threads. `set_num_threads(n)` sets
-the number of slices; the default is NUMBA_NUM_THREADS when it is set, else the number of
-cores this process may use.
+pieces that the threads take one at a time from a shared counter (`threads.py`: a thread the
+machine does not schedule only holds up its current piece). Each kernel is compiled once,
+without Numba's parallel passes (a short cold start), and idle workers sleep. The thread count:
+`threads.set_num_threads(n)`.
 """
-
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
 
-from . import buffers
+from . import buffers, threads
 from ..reference import out_size
 
 _JIT = dict(cache=True, nogil=True)
-# Below this many output elements a kernel runs on the calling thread alone: handing work to
-# another thread costs more than it saves (and on a busy machine, far more).
-PARALLEL_MIN_WORK = 1 << 16
-
-
-def _available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # not Linux
-        return os.cpu_count() or 1
-
-
-_threads = int(os.environ.get("NUMBA_NUM_THREADS") or _available_cores())
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def set_num_threads(n):
-    """Run each large kernel on n threads (the calling thread and n - 1 pool workers)."""
-    global _threads
-    if int(n) < 1:
-        raise ValueError(f"threads must be at least 1, got {n}")
-    _threads = int(n)
-
-
-def get_num_threads():
-    return _threads
-
-
-def _workers():
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(64, _available_cores()),
-                                       thread_name_prefix="tinyalex-kernel")
-        return _pool
+# A large kernel's outer loop is cut into pieces of at least this many output elements (fewer
+# would cost more in hand-over than they save), and at most MAX_PIECES of them.
+PIECE_WORK = 1 << 16
+MAX_PIECES = 32
 
 
 def threaded_kernel(extent):
     """Compile a kernel `fn(lo, hi, *args)` whose outer loop is `for i in range(lo, hi)`, and
-    return `call(*args)`, which runs the whole range 0..extent(*args), cut into one slice per
-    thread when the output (the last argument of every kernel) is large."""
+    return `call(*args)`, which runs the whole range 0..extent(*args): cut into pieces by the
+    size of the output (the last argument of every kernel) and shared between the threads
+    (`threads.share`) when it is large, in one call on one thread or inside another piece."""
     def wrap(fn):
         jitted = njit(**_JIT)(fn)
 
         def call(*args):
             n = extent(*args)
-            tasks = min(_threads, n) if args[-1].size >= PARALLEL_MIN_WORK else 1
-            if tasks <= 1:
+            pieces = min(n, args[-1].size // PIECE_WORK, MAX_PIECES)
+            if pieces <= 1 or not threads.parallel_here():
                 return jitted(0, n, *args)
-            cuts = [n * t // tasks for t in range(tasks + 1)]
-            pool = _workers()
-            others = [pool.submit(jitted, cuts[t], cuts[t + 1], *args) for t in range(1, tasks)]
-            jitted(cuts[0], cuts[1], *args)   # the calling thread takes the first slice
-            for task in others:
-                task.result()
+            c = threads.cuts(n, pieces)
+            threads.share(lambda i: jitted(c[i], c[i + 1], *args), pieces)
         call.__name__, call.__doc__ = fn.__name__, fn.__doc__
         return call
     return wrap

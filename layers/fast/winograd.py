@@ -65,7 +65,7 @@ that are reused.
 import numpy as np
 from numba import njit
 
-from . import buffers
+from . import buffers, gemm
 from .kernels import _sum64, threaded_kernel
 
 # F(4x4, 3x3): the points 0, 1, -1, 2, -2 and infinity
@@ -316,14 +316,17 @@ def filter_transform(w, groups):
     piece (a, b) of filter g*F/G + f, channel c; every piece in one matrix product."""
     F, Cg, K = w.shape[:3]
     S = pieces(K)
-    U = GG.astype(w.dtype) @ _split(w).T                              # (36, F*Cg*S*S)
+    pieces_ = _split(w)
+    U = gemm.matmul(GG.astype(w.dtype), pieces_.T,                   # (36, F*Cg*S*S)
+                    np.empty((ALPHA * ALPHA, pieces_.shape[0]), w.dtype))
     return U.reshape(ALPHA * ALPHA, groups, F // groups, Cg * S * S)
 
 
 def filter_grad(dU, shape):
     """dw (F, C/G, K, K) from dU (36, G, F/G, C/G*S*S): G^T dU G for every piece, the adjoint of
     filter_transform (its matrix transposed), the pieces joined back into filters."""
-    return _join(dU.reshape(ALPHA * ALPHA, -1).T @ GG.astype(dU.dtype), shape)
+    flat = dU.reshape(ALPHA * ALPHA, -1).T                            # (F*Cg*S*S, 36)
+    return _join(gemm.matmul(flat, GG.astype(dU.dtype), np.empty((flat.shape[0], 9), dU.dtype)), shape)
 
 
 def _tiles(OH, OW):
@@ -365,7 +368,7 @@ def forward(x, w, b, pad, groups, relu):
     out = buffers.empty((N, F, OH, OW), x.dtype)
     for n0, n1, V, M in _chunks(N, C * S * S, F, T, x.dtype):
         _input_transform(x[n0:n1], pad, S, TH, TW, V)
-        np.matmul(U, _by_tile_position(V, groups), out=_by_tile_position(M, groups))  # M[ij] = U[ij] @ V[ij]
+        gemm.batched(U, _by_tile_position(V, groups), _by_tile_position(M, groups))  # M[ij] = U[ij] @ V[ij]
         _output_transform(M, b, relu, out[n0:n1])
     return out
 
@@ -392,8 +395,8 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx):
         _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums, dM)
         db_sum += image_sums.sum(axis=0)
         V_ij, dM_ij = _by_tile_position(V, groups), _by_tile_position(dM, groups)
-        dU += np.matmul(dM_ij, V_ij.transpose(0, 1, 3, 2))            # dU[ij] = dM[ij] @ V[ij].T
+        gemm.batched(dM_ij, V_ij.transpose(0, 1, 3, 2), dU, accumulate=True)   # dU[ij] += dM[ij] @ V[ij].T
         if need_dx:
-            np.matmul(UT, dM_ij, out=V_ij)                             # dV[ij] = U[ij].T @ dM[ij], in V's place
+            gemm.batched(UT, dM_ij, V_ij)                              # dV[ij] = U[ij].T @ dM[ij], in V's place
             _input_grad(V, pad, S, TH, TW, dx[n0:n1])
     return dx, filter_grad(dU, w.shape), db_sum.astype(x.dtype)

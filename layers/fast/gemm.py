@@ -1,0 +1,63 @@
+"""The fast route's large matrix products, cut into pieces that `threads.share` deals out,
+each run by NumPy's BLAS on one thread (why: `threads.py`).
+
+    matmul(a, b, out)       out = a @ b              a (m, k), b (k, n), out (m, n)
+    batched(a, b, out)      out[i] = a[i] @ b[i]     over the leading axes of 4-d arrays
+    batched(..., accumulate=True)   out[i] += a[i] @ b[i]
+
+A 2-d product is cut along the longer side of `out`: rows of out are rows of a, columns of out
+are columns of b, so each piece reads its own part of the larger operand once and all of the
+other. A batched product is cut between its matrices. Pieces are views with a row stride
+(BLAS's leading dimension): nothing is copied. The cuts depend on the shapes alone, so a
+product gives the same bits on any number of threads.
+"""
+
+import numpy as np
+
+from . import threads
+
+PIECE_FLOPS = 16_000_000    # the smallest piece worth handing out (about 0.2 ms on one core)
+MAX_PIECES = 32             # enough for even shares on a busy machine, few enough to cost nothing
+MIN_SIDE = 64               # the narrowest piece of a 2-d product (narrower ones run slowly)
+
+
+def _pieces(flops, side):
+    return int(max(1, min(flops // PIECE_FLOPS, side // MIN_SIDE, MAX_PIECES)))
+
+
+def matmul(a, b, out):
+    """out = a @ b (2-d), cut into pieces along out's longer side; returns out."""
+    m, n = out.shape
+    pieces = _pieces(2 * m * n * a.shape[1], max(m, n))
+    if pieces == 1 or not threads.can_limit_blas():
+        return np.matmul(a, b, out=out)
+    c = threads.cuts(max(m, n), pieces)
+    if m >= n:
+        def run(i):
+            np.matmul(a[c[i]:c[i + 1]], b, out=out[c[i]:c[i + 1]])
+    else:
+        def run(i):
+            np.matmul(a, b[:, c[i]:c[i + 1]], out=out[:, c[i]:c[i + 1]])
+    threads.share_blas_work(run, pieces)
+    return out
+
+
+def batched(a, b, out, accumulate=False):
+    """out[i, j] = a[i, j] @ b[i, j] (or +=, with accumulate) for 4-d a (I, J, m, k),
+    b (I, J, k, n), out (I, J, m, n), one piece per run of consecutive matrices; returns out."""
+    I, J, m, n = out.shape
+    count = I * J
+    pieces = int(max(1, min(count, 2 * count * m * n * a.shape[3] // PIECE_FLOPS, MAX_PIECES)))
+    if not accumulate and (pieces == 1 or not threads.can_limit_blas()):
+        return np.matmul(a, b, out=out)
+    c = threads.cuts(count, pieces)
+
+    def run(p):
+        for ij in range(c[p], c[p + 1]):
+            i, j = divmod(ij, J)
+            if accumulate:
+                out[i, j] += np.matmul(a[i, j], b[i, j])
+            else:
+                np.matmul(a[i, j], b[i, j], out=out[i, j])
+    threads.share_blas_work(run, pieces)
+    return out
