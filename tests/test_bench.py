@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -215,3 +216,100 @@ def test_a_command_imports_only_what_it_uses(argv, expected):
     out = subprocess.run([sys.executable, "-c", IMPORTS_PROBE] + argv, cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert out.split("\n")[-2] == expected
+
+
+def _cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])        # utime + stime
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc")
+def test_busy_cores_spin_only_when_resumed_and_are_gone_after():
+    with bench.BusyCores(1) as busy:
+        pid = busy.procs[0].pid
+        paused = _cpu_ticks(pid)
+        time.sleep(0.3)
+        assert _cpu_ticks(pid) - paused <= 2               # paused: no CPU
+        busy.resume()
+        start = _cpu_ticks(pid)
+        time.sleep(0.5)
+        assert _cpu_ticks(pid) - start >= 15               # resumed: a core's worth (ticks of 10 ms)
+        busy.pause()
+    assert not _alive(pid)
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_spinner_ends_when_its_bench_dies(paused):
+    # the bench killed outright (no chance to clean up): its spinners must not spin on
+    code = ("import os, sys; from tinyalex import bench; b = bench.BusyCores(1); "
+            f"{'' if paused else 'b.resume(); '}print(b.procs[0].pid, flush=True); os._exit(0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, start_new_session=True)
+    pid = int(out.stdout.split()[0])
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def test_busy_report_has_idle_and_busy_rounds(capsys, monkeypatch):
+    phases = []
+    real = bench.BusyCores
+
+    class Recorded(real):
+        def pause(self):
+            phases.append("pause")
+            super().pause()
+
+        def resume(self):
+            phases.append("resume")
+            super().resume()
+    monkeypatch.setattr(bench, "BusyCores", Recorded)
+    out = run_json(capsys, "--busy", "1")
+    busy = out["busy"]
+    assert busy["processes"] == 1
+    for kind in ("train", "eval"):
+        for who in ("tinyalex", "readable"):
+            assert len(out[f"{who}_{kind}_times_s"]) == 2 and len(busy[f"{who}_{kind}_times_s"]) == 2
+            assert busy[f"{who}_{kind}_share_of_idle"] == pytest.approx(
+                busy[f"{who}_{kind}_img_s"] / out[f"{who}_{kind}_img_s"])
+    # every round: idle (paused), then busy (resumed); paused again at the end
+    assert phases == ["pause"] + ["pause", "resume"] * 2 + ["pause"]
+    assert cli.main(QUICK + ["--busy", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "1 other process keeping a core busy" in text and "training, busy/idle" in text
+
+
+def test_busy_refuses_the_layer_table(capsys):
+    assert cli.main(QUICK + ["--busy", "1", "--layers"]) == 2
+    assert "drop --layers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", cli.COMMANDS)
+def test_every_command_takes_threads(command):
+    out = subprocess.run([sys.executable, "-m", "tinyalex", command, "--threads", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "--threads: must be at least 1, got 0" in out.stderr, out.stderr
+
+
+def test_threads_reach_the_kernels_and_blas(capsys):
+    from layers.fast import threads
+    before = threads.get_num_threads()
+    try:
+        out = run_json(capsys, "--threads", "1")
+        assert out["threads"] == 1 and out["runtime"]["kernel_threads"] == 1
+        if out["runtime"]["blas"]:
+            assert {pool["num_threads"] for pool in out["runtime"]["blas"]} == {1}
+    finally:
+        threads.set_num_threads(before)
+        cli.set_threads(before)

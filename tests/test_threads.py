@@ -18,25 +18,6 @@ from layers.fast import conv, gemm, kernels, threads
 from tinyalex.model import build_model
 
 
-@pytest.fixture
-def delayed_workers(monkeypatch):
-    """Every piece run by a worker thread (not the calling one) first sleeps `delay` seconds:
-    a worker the machine does not schedule. Records which thread ran each piece."""
-    log = []
-    share = threads.share
-    main = threading.get_ident()
-
-    def slow_share(run, pieces):
-        def delayed(i):
-            if threading.get_ident() != main:
-                time.sleep(0.002)
-            log.append((threading.get_ident() == main, i))
-            run(i)
-        share(delayed, pieces)
-    monkeypatch.setattr(threads, "share", slow_share)
-    return log
-
-
 def test_share_runs_every_piece_once_on_several_threads(work_sharing):
     work_sharing(3)
     seen, names = [], set()
@@ -199,10 +180,19 @@ def test_the_same_bits_on_one_thread_on_three_and_with_a_delayed_worker(compute,
     share = threads.share
     main = threading.get_ident()
 
-    def slow_share(run, pieces):               # workers sleep before each piece they take
+    def slow_share(run, pieces):
+        # a worker sleeps before each piece it takes (a thread the machine runs late); the
+        # calling thread waits (at most 2 s) for a worker to have taken one, so that the
+        # delayed workers surely hold pieces
+        worker_started = threading.Event()
+        shared = pieces > 1 and threads.parallel_here()
+
         def delayed(i):
             if threading.get_ident() != main:
+                worker_started.set()
                 time.sleep(0.001)
+            elif shared:
+                worker_started.wait(2)
             log.append(threading.get_ident() == main)
             run(i)
         share(delayed, pieces)

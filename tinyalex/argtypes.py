@@ -33,3 +33,11 @@ def number_in(low, high=float("inf"), low_open=False):
             raise argparse.ArgumentTypeError(f"must be in {interval}, got {value}")
         return value
     return parse
+
+
+def add_threads_argument(parser):
+    """--threads, the same on every command (the entry points read it before NumPy loads:
+    tinyalex/cli.py)."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads for the matrix products and kernels (default: all the "
+                             "cores this process may use; fewer leaves cores to other programs)")

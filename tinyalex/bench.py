@@ -2,7 +2,7 @@
 
     python -m tinyalex bench [--model cifar|paper|tiny] [--batch-size 128] [--threads N]
                              [--impl fast|readable|both] [--steps 5] [--warmup 1] [--vs-torch]
-                             [--layers] [--json] [--rss-only tinyalex|torch]
+                             [--layers] [--busy N] [--json] [--rss-only tinyalex|torch]
 
 What is timed, on random float32 images of the model's input shape and random labels:
 
@@ -30,6 +30,11 @@ size, so this is the paper's alpha=1e-4 on the sum), MaxPool2d(3, 2), Dropout(0.
 the tinyalex weights are copied in, and it trains with torch.optim.SGD(momentum=0.9,
 weight_decay=5e-4) and cross_entropy, with torch.set_num_threads(the same thread count).
 PyTorch is imported only then.
+
+--busy N measures the busy machine a laptop is: every round runs twice, once idle and once
+while N other processes each keep a core busy (paused with SIGSTOP between, so idle and busy
+rounds alternate and see the same drift), and the report gives the busy img/s beside the idle
+ones and the share of the idle speed each route and PyTorch keeps.
 
 --layers times every layer's forward and backward pass separately. For tinyalex it runs the
 model's own passes with their timing hook (`AlexNet.forward_tape` / `backward_tape`, which
@@ -137,6 +142,80 @@ def time_rounds(tasks, rounds, warmup):
     for _ in range(rounds):
         for name, fn in tasks.items():
             times[name].append(seconds(fn))
+    return times
+
+
+# ---------------------------------------------------------------------------------------------
+# A busy machine
+
+SPIN = """import ctypes, os, sys
+parent = int(sys.argv[1])
+try:                               # Linux: SIGKILL when the bench dies, even while paused
+    ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+except (AttributeError, OSError):
+    pass
+print("ready", flush=True)
+while os.getppid() == parent:      # elsewhere: ends by itself once the bench is gone
+    for _ in range(1000000):
+        pass
+"""
+
+
+class BusyCores:
+    """`n` other processes that each keep a core busy (a Python loop, as any program would),
+    paused (SIGSTOP) and resumed (SIGCONT) between phases of the bench; closed at the end.
+    A spinner whose bench dies is killed by the kernel (Linux's parent-death signal), or ends
+    by itself when it next sees its parent gone."""
+
+    def __init__(self, n):
+        import subprocess
+        self.procs = [subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL) for _ in range(n)]
+        for proc in self.procs:       # set up (the parent-death signal) before it is paused
+            proc.stdout.readline()
+        self.pause()
+
+    def _signal(self, signum):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def pause(self):
+        import signal
+        self._signal(signal.SIGSTOP)
+
+    def resume(self):
+        import signal
+        self._signal(signal.SIGCONT)
+        time.sleep(0.05)              # let the spinners take their cores before timing starts
+
+    def close(self):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def time_phases(tasks, rounds, warmup, busy):
+    """time_rounds with every round run twice, idle (the busy processes paused) then busy.
+    Returns {"idle": {name: [seconds]}, "busy": {name: [seconds]}}."""
+    times = {"idle": {name: [] for name in tasks}, "busy": {name: [] for name in tasks}}
+    for r in range(warmup + rounds):
+        for phase in ("idle", "busy"):
+            (busy.resume if phase == "busy" else busy.pause)()
+            for name, fn in tasks.items():
+                t = seconds(fn)
+                if r >= warmup:
+                    times[phase][name].append(t)
+    busy.pause()
     return times
 
 
@@ -347,8 +426,10 @@ def available_cores():
 
 def run_bench(args):
     from tinyalex.model import ARCHS, build_model, warm_up
-    if args.rss_only and (args.vs_torch or args.layers):
-        raise TinyAlexError("--rss-only runs one framework alone: drop --vs-torch and --layers")
+    if args.rss_only and (args.vs_torch or args.layers or args.busy):
+        raise TinyAlexError("--rss-only runs one framework alone: drop --vs-torch, --layers and --busy")
+    if args.busy and args.layers:
+        raise TinyAlexError("--busy times whole steps, idle and busy: drop --layers")
     if args.rss_only != "torch":   # (PyTorch measured alone: no tinyalex kernels in its memory)
         warm_up(impl="fast" if args.impl == "both" else args.impl)   # as a training run does: Numba loads its kernels while the model is built
     torch = None
@@ -403,18 +484,18 @@ def run_bench(args):
             tasks[f"readable_{kind}"] = rd_fn
         if pt_fn:
             tasks[f"torch_{kind}"] = pt_fn
-    times = time_rounds(tasks, args.steps, args.warmup)
-    for kind in ("train", "eval"):
-        for who in ("tinyalex", "readable", "torch"):
-            t = times.get(f"{who}_{kind}")
-            if who == "readable" and not t:
-                continue
-            result[f"{who}_{kind}_img_s"] = args.batch_size / statistics.median(t) if t else None
-            result[f"{who}_{kind}_times_s"] = t
-        both = result[f"tinyalex_{kind}_img_s"], result[f"torch_{kind}_img_s"]
-        result[f"{kind}_ratio"] = both[0] / both[1] if both[1] else None
-        if readable is not None:
-            result[f"{kind}_fast_over_readable"] = both[0] / result[f"readable_{kind}_img_s"]
+    if args.busy:
+        with BusyCores(args.busy) as busy:
+            phases = time_phases(tasks, args.steps, args.warmup, busy)
+        _summarise(result, phases["idle"], args.batch_size, readable is not None)
+        result["busy"] = {"processes": args.busy}
+        _summarise(result["busy"], phases["busy"], args.batch_size, readable is not None)
+        for key, value in list(result["busy"].items()):
+            if key.endswith("_img_s") and result.get(key):
+                result["busy"][key.replace("_img_s", "_share_of_idle")] = value / result[key]
+    else:
+        _summarise(result, time_rounds(tasks, args.steps, args.warmup), args.batch_size,
+                   readable is not None)
 
     if args.layers:
         round_fns = {"tinyalex": tinyalex_layer_round(model, x, y, args.seed)}
@@ -433,6 +514,21 @@ def run_bench(args):
         return 0
     _print_report(result, args)
     return 0
+
+
+def _summarise(result, times, batch, has_readable):
+    """Medians in img/s and the ratios, from {task name: [seconds]}, into `result`."""
+    for kind in ("train", "eval"):
+        for who in ("tinyalex", "readable", "torch"):
+            t = times.get(f"{who}_{kind}")
+            if who == "readable" and not t:
+                continue
+            result[f"{who}_{kind}_img_s"] = batch / statistics.median(t) if t else None
+            result[f"{who}_{kind}_times_s"] = t
+        both = result[f"tinyalex_{kind}_img_s"], result[f"torch_{kind}_img_s"]
+        result[f"{kind}_ratio"] = both[0] / both[1] if both[1] else None
+        if has_readable:
+            result[f"{kind}_fast_over_readable"] = both[0] / result[f"readable_{kind}_img_s"]
 
 
 def _rss_only(args, arch, x, y, threads, result, say):
@@ -482,6 +578,8 @@ def _print_report(result, args):
               f"{_cell(result[f'torch_{kind}_img_s'], 16)}{_cell(result[f'{kind}_ratio'], 18, '.2f')}" +
               (_cell(result[f"{kind}_fast_over_readable"], 15, ".2f") if has_rd else ""))
     print(f"(medians of {args.steps} interleaved rounds; training = forward + backward + SGD update)")
+    if "busy" in result:
+        _print_busy(result, has_rd)
     if "layers" in result:
         _print_layers(result)
     rss = result["peak_rss_bytes"]
@@ -489,6 +587,24 @@ def _print_report(result, args):
         both = " (every route together; measure each alone with --rss-only)" if args.vs_torch or has_rd else ""
         print(f"peak RSS of this process: {rss / 2**30:.2f} GiB{both}")
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in result['loadavg_end'])}")
+
+
+def _print_busy(result, has_rd):
+    busy = result["busy"]
+    n = busy["processes"]
+    whos = [("tinyalex", f"tinyalex {result['impl']}")] + ([("readable", "readable")] if has_rd else []) + \
+        [("torch", "PyTorch")]
+    print()
+    print(f"The same rounds with {n} other process{'es' * (n > 1)} keeping {'a core' if n == 1 else f'{n} cores'} "
+          f"busy (idle and busy rounds alternate):")
+    print(f"{'img/s':26}" + "".join(f"{label:>18}" for _, label in whos) + f"{'tinyalex/PyTorch':>18}")
+    for kind, label in (("train", "training"), ("eval", "evaluation")):
+        for phase, source in (("idle", result), ("busy", busy)):
+            print(f"{label + ', ' + phase:26}" + "".join(_cell(source.get(f"{who}_{kind}_img_s"), 18) for who, _ in whos)
+                  + _cell(source[f"{kind}_ratio"], 18, ".2f"))
+        print(f"{label + ', busy/idle':26}" + "".join(
+            _cell(None if busy.get(f"{who}_{kind}_share_of_idle") is None
+                  else 100 * busy[f"{who}_{kind}_share_of_idle"], 17, ".0f", "%") + " " for who, _ in whos))
 
 
 def _print_layers(result):
@@ -520,7 +636,7 @@ def _print_layers(result):
 
 def register(subparsers):
     """Add the `bench` command to an argparse subparsers object; its handler is run_bench."""
-    from tinyalex.argtypes import non_negative_int, positive_int
+    from tinyalex.argtypes import add_threads_argument, non_negative_int, positive_int
 
     p = subparsers.add_parser(
         "bench", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -537,8 +653,7 @@ def register(subparsers):
                    help="cifar (32x32 input, default), paper (224x224) or tiny (a few channels)")
     p.add_argument("--batch-size", type=positive_int, default=128, metavar="N",
                    help="images per step (default 128)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="threads for BLAS, Numba and PyTorch (default: all cores)")
+    add_threads_argument(p)      # (PyTorch gets the same count)
     p.add_argument("--steps", type=positive_int, default=5, metavar="N",
                    help="timed rounds; the figures are their medians (default 5)")
     p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N",
@@ -551,6 +666,10 @@ def register(subparsers):
                    help="also time the same model in PyTorch, interleaved, and print the ratios")
     p.add_argument("--layers", action="store_true",
                    help="also time every layer's forward and backward pass")
+    p.add_argument("--busy", type=non_negative_int, default=0, metavar="N",
+                   help="also time every round with N other processes keeping N cores busy "
+                        "(a Python loop each), alternating idle and busy rounds, and report the "
+                        "share of the idle speed each keeps (default 0: idle only)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--rss-only", choices=("tinyalex", "torch"), default=None,
                    help="train with one framework only (nothing else loaded), to measure its "

@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import _runtime
-from .argtypes import non_negative_int, number_in, positive_int
+from .argtypes import add_threads_argument, non_negative_int, number_in, positive_int
 
 COMMANDS = ("train", "evaluate", "predict", "filters", "bench", "torch-train", "neighbours", "saliency",
             "export")
@@ -33,6 +33,8 @@ def set_threads(threads):
             threadpool_limits(threads)
         except ImportError:
             pass
+    if "layers.fast.threads" in sys.modules:
+        sys.modules["layers.fast.threads"].set_num_threads(threads)
 
 
 def add_recipe_arguments(g):
@@ -87,7 +89,7 @@ def add_train_arguments(parser):
                         "stopped (with --lr: at another learning rate; with a new --out: in a new "
                         "run directory)")
     r.add_argument("--seed", type=non_negative_int, default=0, help="seed of every random draw (default 0)")
-    r.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    add_threads_argument(r)
     r.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on N training images only, a seeded random sample (quick runs)")
     r.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
@@ -387,5 +389,8 @@ def main(argv=None):
     if command in (None, "export"):
         from . import export
         export.register(sub)
+    for command_parser in sub.choices.values():    # --threads on every command, one definition
+        if not any("--threads" in action.option_strings for action in command_parser._actions):
+            add_threads_argument(command_parser)
     args = parser.parse_args(argv)
     return _run(lambda: args.func(args))

@@ -42,7 +42,7 @@ SCHEDULES = ("onecycle", "step")
 
 def register(subparsers):
     """Add the `torch-train` command to an argparse subparsers object."""
-    from .argtypes import number_in, positive_int
+    from .argtypes import add_threads_argument, number_in, positive_int
     from .cli import add_recipe_arguments
     from .model import MODELS
     from .data import add_data_arguments
@@ -64,7 +64,7 @@ def register(subparsers):
                    help="where metrics.csv and curves.png go (default runs/torch-MODEL-TIME)")
     r.add_argument("--seed", type=int, default=0,
                    help="seed of the split, the batches and PyTorch's random numbers (default 0)")
-    r.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    add_threads_argument(r)
     r.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on N images drawn from the training split (quick runs)")
     r.add_argument("--limit-val", type=positive_int, default=None, metavar="N",

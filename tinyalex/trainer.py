@@ -338,8 +338,8 @@ class Run:
             # closed here, not by the garbage collector: a second Ctrl-C while the loader's
             # thread stops must reach the caller, not be printed as "Exception ignored"
             with bar, contextlib.closing(self.train_loader.epoch(epoch, p.batch)) as batches:
+                t0 = time.perf_counter()   # a step's time includes waiting for its batch
                 for x, y in batches:
-                    t0 = time.perf_counter()
                     lr = self.schedule.lr_at(epoch, p.batch)
                     with np.errstate(over="ignore", invalid="ignore"):   # caught just below
                         loss, grads, logits = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
@@ -349,7 +349,7 @@ class Run:
                         raise self._diverged(f"the loss became {loss} at epoch {epoch + 1}, "
                                              f"batch {p.batch + 1} (lr {lr:.3g})")
                     self.sgd.step(self.model.params, grads, lr)
-                    dt = time.perf_counter() - t0
+                    dt, t0 = time.perf_counter() - t0, time.perf_counter()
                     p.batch += 1
                     p.loss_sum += loss * len(y)
                     p.correct += int((logits.argmax(axis=1) == y).sum())
