@@ -67,9 +67,10 @@ def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
     return out, ConvCache(x.shape, cols, w, stride, pad, groups)
 
 
-def conv_backward(dout, cache):
+def conv_backward(dout, cache, *, need_dx=True):
     """Inputs: dout (N, F, OH, OW), cache from conv_forward.
-    Returns: dx (N, C, H, W), dw (F, C/groups, KH, KW), db (F,).
+    Returns: dx (N, C, H, W) (None when need_dx=False: the first layer's input is the image),
+             dw (F, C/groups, KH, KW), db (F,).
     """
     x_shape, cols, w, stride, pad, G = cache
     N, C, H, W = x_shape
@@ -81,7 +82,9 @@ def conv_backward(dout, cache):
     cols_g = cols.reshape(G, K, NP)                             # (G, K, N*P)
     # forward: out_g = w_g @ cols_g + b
     dw = dout_g @ cols_g.transpose(0, 2, 1)                     # (G, F/G, K)  dw_g = dout_g @ cols_g.T
-    dcols = w.reshape(G, F // G, K).transpose(0, 2, 1) @ dout_g  # (G, K, N*P)  dcols_g = w_g.T @ dout_g
     db = dout.sum(axis=(0, 2, 3))                               # (F,)
+    if not need_dx:
+        return None, dw.reshape(w.shape), db
+    dcols = w.reshape(G, F // G, K).transpose(0, 2, 1) @ dout_g  # (G, K, N*P)  dcols_g = w_g.T @ dout_g
     dx = col2im(dcols.reshape(G * K, NP), x_shape, KH, KW, stride, pad)
     return dx, dw.reshape(w.shape), db

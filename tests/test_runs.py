@@ -23,7 +23,8 @@ from tinyalex.cli import train_main
 from tinyalex.data import BatchLoader
 from tinyalex.data.synthetic import write_cifar_batches, write_image_folder
 from tinyalex.rundir import RunDir
-from tinyalex.trainer import Run, evaluate_loader, write_config
+from tinyalex.scoring import score_loader
+from tinyalex.trainer import Run, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -433,21 +434,21 @@ def test_17_a_nan_loss_in_the_first_epoch_says_nothing_was_saved(data, tmp_path,
 def test_17_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower_the_lr(
         data, tmp_path, monkeypatch, capsys):
     import tinyalex.trainer
-    real = tinyalex.trainer.evaluate_loader
+    real = tinyalex.trainer.score_loader
     calls = []
 
     def nan_in_epoch_2(model, loader):
         calls.append(1)
         loss, top1, top5 = real(model, loader)
         return (float("nan"), top1, top5) if len(calls) == 2 else (loss, top1, top5)
-    monkeypatch.setattr(tinyalex.trainer, "evaluate_loader", nan_in_epoch_2)
+    monkeypatch.setattr(tinyalex.trainer, "score_loader", nan_in_epoch_2)
     out = str(tmp_path / "run")
     code, _, err = train_quietly(args(data, out, "--epochs", "2", "--schedule", "step"), capsys)
     one_line_error(code, err, "the validation loss became nan at the end of epoch 2",
                    f"{out}/last.npz holds the last good state (the end of epoch 1)",
                    f"python train.py --resume {out} --lr 0.002")
     assert read_meta(os.path.join(out, "last.npz"))["epoch"] == 1
-    monkeypatch.setattr(tinyalex.trainer, "evaluate_loader", real)
+    monkeypatch.setattr(tinyalex.trainer, "score_loader", real)
 
     code, _, err = train_quietly(["--resume", out, "--lr", "0.002", "--no-progress"], capsys)
     assert code == 0, err
@@ -478,7 +479,7 @@ def test_17_validation_of_a_diverged_model_is_nan_without_runtime_warnings(data,
         w *= 1e12                                   # finite weights whose outputs overflow
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loss, _, _ = evaluate_loader(run.model, run.val_loader)
+        loss, _, _ = score_loader(run.model, run.val_loader)
     assert np.isnan(loss)
 
 

@@ -359,3 +359,31 @@ def _json_default(value):
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def load_model(path, impl="fast"):
+    """Load a checkpoint and turn it into a model in evaluation-ready form.
+
+    The checkpoint is checked by checkpoint.load_model_checkpoint, as for every other use
+    of a trained model (a known model, its class names, parameters of the right keys,
+    shapes and float dtype, finite, and the data's normalisation). Parameters are cast to
+    the model's dtype (float32).
+
+    Returns (model, ckpt): an AlexNet holding the checkpoint's parameters and the
+    Checkpoint (params, optimizer, arrays, meta). Raises CheckpointError (one line) for a
+    missing, corrupt, foreign or mismatched checkpoint.
+    """
+    path = os.fspath(path)
+    ckpt = load_model_checkpoint(path)
+    from tinyalex.model import build_model
+    model = build_model(ckpt.meta["model"], ckpt.meta["num_classes"], impl=impl)
+    model.params = {key: np.ascontiguousarray(ckpt.params[key], dtype=model.dtype)
+                    for key in model.params}
+    return model, ckpt
+
+
+def normalisation(ckpt, path="checkpoint"):
+    """The training split's per-channel (mean, std) stored in a checkpoint (checked by
+    load_model_checkpoint: 3 finite numbers each, std positive)."""
+    return (np.asarray(ckpt.arrays["mean"], np.float32),
+            np.asarray(ckpt.arrays["std"], np.float32))

@@ -291,7 +291,9 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
 # --------------------------------------------------------------------------------------
 
 def run(args):
-    from tinyalex.evaluate import load_model, normalisation, predict_logits, softmax
+    from layers.loss import softmax
+    from tinyalex.checkpoint import load_model, normalisation
+    from tinyalex.scoring import predict_logits
     from tinyalex.outfiles import check_new_file, writing
 
     model, ckpt = load_model(args.checkpoint)

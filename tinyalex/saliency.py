@@ -83,7 +83,8 @@ def patch_starts(side, patch, stride):
 
 def class_probability(model, x, cls, batch_size=DEFAULT_BATCH_SIZE):
     """p_cls for each of the normalised images x (N, C, H, W), batched."""
-    from tinyalex.evaluate import predict_logits, softmax
+    from layers.loss import softmax
+    from tinyalex.scoring import predict_logits
     return softmax(predict_logits(model, x, batch_size))[:, cls]
 
 
@@ -193,7 +194,8 @@ def run(args):
     from tinyalex.data.folder import read_image
     from tinyalex.data import eval_views
     from tinyalex.errors import TinyAlexError
-    from tinyalex.evaluate import load_model, normalisation, softmax
+    from layers.loss import softmax
+    from tinyalex.checkpoint import load_model, normalisation
     from tinyalex.outfiles import make_out_dir, writing
 
     model, ckpt = load_model(args.checkpoint)

@@ -32,7 +32,6 @@ import io
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,18 +42,17 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (atomic_write, describe_position, load_model_checkpoint, read_meta,
                          save_checkpoint)
-from .data import BatchLoader, load_dataset
+from .data import BatchLoader, load_dataset, subset
 from .errors import TinyAlexError
-from .evaluate import softmax
-from .model import ARCHS, build_model, warm_up
+from .model import ARCHS, build_model
 from .optim import DEFAULT_LR, ONECYCLE_PEAK, SGD, make_schedule
 from .pictures import plot_curves
-from layers import softmax_cross_entropy
+from .processes import OneProcess
+from .scoring import score_loader
 
 METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s"]
 IMAGE_SIZE = {name: arch.input_shape[1] for name, arch in ARCHS.items()}   # square inputs
 DROPOUT_STREAM = 2     # the loader uses streams 0 (shuffle) and 1 (augmentation) of the seed
-LIMIT_STREAMS = {"train": 3, "val": 4}
 
 
 class TrainingError(TinyAlexError):
@@ -72,17 +70,6 @@ class Progress:
     seconds: float = 0.0    # training time spent in the epoch so far
     metrics: list = field(default_factory=list)
     best_val_acc: float = -1.0
-
-
-def subset(images, labels, limit, seed, split):
-    """`limit` images drawn at random (seeded) from a split, kept in their original order; all
-    of them when limit is None. A random draw, not the first `limit`: image folders list their
-    images class by class, so the first few thousand would hold one or two classes only."""
-    if limit is None or limit >= len(labels):
-        return images, labels
-    pick = np.random.default_rng([seed, LIMIT_STREAMS[split]]).permutation(len(labels))[:limit]
-    pick.sort()
-    return images[pick], labels[pick]
 
 
 def build_loaders(c):
@@ -136,45 +123,16 @@ def dropout_rng(seed, epoch, batch):
     return np.random.default_rng([seed, DROPOUT_STREAM, epoch, batch])
 
 
-def evaluate_loader(model, loader, tta="none"):
-    """Mean loss, top-1 and top-5 accuracy over a loader (eval mode: no dropout). `model` is
-    anything with forward(images) -> logits in NumPy (torch-train passes PyTorch's network).
-    tta "flip": the softmax averaged over each image and its mirror image, as `evaluate --tta
-    flip` scores (the loader's normalisation is per channel, so mirroring after it is the same)."""
-    loss_sum, top1, top5, n = 0.0, 0, 0, 0
-    for x, y in loader.epoch(0):
-        with np.errstate(over="ignore", invalid="ignore"):   # a diverged model: NaN, below
-            logits = model.forward(x)
-            if tta == "flip":   # log of the mean of the two softmaxes, scored as logits
-                mirrored = model.forward(np.ascontiguousarray(x[..., ::-1]))
-                mean = (softmax(logits) + softmax(mirrored)) / 2     # (in float64)
-                # floored as evaluate's loss is: a probability that underflows to 0 (a model
-                # sure of another class) is not a diverged model's -inf; NaN stays NaN
-                logits = np.log(np.maximum(mean, np.finfo(np.float64).tiny))
-            loss, _ = softmax_cross_entropy(logits, y)
-        if not np.isfinite(logits).all():
-            loss = float("nan")
-        loss_sum += loss * len(y)
-        ranked = np.argsort(-logits, axis=1)[:, :5]
-        top1 += int((ranked[:, 0] == y).sum())
-        top5 += int((ranked == y[:, None]).any(axis=1).sum())
-        n += len(y)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    return loss_sum / n, top1 / n, top5 / n
-
-
 class Run:
     """One training run: its options, data, model, optimizer, schedule and run directory."""
 
-    def __init__(self, config, out_dir, resume_from=None, log=print, parallel=None):
+    def __init__(self, config, out_dir, resume_from=None, log=print, processes=None):
         self.config = config
-        # several MPI processes: towers or data parallel (tinyalex/mpi/ranks.py); None: this one
-        self.parallel = parallel
+        # this process alone, or an MPI job: towers or data parallel (tinyalex/processes.py)
+        self.processes = OneProcess() if processes is None else processes
         self.out_dir = out_dir
         self.log = log
         c = config
-        warm_up(impl=c.get("impl", "fast"))   # Numba loads the kernels while the data are read (model.warm_up)
         self.data, self.train_loader, self.val_loader, self.test_loader = build_loaders(c)
         if c["schedule"] == "plateau" and self.val_loader is None:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
@@ -189,13 +147,12 @@ class Run:
                   f"{d.classes[present[0]]!r}: the model can only learn to answer that, and "
                   f"its accuracy of 100% says nothing", file=sys.stderr)
 
-        self.model = build_model(c["model"], d.num_classes, init=c["init"], seed=c["seed"],
-                                 impl=c.get("impl", "fast"))
-        if parallel is not None:
-            self.model = parallel.wrap(self.model)   # this rank's tower, or a batch-sharding wrapper
+        self.model = self.processes.wrap(build_model(c["model"], d.num_classes, init=c["init"],
+                                                     seed=c["seed"], impl=c.get("impl", "fast")))
         biases = [k for k in self.model.params if k.endswith(".b")]
         self.sgd = SGD(self.model.params, momentum=c["momentum"], weight_decay=c["weight_decay"],
-                       nesterov=c["nesterov"], no_decay=() if c["bias_decay"] else biases)
+                       nesterov=c["nesterov"], no_decay=() if c["bias_decay"] else biases,
+                       impl=c.get("impl", "fast"))
         self.schedule = make_schedule(c["schedule"], lr=c["lr"], epochs=c["epochs"],
                                       steps_per_epoch=len(self.train_loader),
                                       patience=c["patience"], model=c["model"])
@@ -225,10 +182,9 @@ class Run:
                     raise self._diverged(f"the {group} {key} is no longer finite")
         d = self.data
         params, optimizer = self.model.params, self.sgd.state_dict()
-        if self.parallel is not None:   # every rank calls this; rank 0 gets the whole model and writes
-            params, optimizer = self.parallel.full_state(params, optimizer)
-            if not self.parallel.is_root:
-                return
+        params, optimizer = self.processes.full_state(params, optimizer)   # every process calls it
+        if not self.processes.is_root:
+            return
         save_checkpoint(os.path.join(self.out_dir, name), params=params, optimizer=optimizer,
                         arrays={"mean": d.mean, "std": d.std, "pca_eigval": d.pca_eigval,
                                 "pca_eigvec": d.pca_eigvec},
@@ -236,8 +192,7 @@ class Run:
 
     def _restore(self, path):
         ckpt = load_model_checkpoint(path, model_name=self.config["model"], training=True)
-        if self.parallel is not None:
-            ckpt = self.parallel.local_checkpoint(ckpt)   # a tower's rows of the single-process file
+        ckpt = self.processes.local_checkpoint(ckpt)   # e.g. a tower's rows of the file
         meta = ckpt.meta
         if meta["classes"] != self.data.classes:
             raise TrainingError(f"{path} was trained on classes {meta['classes']}, the data has {self.data.classes}")
@@ -293,7 +248,7 @@ class Run:
              "from": meta["config"]["lr"], "to": self.config["lr"]}]
 
     def write_metrics(self):
-        if self.parallel is not None and not self.parallel.is_root:   # under MPI, rank 0 writes
+        if not self.processes.is_root:
             return
         try:
             write_metrics(self.out_dir, self.progress.metrics)
@@ -342,17 +297,17 @@ class Run:
                 for x, y in batches:
                     lr = self.schedule.lr_at(epoch, p.batch)
                     with np.errstate(over="ignore", invalid="ignore"):   # caught just below
-                        loss, grads, logits = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
-                                                              return_logits=True,
-                                                              smoothing=c["label_smoothing"])
+                        step = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
+                                               smoothing=c["label_smoothing"], need_logits=True)
+                    loss = step.loss
                     if not math.isfinite(loss):
                         raise self._diverged(f"the loss became {loss} at epoch {epoch + 1}, "
                                              f"batch {p.batch + 1} (lr {lr:.3g})")
-                    self.sgd.step(self.model.params, grads, lr)
+                    self.sgd.step(self.model.params, step.grads, lr)
                     dt, t0 = time.perf_counter() - t0, time.perf_counter()
                     p.batch += 1
                     p.loss_sum += loss * len(y)
-                    p.correct += int((logits.argmax(axis=1) == y).sum())
+                    p.correct += int((step.logits.argmax(axis=1) == y).sum())
                     p.seen += len(y)
                     p.seconds += dt
                     bar.update(1)
@@ -362,8 +317,7 @@ class Run:
                         self.save("last.npz")
                         return "interrupted"
                     due = save_every > 0 and time.monotonic() - last_save > save_every and p.batch < steps
-                    if self.parallel is not None:   # all ranks save together, or none
-                        due = self.parallel.agree(due)
+                    due = self.processes.agree(due)   # all processes save together, or none
                     if due:
                         self.save("last.npz")
                         last_save = time.monotonic()
@@ -373,7 +327,7 @@ class Run:
     def _end_epoch(self, epoch, lr):
         p = self.progress
         t0 = time.perf_counter()
-        val_loss, val_acc, _ = evaluate_loader(self.model, self.val_loader) if self.val_loader else (None, None, None)
+        val_loss, val_acc, _ = score_loader(self.model, self.val_loader) if self.val_loader else (None, None, None)
         row = {"epoch": epoch + 1, "train_loss": p.loss_sum / max(1, p.seen),
                "train_acc": p.correct / max(1, p.seen), "val_loss": val_loss, "val_acc": val_acc,
                "lr": lr, "seconds": round(p.seconds + time.perf_counter() - t0, 3),
@@ -405,54 +359,10 @@ class Run:
             if loader is None:
                 continue
             for tta, suffix in (("none", ""), ("flip", "_flip")):
-                loss, top1, top5 = evaluate_loader(self.model, loader, tta)
+                loss, top1, top5 = score_loader(self.model, loader, tta)
                 scores.update({f"{split}_loss{suffix}": loss, f"{split}_top1{suffix}": top1,
                                f"{split}_top5{suffix}": top5})
         return scores
-
-
-class StopOnSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (kill, timeout, a batch scheduler, a closing terminal).
-
-    While `armed` (the training loop looks at `requested` after every step), the first
-    signal asks it to finish the step, save and stop. Otherwise, or at a second signal,
-    KeyboardInterrupt is raised at once, as Ctrl-C does by default. `exit_code` is the
-    shell's for the first signal received: 130 for SIGINT, 143 for SIGTERM.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received = None
-        self.armed = False
-
-    @property
-    def requested(self):
-        return self.received is not None
-
-    @property
-    def exit_code(self):
-        return 128 + (self.received or signal.SIGINT)
-
-    @property
-    def name(self):
-        return signal.Signals(self.received or signal.SIGINT).name
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        first = self.received is None
-        if first:
-            self.received = signum
-        if not (first and self.armed):
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        return False
 
 
 def write_config(out_dir, config):
