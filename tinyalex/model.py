@@ -125,13 +125,12 @@ def followed_by_relu(arch):
 
 def conv_output_shape(arch):
     """(C, H, W) after conv5's pool: what fc6 sees, flattened."""
+    from layers.reference import out_size   # (the layers load with the first model, not before)
     C, H, W = arch.input_shape
     for spec in arch.convs:
-        H = (H + 2 * spec.pad - spec.kernel) // spec.stride + 1
-        W = (W + 2 * spec.pad - spec.kernel) // spec.stride + 1
+        H, W = (out_size(n, spec.kernel, spec.stride, spec.pad) for n in (H, W))
         if spec.pool:
-            H = (H - POOL["size"]) // POOL["stride"] + 1
-            W = (W - POOL["size"]) // POOL["stride"] + 1
+            H, W = (out_size(n, POOL["size"], POOL["stride"], 0) for n in (H, W))
         C = spec.filters
     return C, H, W
 
