@@ -40,9 +40,10 @@ import numpy as np
 from tqdm import tqdm
 
 from layers.loss import softmax
-from tinyalex.argtypes import positive_int
+from tinyalex.argtypes import add_checkpoint_argument, positive_int
 from tinyalex.checkpoint import load_model, normalisation
 from tinyalex.data import load_dataset, load_images, subset
+from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
 from tinyalex.data.transforms import VIEW_MODES
 from tinyalex.errors import CheckpointError, DataError, TinyAlexError
 from tinyalex.outfiles import check_new_file, writing
@@ -236,18 +237,13 @@ def register(subparsers):
         "evaluate", help="top-1/top-5, per-class accuracy and confusion matrix of a checkpoint",
         description="Score a checkpoint on a dataset: top-1 and top-5 accuracy, accuracy per "
                     "class and the confusion matrix.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
-    p.add_argument("--data", metavar="PATH", default=None,
-                   help="an extracted cifar-10-batches-py directory (or a directory holding "
-                        "one), a .tar.gz archive, or an image folder ROOT/train/<class>/* "
-                        "[+ ROOT/test/<class>/*] or ROOT/<class>/* (its classes are matched "
-                        "to the checkpoint's by name and may be a subset); default: the "
-                        "official CIFAR-10 in --data-dir")
-    p.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="where downloads, unpacked archives and the image cache go "
-                        "(default: $TINYALEX_DATA_DIR, else ./data)")
-    p.add_argument("--split", choices=("test", "val"), default=None,
-                   help="test: the source's test split; val: the validation images held out "
+    add_checkpoint_argument(p)
+    add_source_arguments(p, "an extracted cifar-10-batches-py directory (or a directory holding "
+                            "one), a .tar.gz archive, or an image folder ROOT/train/<class>/* "
+                            "[+ ROOT/test/<class>/*] or ROOT/<class>/* (its classes are matched "
+                            "to the checkpoint's by name and may be a subset); default: the "
+                            "official CIFAR-10 in --data-dir")
+    add_split_argument(p, "test: the source's test split; val: the validation images held out "
                         "in training, carved out again with the checkpoint's val_size and "
                         "seed. Default: test if the source has one; a single-split image "
                         "folder ROOT/<class>/* is evaluated whole")
@@ -264,15 +260,14 @@ def register(subparsers):
                    help="the layers that compute: fast (layers/fast/, default) or readable (layers/)")
     p.add_argument("--confusion-png", metavar="FILE", default=None,
                    help="also draw the confusion matrix as a picture (PNG)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable files of an image folder with a warning")
+    add_skip_bad_images_argument(p)
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser(
         "predict", help="the most probable classes of image files",
         description="Classify image files of any size and mode (each is converted to RGB and "
                     "resized as the model needs) and print the top classes with probabilities.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
+    add_checkpoint_argument(p)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--top", type=positive_int, default=TOP_K, metavar="K",
                    help=f"how many classes to show per image (default {TOP_K})")

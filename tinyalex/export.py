@@ -319,6 +319,7 @@ def run(args):
 def register(subparsers):
     """Add the `export` command to an argparse subparsers object."""
     import argparse
+    from tinyalex.argtypes import add_checkpoint_argument
     p = subparsers.add_parser(
         "export", allow_abbrev=False,
         help="write a checkpoint as an ONNX graph (or a PyTorch state_dict), checked",
@@ -327,7 +328,7 @@ def register(subparsers):
                     "optionally Softmax) with the input layout and normalisation in its "
                     "metadata, or as a state_dict for tinyalex's PyTorch twin. The result is "
                     "checked against tinyalex's own forward pass before it is written.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
+    add_checkpoint_argument(p)
     p.add_argument("out", metavar="OUT", help="the file to write (model.onnx, model.pt)")
     p.add_argument("--format", choices=FORMATS, default="onnx",
                    help="onnx: an ONNX graph, needs the onnx package (pip install -e "

@@ -359,7 +359,8 @@ def run(args):
 
 def register(subparsers):
     """Add the `neighbours` command to an argparse subparsers object."""
-    from tinyalex.argtypes import positive_int
+    from tinyalex.argtypes import add_checkpoint_argument, positive_int
+    from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
     p = subparsers.add_parser(
         "neighbours", allow_abbrev=False,
         help="the paper's Figure 4: top-5 labels of test images and their nearest training "
@@ -367,16 +368,11 @@ def register(subparsers):
         description="Draw Figure 4 of the AlexNet paper: test images with their five most "
                     "probable labels, and for each the six training images nearest to it in "
                     "the last hidden layer (fc7 after ReLU, Euclidean distance).")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
-    p.add_argument("--data", metavar="PATH", default=None,
-                   help="the data the model was trained on: a cifar-10-batches-py directory, "
-                        "a .tar.gz archive or an image folder (as for evaluate); default: the "
-                        "official CIFAR-10 in --data-dir")
-    p.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="where downloads, unpacked archives and the image cache go "
-                        "(default: $TINYALEX_DATA_DIR, else ./data)")
-    p.add_argument("--split", choices=("test", "val"), default=None,
-                   help="where the query images come from: test (the default when the source "
+    add_checkpoint_argument(p)
+    add_source_arguments(p, "the data the model was trained on: a cifar-10-batches-py directory, "
+                            "a .tar.gz archive or an image folder (as for evaluate); default: the "
+                            "official CIFAR-10 in --data-dir")
+    add_split_argument(p, "where the query images come from: test (the default when the source "
                         "has a test split) or val (the validation images held out in "
                         "training, carved out with the checkpoint's val_size and seed)")
     p.add_argument("--count", type=positive_int, default=DEFAULT_COUNT, metavar="N",
@@ -391,6 +387,5 @@ def register(subparsers):
     p.add_argument("--out", metavar="PNG", default=None, help="draw the figure to this PNG")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: indices, labels, top-5 and distances")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable files of an image folder with a warning")
+    add_skip_bad_images_argument(p)
     p.set_defaults(func=run)

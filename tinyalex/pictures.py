@@ -465,6 +465,7 @@ def run_filters(args):
 
 def register(subparsers):
     """Add the `filters` command to an argparse subparsers object."""
+    from tinyalex.argtypes import add_checkpoint_argument
     p = subparsers.add_parser(
         "filters", help="draw the conv1 kernels, tower by tower, and score their colour",
         description="Draw the conv1 kernels as an image grid, tower 0 (the first half) above "
@@ -472,6 +473,6 @@ def register(subparsers):
                     "mean colourfulness: 0 for grey kernels, about 0.7 for random ones. The "
                     "paper saw one tower's kernels colour-agnostic and the other's "
                     "colour-specific.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
+    add_checkpoint_argument(p)
     p.add_argument("--out", metavar="PNG", required=True, help="the picture to write")
     p.set_defaults(func=run_filters)

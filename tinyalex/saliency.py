@@ -248,7 +248,7 @@ def run(args):
 
 def register(subparsers):
     """Add the `saliency` command to an argparse subparsers object."""
-    from tinyalex.argtypes import positive_int
+    from tinyalex.argtypes import add_checkpoint_argument, positive_int
     p = subparsers.add_parser(
         "saliency", allow_abbrev=False,
         help="heat maps of where in an image a class comes from (input gradient, occlusion)",
@@ -256,7 +256,7 @@ def register(subparsers):
                     "pixels (Simonyan et al. 2013) and the drop in the class probability when "
                     "a grey square hides each part of the image (Zeiler & Fergus 2013), "
                     "beside the image.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
+    add_checkpoint_argument(p)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--out", metavar="DIR", required=True,
                    help="directory for the pictures, DIR/<image name>.png (created if missing)")
