@@ -74,7 +74,7 @@ def train_args(data, out, *extra):
 
 def single_process_run(data, out, epochs=2, stop=None):
     """A Run in this process with train.py's options (stop: a predicate on its progress)."""
-    from tinyalex.cli import train_parser
+    from tinyalex.options import train_parser
     from tinyalex.trainer import write_config
     config = {k: v for k, v in vars(train_parser().parse_args(
         train_args(data, out, "--epochs", str(epochs)))).items() if k != "resume"}

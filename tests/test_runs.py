@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tinyalex import cli
+from tinyalex import cli, options
 from tinyalex.checkpoint import load_checkpoint, read_meta
 from tinyalex.cli import train_main
 from tinyalex.data import BatchLoader
@@ -69,7 +69,7 @@ def snapshot(directory):
 
 def interrupted(data, out, epochs=2, epoch=1, batch=2, data_dir=None):
     """A run stopped as by Ctrl-C at `batch` of epoch `epoch` + 1, with its config.json."""
-    config = {k: v for k, v in vars(cli.train_parser().parse_args(
+    config = {k: v for k, v in vars(options.train_parser().parse_args(
         args(data, out, "--epochs", str(epochs), data_dir=data_dir))).items() if k != "resume"}
     config["run_id"] = f"run-{os.path.basename(out)}"
     os.makedirs(out)
@@ -324,7 +324,7 @@ def test_10_a_second_ctrl_c_while_the_loader_stops_reaches_the_caller(data, tmp_
     busy with a batch. It used to be swallowed ("Exception ignored in generator")."""
     out = str(tmp_path / "run")
     os.makedirs(out)
-    config = {k: v for k, v in vars(cli.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
+    config = {k: v for k, v in vars(options.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
               if k != "resume"}
     run = Run(config, out, log=lambda s: None)
     real = BatchLoader.batch
@@ -462,7 +462,7 @@ def test_17_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower
 def test_17_a_non_finite_state_is_never_saved(data, tmp_path, capsys):
     out = str(tmp_path / "run")
     os.makedirs(out)
-    config = {k: v for k, v in vars(cli.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
+    config = {k: v for k, v in vars(options.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
               if k != "resume"}
     run = Run(config, out, log=lambda s: None)
     run.model.params["fc8.b"][0] = np.inf
@@ -473,7 +473,7 @@ def test_17_a_non_finite_state_is_never_saved(data, tmp_path, capsys):
 
 def test_17_validation_of_a_diverged_model_is_nan_without_runtime_warnings(data, tmp_path):
     out = str(tmp_path / "run")
-    config = {k: v for k, v in vars(cli.train_parser().parse_args(args(data, out))).items() if k != "resume"}
+    config = {k: v for k, v in vars(options.train_parser().parse_args(args(data, out))).items() if k != "resume"}
     run = Run(config, out, log=lambda s: None)
     for name, w in run.model.params.items():
         w *= 1e12                                   # finite weights whose outputs overflow

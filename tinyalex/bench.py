@@ -536,14 +536,21 @@ def run_bench(args):
         per_layer = layer_times(round_fns, args.steps)
         result["layers"] = layer_rows(per_layer["tinyalex"], per_layer.get("torch"), per_layer.get("readable"))
 
-    result["runtime"] = runtime_info()
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    result["loadavg_end"] = list(os.getloadavg())
-    if args.json:
-        print(json.dumps(result))
+    if _finish(result, args.json):
         return 0
     _print_report(result, args)
     return 0
+
+
+def _finish(result, as_json):
+    """Add the runtime, the peak RSS and the load at the end to `result`; print it as JSON when
+    asked. Returns whether it was printed."""
+    result["runtime"] = runtime_info()
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["loadavg_end"] = list(os.getloadavg())
+    if as_json:
+        print(json.dumps(result))
+    return as_json
 
 
 def _summarise(result, times, batch, has_readable):
@@ -574,11 +581,7 @@ def _rss_only(args, arch, x, y, threads, result, say):
     t = time_rounds({"train": train}, args.steps, args.warmup)["train"]
     result["train_img_s"] = args.batch_size / statistics.median(t)
     result["train_times_s"] = t
-    result["runtime"] = runtime_info()
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    result["loadavg_end"] = list(os.getloadavg())
-    if args.json:
-        print(json.dumps(result))
+    if _finish(result, args.json):
         return 0
     rss = result["peak_rss_bytes"]
     say(f"{args.rss_only} training alone: {result['train_img_s']:.1f} img/s (median of {args.steps}); "

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from tinyalex import __version__
-from tinyalex.errors import CheckpointError
+from tinyalex.errors import CheckpointError, DataError
 
 FORMAT_VERSION = 1
 
@@ -387,3 +387,16 @@ def normalisation(ckpt, path="checkpoint"):
     load_model_checkpoint: 3 finite numbers each, std positive)."""
     return (np.asarray(ckpt.arrays["mean"], np.float32),
             np.asarray(ckpt.arrays["std"], np.float32))
+
+
+def model_labels(ckpt, ds):
+    """The model's class index of each of a dataset's classes, matched by name: (classes,) int64
+    (a source may hold some of the model's classes, in any order). DataError for a class the
+    checkpoint does not know."""
+    known = {name: i for i, name in enumerate(ckpt.meta["classes"])}
+    unknown = [c for c in ds.classes if c not in known]
+    if unknown:
+        raise DataError(f"{ds.source} has class(es) {', '.join(map(repr, unknown[:5]))} "
+                        f"that the checkpoint does not know (it has: "
+                        f"{', '.join(ckpt.meta['classes'])})")
+    return np.array([known[c] for c in ds.classes], np.int64)

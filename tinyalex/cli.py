@@ -10,13 +10,16 @@ training saves and exits with 130.
 """
 
 import argparse
+import importlib
 import sys
 
 from . import _runtime
 from .argtypes import add_threads_argument
 
-COMMANDS = ("train", "evaluate", "predict", "filters", "bench", "torch-train", "neighbours", "saliency",
-            "export")
+# command -> the module whose register() adds it (train's parser is options.py's)
+COMMANDS = {"train": None, "evaluate": "evaluate", "predict": "evaluate", "filters": "pictures",
+            "bench": "bench", "torch-train": "torch_train", "neighbours": "neighbours",
+            "saliency": "saliency", "export": "export"}
 
 
 def _pre_threads(argv):
@@ -95,27 +98,9 @@ def main(argv=None):
         train = sub.add_parser("train", help="train a model (the same as python train.py)", allow_abbrev=False)
         add_train_arguments(train)
         train.set_defaults(func=lambda args: run_train(args, train, argv[1:]))
-    if command in (None, "evaluate", "predict"):
-        from . import evaluate
-        evaluate.register(sub)
-    if command in (None, "filters"):
-        from . import pictures
-        pictures.register(sub)
-    if command in (None, "bench"):
-        from . import bench
-        bench.register(sub)
-    if command in (None, "torch-train"):
-        from . import torch_train
-        torch_train.register(sub)
-    if command in (None, "neighbours"):
-        from . import neighbours
-        neighbours.register(sub)
-    if command in (None, "saliency"):
-        from . import saliency
-        saliency.register(sub)
-    if command in (None, "export"):
-        from . import export
-        export.register(sub)
+    for module in dict.fromkeys(COMMANDS[name] for name in COMMANDS if command in (None, name)):
+        if module:
+            importlib.import_module(f".{module}", __package__).register(sub)
     for command_parser in sub.choices.values():    # --threads on every command, one definition
         if not any("--threads" in action.option_strings for action in command_parser._actions):
             add_threads_argument(command_parser)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from layers.loss import softmax
 from tinyalex.argtypes import add_checkpoint_argument, positive_int
-from tinyalex.checkpoint import load_model, normalisation
+from tinyalex.checkpoint import load_model, model_labels, normalisation
 from tinyalex.data import load_dataset, load_images, subset
 from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
 from tinyalex.data.transforms import VIEW_MODES
@@ -113,15 +113,7 @@ def load_split(ckpt, path, *, data, data_dir, split, skip_bad_images=False):
         raise DataError(f"{ds.source} has no test split; pass --split val for the "
                         f"validation images held out in training")
 
-    # Match the source's classes to the model's by name.
-    known = {name: i for i, name in enumerate(ckpt.meta["classes"])}
-    unknown = [c for c in ds.classes if c not in known]
-    if unknown:
-        raise DataError(f"{ds.source} has class(es) {', '.join(map(repr, unknown[:5]))} "
-                        f"that the checkpoint does not know (it has: "
-                        f"{', '.join(ckpt.meta['classes'])})")
-    to_model = np.array([known[c] for c in ds.classes], np.int64)
-    return images, to_model[labels], f"{ds.source}, {what}"
+    return images, model_labels(ckpt, ds)[labels], f"{ds.source}, {what}"
 
 
 # --------------------------------------------------------------------------------------

@@ -129,6 +129,7 @@ def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False)
     Returns (query images, query labels, training images, training labels, description):
     uint8 (N, H, W, 3) images and int64 labels. See the module docstring.
     """
+    from tinyalex.checkpoint import model_labels
     from tinyalex.data import load_dataset
     from tinyalex.errors import CheckpointError, DataError
     config = ckpt.meta.get("config") or {}
@@ -150,13 +151,7 @@ def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False)
                         f"model did not train on")
     query_x, query_y = (ds.test_x, ds.test_y) if split == "test" else (ds.val_x, ds.val_y)
 
-    known = {name: i for i, name in enumerate(ckpt.meta["classes"])}
-    unknown = [c for c in ds.classes if c not in known]
-    if unknown:
-        raise DataError(f"{ds.source} has class(es) {', '.join(map(repr, unknown[:5]))} "
-                        f"that the checkpoint does not know (it has: "
-                        f"{', '.join(ckpt.meta['classes'])})")
-    to_model = np.array([known[c] for c in ds.classes], np.int64)
+    to_model = model_labels(ckpt, ds)
     what = (f"{ds.source}: {split} split as queries ({len(query_y)} images), the training "
             f"split as the images searched (val_size {val_size}, seed {seed})")
     return query_x, to_model[query_y], ds.train_x, to_model[ds.train_y], what
