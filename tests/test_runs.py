@@ -1,6 +1,6 @@
 """Nothing lost, nothing hangs: run directories, signals, hand-edited checkpoints and NaN.
 
-Each test names the case of issue #14 it covers. Runs use the tiny model on 120 synthetic
+Each test is named by the behaviour it holds. Runs use the tiny model on 120 synthetic
 images, one or two epochs of a few steps.
 """
 
@@ -98,7 +98,7 @@ def copy_run(source, target):
 
 # --- 1-4: results overwritten without a word -----------------------------------------------
 
-def test_1_resume_with_out_pointing_at_another_run_is_refused(data, data_dir, finished, tmp_path, capsys):
+def test_resume_with_out_pointing_at_another_run_is_refused(data, data_dir, finished, tmp_path, capsys):
     other = copy_run(finished, str(tmp_path / "C"))
     before = snapshot(other)
     interrupted(data, str(tmp_path / "D"), data_dir=data_dir)
@@ -107,7 +107,7 @@ def test_1_resume_with_out_pointing_at_another_run_is_refused(data, data_dir, fi
     assert snapshot(other) == before
 
 
-def test_1_resume_with_a_new_out_starts_a_new_run_directory(data, data_dir, tmp_path, capsys):
+def test_resume_with_a_new_out_starts_a_new_run_directory(data, data_dir, tmp_path, capsys):
     interrupted(data, str(tmp_path / "D"), data_dir=data_dir)
     new = str(tmp_path / "E")
     code, _, err = train_quietly(["--resume", str(tmp_path / "D"), "--out", new, "--no-progress"], capsys)
@@ -119,7 +119,7 @@ def test_1_resume_with_a_new_out_starts_a_new_run_directory(data, data_dir, tmp_
     assert read_meta(os.path.join(str(tmp_path / "D"), "last.npz"))["epoch"] == 1   # D untouched
 
 
-def test_2_a_new_run_into_a_directory_of_run_files_without_last_npz_is_refused(data, finished, tmp_path, capsys):
+def test_a_new_run_into_a_directory_of_run_files_without_last_npz_is_refused(data, finished, tmp_path, capsys):
     out = str(tmp_path / "E")
     os.makedirs(out)
     for name in ("best.npz", "metrics.csv", "config.json"):
@@ -132,7 +132,7 @@ def test_2_a_new_run_into_a_directory_of_run_files_without_last_npz_is_refused(d
     assert snapshot(out) == before
 
 
-def test_3_resuming_an_earlier_state_in_place_is_refused(data, data_dir, tmp_path, capsys):
+def test_resuming_an_earlier_state_in_place_is_refused(data, data_dir, tmp_path, capsys):
     out = str(tmp_path / "A")
     assert train_main(args(data, out, "--epochs", "2", data_dir=data_dir)) == 0
     capsys.readouterr()
@@ -160,7 +160,7 @@ def test_3_resuming_an_earlier_state_in_place_is_refused(data, data_dir, tmp_pat
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "B" / "metrics.csv"))] == ["1", "2"]
 
 
-def test_4_a_second_run_in_a_directory_in_use_is_refused(data, tmp_path, capsys):
+def test_a_second_run_in_a_directory_in_use_is_refused(data, tmp_path, capsys):
     out = str(tmp_path / "P")
     with RunDir(out):                                      # another run holds the lock
         code, _, err = train_quietly(args(data, out, "--epochs", "1"), capsys)
@@ -168,7 +168,7 @@ def test_4_a_second_run_in_a_directory_in_use_is_refused(data, tmp_path, capsys)
     assert os.listdir(out) == []           # the second run wrote nothing
 
 
-def test_4_two_runs_started_together(data, data_dir, tmp_path):
+def test_two_runs_started_together(data, data_dir, tmp_path):
     out = str(tmp_path / "P")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args(data, out, "--epochs", "2",
                                                                   data_dir=data_dir)]
@@ -185,7 +185,7 @@ def test_4_two_runs_started_together(data, data_dir, tmp_path):
 
 # --- 6, 7, 8: crashes at the start ----------------------------------------------------------
 
-def test_6_out_that_is_a_file_under_a_file_or_read_only(data, tmp_path, capsys, unwritable_dir):
+def test_out_that_is_a_file_under_a_file_or_read_only(data, tmp_path, capsys, unwritable_dir):
     (tmp_path / "a-file").write_text("x")
     missing_data = str(tmp_path / "no-data")         # the run directory is checked first
     for out, words in [(str(tmp_path / "a-file"), "is a file, not a directory"),
@@ -195,7 +195,7 @@ def test_6_out_that_is_a_file_under_a_file_or_read_only(data, tmp_path, capsys, 
         one_line_error(code, err, words, "choose another --out")
 
 
-def test_7_resume_on_other_images_is_refused(data, data_dir, tmp_path, capsys):
+def test_resume_on_other_images_is_refused(data, data_dir, tmp_path, capsys):
     smaller, other = str(tmp_path / "smaller"), str(tmp_path / "other")
     write_cifar_batches(os.path.join(smaller, "cifar-10-batches-py"), per_batch=12, n_test=20)
     write_cifar_batches(os.path.join(other, "cifar-10-batches-py"), per_batch=24, n_test=20, seed=5)
@@ -211,7 +211,7 @@ def test_7_resume_on_other_images_is_refused(data, data_dir, tmp_path, capsys):
     assert code == 0, err
 
 
-def test_8_a_negative_seed_is_a_usage_error(data, tmp_path, capsys):
+def test_a_negative_seed_is_a_usage_error(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_main(args(data, str(tmp_path / "run"), "--seed", "-1"))
     assert exit_info.value.code == 2
@@ -276,7 +276,7 @@ def _commands(path, paused, data, tmp_path):
 
 
 @pytest.mark.parametrize("edit", MODEL_EDITS)
-def test_9_a_hand_edited_checkpoint_gets_the_same_error_from_every_command(paused, data, tmp_path, capsys, edit):
+def test_a_hand_edited_checkpoint_gets_the_same_error_from_every_command(paused, data, tmp_path, capsys, edit):
     change, words = MODEL_EDITS[edit]
     path = edited(paused["last"], str(tmp_path / "edited.npz"), change)
     for name, command in _commands(path, paused, data, tmp_path).items():
@@ -287,7 +287,7 @@ def test_9_a_hand_edited_checkpoint_gets_the_same_error_from_every_command(pause
 
 
 @pytest.mark.parametrize("edit", TRAINING_EDITS)
-def test_9_a_hand_edited_training_state_is_refused_by_resume(paused, data, tmp_path, capsys, edit):
+def test_a_hand_edited_training_state_is_refused_by_resume(paused, data, tmp_path, capsys, edit):
     change, words = TRAINING_EDITS[edit]
     path = edited(paused["last"], str(tmp_path / "edited.npz"), change)
     code, _, err = train_quietly(["--resume", path, "--out", str(tmp_path / "new"), "--no-progress"], capsys)
@@ -308,7 +308,7 @@ def _train_process(data, out, *extra, data_dir=None, entry="train.py"):
 
 # (on an idle machine a run is past its imports and training 0.4 s after launch)
 @pytest.mark.parametrize("entry, delay", [("train.py", 0.15), ("train.py", 0.25), ("-m", 0.15)])
-def test_10_ctrl_c_while_python_loads_the_libraries(data, tmp_path, entry, delay):
+def test_ctrl_c_while_python_loads_the_libraries(data, tmp_path, entry, delay):
     out = str(tmp_path / "run")
     proc = _train_process(data, out, "--epochs", "1", data_dir=str(tmp_path / "d"), entry=entry)
     time.sleep(delay)
@@ -319,7 +319,7 @@ def test_10_ctrl_c_while_python_loads_the_libraries(data, tmp_path, entry, delay
     assert not os.path.exists(out)
 
 
-def test_10_a_second_ctrl_c_while_the_loader_stops_reaches_the_caller(data, tmp_path, monkeypatch, capfd):
+def test_a_second_ctrl_c_while_the_loader_stops_reaches_the_caller(data, tmp_path, monkeypatch, capfd):
     """The first Ctrl-C stops the loop; the second arrives while the loader's thread is still
     busy with a batch. It used to be swallowed ("Exception ignored in generator")."""
     out = str(tmp_path / "run")
@@ -350,7 +350,7 @@ def test_10_a_second_ctrl_c_while_the_loader_stops_reaches_the_caller(data, tmp_
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
                                              (signal.SIGTERM, 143, "stopped by SIGTERM")])
-def test_16_sigint_and_sigterm_finish_the_step_save_and_say_how_to_resume(data, data_dir, tmp_path, sig, code, word):
+def test_sigint_and_sigterm_finish_the_step_save_and_say_how_to_resume(data, data_dir, tmp_path, sig, code, word):
     out = str(tmp_path / "run")
     proc = _train_process(data, out, "--epochs", "50", data_dir=data_dir)
     for line in proc.stdout:                      # wait until training has started
@@ -367,7 +367,7 @@ def test_16_sigint_and_sigterm_finish_the_step_save_and_say_how_to_resume(data, 
     assert ckpt.meta["epoch"] * 6 + ckpt.meta["batch"] >= 1
 
 
-def test_16_a_signal_while_the_data_load_stops_at_once_and_leaves_nothing(data, tmp_path, monkeypatch, capsys):
+def test_a_signal_while_the_data_load_stops_at_once_and_leaves_nothing(data, tmp_path, monkeypatch, capsys):
     import tinyalex.trainer
     out = str(tmp_path / "run")
 
@@ -389,7 +389,7 @@ def test_16_a_signal_while_the_data_load_stops_at_once_and_leaves_nothing(data, 
 
 # --- 11, 14, 15, 17: writes that fail, NaN, one class -----------------------------------------
 
-def test_11_an_unwritable_metrics_csv_mid_run_is_one_line(data, tmp_path, monkeypatch, capsys):
+def test_an_unwritable_metrics_csv_mid_run_is_one_line(data, tmp_path, monkeypatch, capsys):
     import tinyalex.trainer
     real = tinyalex.trainer.atomic_write
     writes = []
@@ -412,7 +412,7 @@ def test_11_an_unwritable_metrics_csv_mid_run_is_one_line(data, tmp_path, monkey
     assert len(list(csv.DictReader(open(os.path.join(out, "metrics.csv"))))) == 2
 
 
-def test_15_a_single_class_trains_with_a_warning(tmp_path, capsys):
+def test_a_single_class_trains_with_a_warning(tmp_path, capsys):
     pictures = str(tmp_path / "cats")
     write_image_folder(pictures, classes=["cat"], per_class=12, split=None)
     code, out, err = train_quietly(["--model", "tiny", "--data", pictures, "--data-dir", str(tmp_path / "d"),
@@ -422,7 +422,7 @@ def test_15_a_single_class_trains_with_a_warning(tmp_path, capsys):
     assert "warning: every training image is of class 'cat'" in err and "100%" in err
 
 
-def test_17_a_nan_loss_in_the_first_epoch_says_nothing_was_saved(data, tmp_path, capsys):
+def test_a_nan_loss_in_the_first_epoch_says_nothing_was_saved(data, tmp_path, capsys):
     out = str(tmp_path / "run")
     code, _, err = train_quietly(args(data, out, "--epochs", "1", "--lr", "1e8", "--schedule", "step"), capsys)
     one_line_error(code, err, "the loss became nan", "nothing was saved",
@@ -431,7 +431,7 @@ def test_17_a_nan_loss_in_the_first_epoch_says_nothing_was_saved(data, tmp_path,
     assert not os.path.exists(out)                      # 20: no empty run directory either
 
 
-def test_17_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower_the_lr(
+def test_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower_the_lr(
         data, tmp_path, monkeypatch, capsys):
     import tinyalex.trainer
     real = tinyalex.trainer.score_loader
@@ -459,7 +459,7 @@ def test_17_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.02, 0.002])
 
 
-def test_17_a_non_finite_state_is_never_saved(data, tmp_path, capsys):
+def test_a_non_finite_state_is_never_saved(data, tmp_path, capsys):
     out = str(tmp_path / "run")
     os.makedirs(out)
     config = {k: v for k, v in vars(options.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
@@ -471,7 +471,7 @@ def test_17_a_non_finite_state_is_never_saved(data, tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "last.npz"))
 
 
-def test_17_validation_of_a_diverged_model_is_nan_without_runtime_warnings(data, tmp_path):
+def test_validation_of_a_diverged_model_is_nan_without_runtime_warnings(data, tmp_path):
     out = str(tmp_path / "run")
     config = {k: v for k, v in vars(options.train_parser().parse_args(args(data, out))).items() if k != "resume"}
     run = Run(config, out, log=lambda s: None)
@@ -485,7 +485,7 @@ def test_17_validation_of_a_diverged_model_is_nan_without_runtime_warnings(data,
 
 # --- 18, 20: what runs leave behind --------------------------------------------------------
 
-def test_18_stale_temporary_files_of_a_killed_save_are_removed(data, data_dir, tmp_path, capsys):
+def test_stale_temporary_files_of_a_killed_save_are_removed(data, data_dir, tmp_path, capsys):
     out = str(tmp_path / "D")
     interrupted(data, out, data_dir=data_dir)
     stale = [os.path.join(out, ".last.npz.k9x2.tmp"), os.path.join(out, ".best.npz.a1b2.tmp")]
@@ -500,7 +500,7 @@ def test_18_stale_temporary_files_of_a_killed_save_are_removed(data, data_dir, t
     assert "removed 2 temporary file(s) of saves cut short" in printed
 
 
-def test_20_a_failed_run_leaves_no_directory_behind(tmp_path, capsys):
+def test_a_failed_run_leaves_no_directory_behind(tmp_path, capsys):
     out = str(tmp_path / "runs" / "new")
     code, _, err = train_quietly(["--model", "tiny", "--data", str(tmp_path / "missing"), "--out", out], capsys)
     one_line_error(code, err, "no such file or directory")

@@ -23,6 +23,14 @@ normalisation; with ``training=True`` (resume) also the position, the schedule, 
 sums and the optimizer state. A hand-edited or damaged checkpoint is a CheckpointError with
 one line, never a KeyError or TypeError deep inside training.
 
+Versions. A checkpoint written by an older tinyalex stays usable: evaluated, and resumed
+exactly as it was trained. ``format_version`` changes only when the layout above changes; an
+option or a record added to ``meta`` later keeps the version, and its absence is read as the
+behaviour before it existed: a config without a later training option resumes with the value
+those runs trained with (``options.OLD_DEFAULTS``), and a checkpoint without the data's
+fingerprint resumes without that check (``trainer.Run._check_same_data``). Neither is dropped
+while such checkpoints may exist; a new format version would be the place to drop both.
+
 Atomic writes: the file is written to a temporary file in the same directory, flushed to
 disk (fsync), and renamed over the old one with ``os.replace``, which is atomic on POSIX and
 Windows. A crash or Ctrl-C mid-write leaves the previous checkpoint as it was and removes

@@ -17,6 +17,7 @@ RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", 
 # options a resume may change: the rest of the run follows the new value (config.json says so)
 RESUME_CHANGES = {"lr"}
 # options added after runs were already being saved: a checkpoint without one trained as this
+# (the versions policy: tinyalex/checkpoint.py)
 OLD_DEFAULTS = {"nesterov": False, "bias_decay": True, "label_smoothing": 0.0}
 
 

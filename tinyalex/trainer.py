@@ -223,7 +223,7 @@ class Run:
     def _check_same_data(self, path, meta):
         """Refuse to continue a run on other images than it started with."""
         saved = meta.get("data")
-        if not isinstance(saved, dict):    # a checkpoint from before fingerprints
+        if not isinstance(saved, dict):    # from before fingerprints (checkpoint.py: versions)
             return
         now = {"train": len(self.train_loader.labels),
                "val": len(self.val_loader.labels) if self.val_loader else 0,
