@@ -25,16 +25,9 @@ from tinyalex.model import build_model
 from tinyalex.pictures import colourfulness
 from tinyalex.scoring import predict_logits, score_arrays, score_loader
 
+from trained_tiny import MEAN, SEED, STD, VAL_SIZE, normalise
+
 # Deliberately not the data's statistics: evaluation must use the checkpoint's, not recompute.
-MEAN = np.array([0.40, 0.50, 0.60], np.float32)
-STD = np.array([0.20, 0.25, 0.30], np.float32)
-VAL_SIZE, SEED = 10, 3
-
-
-def normalise(images):
-    """uint8 NHWC (any float NHWC) -> float32 NCHW with MEAN/STD."""
-    x = (np.asarray(images, np.float64) / 255.0 - MEAN) / STD
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def direct_probs(model, images, tta):

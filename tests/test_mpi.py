@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from tinyalex.checkpoint import load_checkpoint
-from tinyalex.data.synthetic import write_cifar_batches
 from tinyalex.model import ARCHS, param_shapes
 from tinyalex.mpi.data_parallel import BatchRowsGenerator, shard
 from tinyalex.mpi.towers import FIGURE_2, own_rows, tower_plan
@@ -57,13 +56,6 @@ def environment(threads=None, **extra):
 def mpiexec(n, args, timeout=180, **kw):
     return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=timeout, **kw)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
-    return str(root)
 
 
 def train_args(data, out, *extra):

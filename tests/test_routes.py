@@ -9,6 +9,8 @@ largest entry: 1e-12 in float64, 2e-5 in float32 (Winograd's transforms round di
 from direct sums). Whole models on both routes are compared at the end.
 """
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -170,13 +172,17 @@ def test_fast_dense_equals_readable(dtype):
         close(mine, ref, dtype, what)
 
 
-def test_both_routes_export_the_same_functions():
+def test_both_routes_export_the_same_functions_with_the_same_signatures():
+    """A model calls either route with the same arguments and keywords (conv_backward's
+    need_dx included); the fast route may offer more (conv_relu_forward, its fusion)."""
     readable = set(layers.__all__)
     assert readable <= set(fast.__all__)
     for name in readable:
         if name.endswith("Cache"):
             continue
-        assert callable(getattr(fast, name)) and callable(getattr(layers, name))
+        mine, theirs = getattr(fast, name), getattr(layers, name)
+        assert callable(mine) and callable(theirs)
+        assert inspect.signature(mine) == inspect.signature(theirs), name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

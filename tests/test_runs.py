@@ -30,13 +30,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
-    return str(root)
-
-
-@pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data-dir"))
 

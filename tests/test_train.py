@@ -18,13 +18,6 @@ from tinyalex.trainer import Run, write_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
-    return str(root)
-
-
 def args(data, out, *extra):
     return ["--model", "tiny", "--data", data, "--data-dir", os.path.join(out, "cache"),
             "--val-size", "30", "--batch-size", "15", "--init", "he", "--lr", "0.02",

@@ -99,7 +99,8 @@ class DataParallelAlexNet:
         n = hi - lo
         if n:
             rows = BatchRowsGenerator(rng, B, lo, hi) if rng is not None else None
-            mine = self.model.loss(x[lo:hi], y[lo:hi], rng=rows, train=train, smoothing=smoothing)
+            mine = self.model.loss(x[lo:hi], y[lo:hi], rng=rows, train=train, smoothing=smoothing,
+                                   need_logits=need_logits)
             loss, grads, logits = mine.loss, mine.grads, mine.logits
         else:                                            # more ranks than images
             loss, logits = 0.0, np.empty((0, self.num_classes), self.dtype)
