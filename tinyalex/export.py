@@ -244,7 +244,7 @@ def run_torch_twin(state_bytes, model, x):
 # The command
 # --------------------------------------------------------------------------------------
 
-def run(args):
+def run_export(args):
     from tinyalex.checkpoint import load_model, normalisation
     from tinyalex.outfiles import check_new_file, writing
     from tinyalex.checkpoint import atomic_write
@@ -340,4 +340,4 @@ def register(subparsers):
                    help="run the export in ONNX Runtime (or PyTorch) on random images and "
                         "compare with tinyalex's logits; default: check when onnxruntime is "
                         "installed")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_export)

@@ -285,7 +285,7 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
 # The command
 # --------------------------------------------------------------------------------------
 
-def run(args):
+def run_neighbours(args):
     from layers.loss import softmax
     from tinyalex.checkpoint import load_model, normalisation
     from tinyalex.scoring import predict_logits
@@ -383,4 +383,4 @@ def register(subparsers):
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: indices, labels, top-5 and distances")
     add_skip_bad_images_argument(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_neighbours)

@@ -190,7 +190,7 @@ def output_names(paths, out_dir):
     return names
 
 
-def run(args):
+def run_saliency(args):
     from tinyalex.data.folder import read_image
     from tinyalex.data import eval_views
     from tinyalex.errors import TinyAlexError
@@ -271,4 +271,4 @@ def register(subparsers):
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"occluded images per forward pass (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--json", action="store_true", help="print one JSON array instead of text")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_saliency)

@@ -70,7 +70,7 @@ def register(subparsers):
     r.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
                    help="validate on N images drawn from the validation split")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_torch_train)
 
 
 def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch):
@@ -113,7 +113,7 @@ def numpy_model(torch, net):
     return SimpleNamespace(forward=forward)
 
 
-def run(args):
+def run_torch_train(args):
     from tqdm import tqdm
 
     from .torch_twin import import_torch, torch_model
