@@ -285,10 +285,11 @@ class AlexNet:
         grads = {}
         while tape:
             name, kind, cache = tape.pop()
+            wanted = need_dx or bool(tape)           # the first step's dx is the image's
             if kind in WEIGHTED:
-                dout, grads[f"{name}.w"], grads[f"{name}.b"] = steps[kind](dout, cache, need_dx or bool(tape))
+                dout, grads[f"{name}.w"], grads[f"{name}.b"] = steps[kind](dout, cache, wanted)
             else:
-                dout = steps[kind](dout, cache, need_dx or bool(tape))
+                dout = steps[kind](dout, cache, wanted)
         grads = {k: grads[k] for k in self.params if k in grads}           # network order
         return grads, (dout if need_dx else None)
 
