@@ -9,7 +9,7 @@ and never touches parameters. Read them in the order the network uses them:
     pool.py       max-pooling (overlapping 3x3 / stride 2)
     dropout.py    inverted dropout with an explicit generator
     dense.py      fully connected layer
-    loss.py       softmax cross-entropy
+    loss.py       softmax cross-entropy (and the softmax alone, for scoring)
     im2col.py     the two Numba kernels under conv.py (im2col and its adjoint col2im)
     reference.py  every layer's maths as plain loops that read like the formulas (slow)
 
@@ -27,7 +27,7 @@ the place explicitly.
 from .conv import ConvCache, conv_backward, conv_forward
 from .dense import DenseCache, dense_backward, dense_forward
 from .dropout import DropoutCache, dropout_backward, dropout_forward
-from .loss import softmax_cross_entropy
+from .loss import softmax, softmax_cross_entropy
 from .lrn import LRNCache, lrn_backward, lrn_forward
 from .pool import PoolCache, maxpool_backward, maxpool_forward
 from .relu import ReluCache, relu_backward, relu_forward
@@ -39,5 +39,5 @@ __all__ = [
     "dropout_forward", "dropout_backward", "DropoutCache",
     "dense_forward", "dense_backward", "DenseCache",
     "relu_forward", "relu_backward", "ReluCache",
-    "softmax_cross_entropy",
+    "softmax_cross_entropy", "softmax",
 ]

@@ -39,6 +39,7 @@ import numpy as np
 
 from ._checks import check_conv_args, check_conv_dout
 from .im2col import col2im, im2col
+from .reference import out_size
 
 
 class ConvCache(NamedTuple):
@@ -58,7 +59,7 @@ def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
     N, C, H, W = x.shape
     F, Cg, KH, KW = w.shape
     G, K = groups, Cg * KH * KW
-    OH, OW = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
+    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
     cols = im2col(x, KH, KW, stride, pad)                      # (C*KH*KW, N*P)
     w_g = w.reshape(G, F // G, K)                               # (G, F/G, K)
     out = w_g @ cols.reshape(G, K, N * OH * OW)                 # (G, F/G, N*P): out_g = w_g @ cols_g
@@ -67,21 +68,24 @@ def conv_forward(x, w, b, *, stride=1, pad=0, groups=1):
     return out, ConvCache(x.shape, cols, w, stride, pad, groups)
 
 
-def conv_backward(dout, cache):
+def conv_backward(dout, cache, *, need_dx=True):
     """Inputs: dout (N, F, OH, OW), cache from conv_forward.
-    Returns: dx (N, C, H, W), dw (F, C/groups, KH, KW), db (F,).
+    Returns: dx (N, C, H, W) (None when need_dx=False: the first layer's input is the image),
+             dw (F, C/groups, KH, KW), db (F,).
     """
     x_shape, cols, w, stride, pad, G = cache
     N, C, H, W = x_shape
     F, Cg, KH, KW = w.shape
-    OH, OW = (H + 2 * pad - KH) // stride + 1, (W + 2 * pad - KW) // stride + 1
+    OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
     check_conv_dout(dout, cols, (N, F, OH, OW))
     K, NP = Cg * KH * KW, N * OH * OW
     dout_g = dout.transpose(1, 0, 2, 3).reshape(G, F // G, NP)  # (G, F/G, N*P), laid out like out_g
     cols_g = cols.reshape(G, K, NP)                             # (G, K, N*P)
     # forward: out_g = w_g @ cols_g + b
     dw = dout_g @ cols_g.transpose(0, 2, 1)                     # (G, F/G, K)  dw_g = dout_g @ cols_g.T
-    dcols = w.reshape(G, F // G, K).transpose(0, 2, 1) @ dout_g  # (G, K, N*P)  dcols_g = w_g.T @ dout_g
     db = dout.sum(axis=(0, 2, 3))                               # (F,)
+    if not need_dx:
+        return None, dw.reshape(w.shape), db
+    dcols = w.reshape(G, F // G, K).transpose(0, 2, 1) @ dout_g  # (G, K, N*P)  dcols_g = w_g.T @ dout_g
     dx = col2im(dcols.reshape(G * K, NP), x_shape, KH, KW, stride, pad)
     return dx, dw.reshape(w.shape), db

@@ -26,6 +26,14 @@ import numpy as np
 from ._checks import check_float_array
 
 
+def softmax(logits):
+    """Inputs: logits (N, M). Returns: p (N, M) float64, each row's class probabilities
+    (the row's maximum subtracted first, as above: no overflow in exp)."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def softmax_cross_entropy(logits, y, smoothing=0.0):
     """Inputs: logits (N, M) float, y (N,) integer labels in [0, M), smoothing e in [0, 1].
     Returns: loss (a Python float, mean over the batch), dlogits (N, M).

@@ -29,6 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._checks import check_pool_args, check_pool_dout
+from .reference import out_size
 
 
 class PoolCache(NamedTuple):
@@ -43,7 +44,7 @@ def maxpool_forward(x, *, size=3, stride=2):
     """
     KH, KW = check_pool_args(x, size, stride)
     N, C, H, W = x.shape
-    OH, OW = (H - KH) // stride + 1, (W - KW) // stride + 1
+    OH, OW = out_size(H, KH, stride, 0), out_size(W, KW, stride, 0)
     # windows[n, c, oh, ow] = x[n, c, oh*stride : oh*stride + KH, ow*stride : ow*stride + KW]
     windows = sliding_window_view(x, (KH, KW), axis=(2, 3))[:, :, ::stride, ::stride]
     windows = windows.reshape(N, C, OH, OW, KH * KW)            # (N, C, OH, OW, KH*KW)

@@ -23,10 +23,13 @@ squares (the paper's alpha; PyTorch's alpha/size), see `layers.lrn`.
 """
 
 import numpy as np
+from numba.extending import register_jitable
 
 
+@register_jitable   # (callable from Python and from Numba kernels alike)
 def out_size(size, k, stride, pad):
-    """Output length of a window of length k sliding with `stride` over `size + 2*pad`."""
+    """Output length of a window of length k sliding with `stride` over `size + 2*pad`: the one
+    statement of OH = (H + 2*pad - KH) // stride + 1 that every layer and kernel uses."""
     return (size + 2 * pad - k) // stride + 1
 
 

@@ -6,6 +6,8 @@ import signal
 
 import pytest
 
+from tinyalex.data.synthetic import write_cifar_batches
+
 
 @pytest.fixture
 def no_hang():
@@ -70,3 +72,11 @@ def work_sharing(monkeypatch):
         monkeypatch.setattr(gemm, "MIN_SIDE", 1)
         monkeypatch.setattr(conv, "PIECE_COLS_BYTES", 1 if many else 2**62)
     return configure
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A CIFAR-10 directory of 120 synthetic training and 20 test images (the runs' data)."""
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
+    return str(root)

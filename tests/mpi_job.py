@@ -40,10 +40,11 @@ def compare(comm, name, impl, mode, batches, lr=0.05):
     data = np.random.default_rng(7)
     for step, B in enumerate(batches):
         x, y = data.standard_normal((B,) + model.input_shape), data.integers(0, 10, B)
-        loss, grads = model.loss(x, y, rng=np.random.default_rng([1, step]))
+        result = model.loss(x, y, rng=np.random.default_rng([1, step]))
+        loss, grads = result.loss, result.grads
         sgd.step(model.params, grads, lr)
         if ref:
-            _, grads_ref = ref.loss(x, y, rng=np.random.default_rng([1, step]))
+            grads_ref = ref.loss(x, y, rng=np.random.default_rng([1, step])).grads
             sgd_ref.step(ref.params, grads_ref, lr)
     logits = model.forward(x)
     params, _ = parallel.full_state(model.params, sgd.state_dict())

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tinyalex import bench, cli
+from tinyalex import _runtime, bench, cli
 import tinyalex.model as model_module
 from tinyalex.model import ARCHS, build_model, layer_plan
 from tinyalex.torch_twin import torch_model
@@ -108,21 +108,32 @@ def test_text_report_names_every_layer(capsys):
 
 
 @pytest.mark.parametrize("impl", ["fast", "readable"])
-def test_timing_hook_times_every_layer_and_changes_nothing(impl):
-    """The per-layer timings come from the model's own passes: with the hook, the same numbers."""
+def test_timed_route_times_every_layer_and_changes_nothing(impl):
+    """The per-layer timings come from the model's own passes through a timed route: every
+    layer gets a time, and the step computes the same numbers as without the timers."""
     model = build_model("tiny", seed=3, impl=impl)
     x, y = bench.random_batch(model.input_shape, 10, 5, seed=4)
-    fwd, bwd = {}, {}
-    logits, tape = model.forward_tape(x, train=True, rng=np.random.default_rng(7), times=fwd)
-    _, dlogits = model.ops.softmax_cross_entropy(logits, y)
-    grads, _ = model.backward_tape(tape, dlogits, times=bwd)
-    names = [n for n, _, _ in layer_plan(model.arch)]
-    assert list(fwd) == names and sorted(bwd) == sorted(names)
+    route = model.ops
+    model.ops = timed = bench.TimedRoute(route)
+    logits, tape = model.forward_tape(x, train=True, rng=np.random.default_rng(7))
+    fwd = timed.per_step(model.plan)
+    _, dlogits = route.softmax_cross_entropy(logits, y)
+    grads, _ = model.backward_tape(tape, dlogits)
+    bwd = timed.per_step(model.plan[::-1])
+    model.ops = route
+    names = [n for n, kind, _ in model.plan if kind != "flatten"]
+    assert list(fwd) == names and list(bwd) == names[::-1]
     assert all(t >= 0 for t in list(fwd.values()) + list(bwd.values()))
-    want_loss, want_grads = model.loss(x, y, rng=np.random.default_rng(7))
-    assert list(grads) == list(want_grads)
-    for name in want_grads:
-        np.testing.assert_array_equal(grads[name], want_grads[name], err_msg=name)
+    want = model.loss(x, y, rng=np.random.default_rng(7))
+    assert list(grads) == list(want.grads)
+    for name in want.grads:
+        np.testing.assert_array_equal(grads[name], want.grads[name], err_msg=name)
+    one_round = bench.tinyalex_layer_round(model, x, y, seed=7)
+    fwd, bwd = one_round()
+    layers = [n for n, kind, _ in layer_plan(model.arch) if kind != "flatten"]
+    assert list(fwd) == layers + ["loss", "update"] and list(bwd) == layers
+    fused = impl == "fast"
+    assert (fwd["relu1"] == bwd["relu1"] == 0.0) == fused and fwd["conv1"] > 0
 
 
 @pytest.mark.parametrize("alpha", [1e-4, 0.05])
@@ -148,7 +159,8 @@ def test_torch_rival_is_the_same_network(name, alpha, monkeypatch):
     if name == "cifar":
         return                                   # the gradients: on the tiny model only
     # gradients too, dropout off in both (its masks come from different generators)
-    loss, grads = model.loss(x, y, train=False)
+    result = model.loss(x, y, train=False)
+    loss, grads = result.loss, result.grads
     out = torch.nn.functional.cross_entropy(net(xt), torch.from_numpy(y))
     out.backward()
     assert loss == pytest.approx(out.item(), rel=1e-5)
@@ -312,4 +324,4 @@ def test_threads_reach_the_kernels_and_blas(capsys):
             assert {pool["num_threads"] for pool in out["runtime"]["blas"]} == {1}
     finally:
         threads.set_num_threads(before)
-        cli.set_threads(before)
+        _runtime.set_threads(before)

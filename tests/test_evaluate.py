@@ -15,27 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinyalex import cli, evaluate
-from tinyalex.checkpoint import save_checkpoint
+from tinyalex import cli
+from tinyalex.checkpoint import load_model, save_checkpoint
 from tinyalex.data import BatchLoader, load_dataset, load_images
 from tinyalex.data.synthetic import CLASSES, make_images, to_image, write_cifar_batches, \
     write_image_folder
 from tinyalex.errors import CheckpointError
-from tinyalex.evaluate import evaluate_arrays, load_model
 from tinyalex.model import build_model
-from tinyalex.trainer import evaluate_loader
 from tinyalex.pictures import colourfulness
+from tinyalex.scoring import predict_logits, score_arrays, score_loader
+
+from trained_tiny import MEAN, SEED, STD, VAL_SIZE, normalise
 
 # Deliberately not the data's statistics: evaluation must use the checkpoint's, not recompute.
-MEAN = np.array([0.40, 0.50, 0.60], np.float32)
-STD = np.array([0.20, 0.25, 0.30], np.float32)
-VAL_SIZE, SEED = 10, 3
-
-
-def normalise(images):
-    """uint8 NHWC (any float NHWC) -> float32 NCHW with MEAN/STD."""
-    x = (np.asarray(images, np.float64) / 255.0 - MEAN) / STD
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def direct_probs(model, images, tta):
@@ -113,7 +105,7 @@ def run_json(argv, capsys):
 
 
 def check_scores(result, model, images, labels, tta):
-    """result (evaluate_arrays' dict or the JSON) against the direct computation."""
+    """result (score_arrays' dict or the JSON) against the direct computation."""
     probs = direct_probs(model, images, tta)
     predicted = probs.argmax(axis=1)
     in_top5 = (np.argsort(-probs, axis=1)[:, :5] == labels[:, None]).any(axis=1)
@@ -155,11 +147,11 @@ def test_load_model_restores_the_parameters(world):
 
 
 @pytest.mark.parametrize("tta, batch_size", [("none", 16), ("flip", 16), ("10crop", 100)])
-def test_evaluate_arrays_matches_a_direct_computation(world, tta, batch_size):
+def test_score_arrays_matches_a_direct_computation(world, tta, batch_size):
     images, labels = make_images(24, 10, seed=0)          # the training templates: varied answers
     model = world["model"]
     # batch_size counts views: 16, 8 and 10 images a pass, the last pass a partial one
-    result = evaluate_arrays(model, images, labels, mean=MEAN, std=STD, image_size=32, tta=tta,
+    result = score_arrays(model, images, labels, mean=MEAN, std=STD, image_size=32, tta=tta,
                              batch_size=batch_size)
     check_scores(result, model, images, labels, tta)
     if tta == "flip":
@@ -177,14 +169,14 @@ def test_predict_logits_batches_agree_with_one_pass(world):
     images, _ = make_images(9, 10, seed=1)
     x = normalise(images)
     one = world["model"].forward(x)
-    batched = evaluate.predict_logits(world["model"], x, batch_size=4)
+    batched = predict_logits(world["model"], x, batch_size=4)
     assert batched.dtype == np.float32
     np.testing.assert_allclose(batched, one, rtol=1e-4, atol=1e-4)   # BLAS blocks by batch size
 
 
-def test_evaluate_arrays_marks_classes_without_images(world):
+def test_score_arrays_marks_classes_without_images(world):
     images, labels = make_images(6, 2, seed=0)            # labels 0 and 1 only
-    result = evaluate_arrays(world["model"], images, labels, mean=MEAN, std=STD, tta="none")
+    result = score_arrays(world["model"], images, labels, mean=MEAN, std=STD, tta="none")
     assert np.isnan(result["per_class"][2:]).all() and not np.isnan(result["per_class"][:2]).any()
     assert result["counts"].tolist() == [3, 3] + [0] * 8
 
@@ -280,7 +272,7 @@ def test_evaluate_val_split_honours_limit_val(world, capsys, tmp_path):
                        "--data-dir", world["data_dir"], "--split", "val"], capsys)
     ds = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=VAL_SIZE, seed=SEED)
     assert report["images"] == 4 and "the 4 sampled by --limit-val" in report["data"]
-    from tinyalex.trainer import subset
+    from tinyalex.data import subset
     x, y = subset(ds.val_x, ds.val_y, 4, SEED, "val")     # the trainer's own sample
     check_scores(report, world["model"], x, y, "flip")
     check_centre(report, world["model"], x, y)
@@ -291,13 +283,13 @@ def test_evaluate_agrees_with_the_trainers_own_scores(world):
     ds = load_dataset(world["cifar"], data_dir=world["data_dir"], val_size=0)
     loader = BatchLoader(ds.test_x, ds.test_y, batch_size=16, train=False, image_size=32,
                          mean=MEAN, std=STD, prefetch=0)
-    loss, top1, top5 = evaluate_loader(world["model"], loader)
-    result = evaluate_arrays(world["model"], ds.test_x, ds.test_y, mean=MEAN, std=STD)
+    loss, top1, top5 = score_loader(world["model"], loader)
+    result = score_arrays(world["model"], ds.test_x, ds.test_y, mean=MEAN, std=STD)
     assert (result["top1"], result["top5"]) == (top1, top5)
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     # flip TTA too: the trainer mirrors the normalised batch, evaluate the image
-    loss, top1, top5 = evaluate_loader(world["model"], loader, tta="flip")
-    flip = evaluate_arrays(world["model"], ds.test_x, ds.test_y, mean=MEAN, std=STD, tta="flip")
+    loss, top1, top5 = score_loader(world["model"], loader, tta="flip")
+    flip = score_arrays(world["model"], ds.test_x, ds.test_y, mean=MEAN, std=STD, tta="flip")
     assert (flip["top1"], flip["top5"]) == (top1, top5)
     assert flip["loss"] == pytest.approx(loss, rel=1e-5)
     assert flip["loss"] != pytest.approx(result["loss"], rel=1e-3)   # another score
@@ -326,13 +318,13 @@ def test_flip_scores_of_a_sure_model_are_finite_and_of_a_diverged_one_nan():
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # no "divide by zero encountered in log"
         for tta in ("none", "flip"):
-            loss, top1, top5 = evaluate_loader(Confident(), loader, tta=tta)
+            loss, top1, top5 = score_loader(Confident(), loader, tta=tta)
             assert loss == pytest.approx(expected, rel=1e-3) and top1 == pytest.approx(4 / 6), tta
-        result = evaluate_arrays(Confident(), images, np.array([0, 0, 0, 0, 3, 3]), mean=MEAN,
+        result = score_arrays(Confident(), images, np.array([0, 0, 0, 0, 3, 3]), mean=MEAN,
                                  std=STD, tta="flip")
     assert result["top1"] == pytest.approx(4 / 6) and np.isfinite(result["loss"])
     for tta in ("none", "flip"):
-        assert np.isnan(evaluate_loader(Confident(np.nan), loader, tta=tta)[0]), tta
+        assert np.isnan(score_loader(Confident(np.nan), loader, tta=tta)[0]), tta
 
 
 def test_evaluate_reproduces_a_training_runs_validation_and_test_scores(world, capsys, tmp_path):

@@ -22,6 +22,7 @@ from PIL import Image
 from tinyalex import cli, export
 from tinyalex.data import load_images
 from tinyalex.data.synthetic import CLASSES, make_images
+import tinyalex.model as model_module
 from tinyalex.model import LRN, build_model
 from tinyalex.torch_twin import torch_model
 
@@ -70,15 +71,16 @@ def test_onnx_runtime_gives_tinyalex_logits(world, name, batch):
     assert proto.opset_import[0].version == export.OPSET and proto.ir_version == export.IR_VERSION
 
 
-def _with_lrn_alpha(model, alpha):
-    model.plan = [(n, k, dict(o, alpha=alpha) if k == "lrn" else o) for n, k, o in model.plan]
-    return model
+def _with_lrn_alpha(monkeypatch, alpha):
+    """fitted_tiny() with another LRN alpha, in the model and in layer_plan (the export's)."""
+    monkeypatch.setattr(model_module, "LRN", dict(model_module.LRN, alpha=alpha))
+    return fitted_tiny()
 
 
-def test_the_comparison_catches_the_other_lrn_alpha_convention(world):
+def test_the_comparison_catches_the_other_lrn_alpha_convention(world, monkeypatch):
     """At a large alpha, an LRN node given tinyalex's alpha as is (ONNX divides it by the
     window size again) is caught; multiplied by the size it agrees."""
-    model = _with_lrn_alpha(fitted_tiny(), 0.5)
+    model = _with_lrn_alpha(monkeypatch, 0.5)
     x = export.check_inputs(model, seed=6)
     ours = model.forward(x)
     right, proto = onnx_logits(model, x)

@@ -107,9 +107,10 @@ def test_the_model_s_loss_takes_the_smoothing(impl):
     y = np.array([1, 5, 9])
     logits = model.forward(x)
     for smoothing in (0.0, 0.1):
-        loss, grads = model.loss(x, y, train=False, smoothing=smoothing)
+        result = model.loss(x, y, train=False, smoothing=smoothing)
+        loss, grads = result.loss, result.grads
         assert loss == pytest.approx(layers.softmax_cross_entropy(logits, y, smoothing)[0], rel=1e-12)
         # fc8's bias gradient is dlogits summed over the batch: (p - q) summed
         expected = layers.softmax_cross_entropy(logits, y, smoothing)[1].sum(axis=0)
         np.testing.assert_allclose(grads["fc8.b"], expected, rtol=1e-10, atol=1e-14)
-    assert model.loss(x, y, train=False, smoothing=0.1)[0] != model.loss(x, y, train=False)[0]
+    assert model.loss(x, y, train=False, smoothing=0.1).loss != model.loss(x, y, train=False).loss

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from tinyalex.checkpoint import load_checkpoint
-from tinyalex.data.synthetic import write_cifar_batches
 from tinyalex.model import ARCHS, param_shapes
 from tinyalex.mpi.data_parallel import BatchRowsGenerator, shard
 from tinyalex.mpi.towers import FIGURE_2, own_rows, tower_plan
@@ -59,13 +58,6 @@ def mpiexec(n, args, timeout=180, **kw):
                           text=True, cwd=ROOT, timeout=timeout, **kw)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
-    return str(root)
-
-
 def train_args(data, out, *extra):
     return ["--model", "tiny", "--data", data, "--data-dir", os.path.join(os.path.dirname(out), "cache"),
             "--val-size", "30", "--batch-size", "15", "--init", "torch", "--lr", "0.02",
@@ -74,7 +66,7 @@ def train_args(data, out, *extra):
 
 def single_process_run(data, out, epochs=2, stop=None):
     """A Run in this process with train.py's options (stop: a predicate on its progress)."""
-    from tinyalex.cli import train_parser
+    from tinyalex.options import train_parser
     from tinyalex.trainer import write_config
     config = {k: v for k, v in vars(train_parser().parse_args(
         train_args(data, out, "--epochs", str(epochs)))).items() if k != "resume"}

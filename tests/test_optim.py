@@ -1,5 +1,5 @@
-"""The hand-written SGD and the learning-rate schedules, against hand-computed numbers and
-against PyTorch's optimizer and schedulers."""
+"""The hand-written SGD (both routes: NumPy and the Numba kernel) and the learning-rate
+schedules, against hand-computed numbers and against PyTorch's optimizer and schedulers."""
 
 import json
 import math
@@ -15,10 +15,11 @@ from tinyalex.optim import SGD, make_schedule
 
 # --- SGD ------------------------------------------------------------------------------------
 
-def test_two_steps_by_hand():
+@pytest.mark.parametrize("impl", ["fast", "readable"])
+def test_two_steps_by_hand(impl):
     # v <- m v - wd lr w - lr g ; w <- w + v, with m=0.9, wd=0.5 (large, to be visible), lr=0.1
     params = {"w": np.array([1.0, -2.0], dtype=np.float32), "b": np.array([0.5], np.float32)}
-    opt = SGD(params, momentum=0.9, weight_decay=0.5)
+    opt = SGD(params, momentum=0.9, weight_decay=0.5, impl=impl)
     opt.step(params, {"w": np.array([1.0, 0.0], np.float32), "b": np.array([0.0], np.float32)},
              lr=0.1)
     # step 1, w: v = 0 - 0.05*[1,-2] - 0.1*[1,0] = [-0.15, 0.1]; w = [0.85, -1.9]
@@ -68,24 +69,34 @@ def _torch_sgd_trajectory(torch, w0, grads_fn, lrs, momentum, weight_decay, nest
     return w.detach().numpy()
 
 
-def test_one_pass_update_is_the_numpy_formula_bit_for_bit():
-    # SGD.step runs one threaded Numba pass; the formula in NumPy, step by step, in float32,
-    # must give exactly the same bits, on a parameter large enough to be cut between threads
-    # and with a gradient that is not contiguous.
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_fast_routes_update_is_the_readable_one_bit_for_bit(nesterov):
+    # The readable route's update is optim.sgd_update (NumPy, step by step); the fast route's
+    # is one threaded Numba pass (layers/fast/sgd.py). In float32 they must give the same bits,
+    # on a parameter large enough to be cut between threads and with a gradient that is not
+    # contiguous; and Nesterov must not be the plain rule.
     rng = np.random.default_rng(3)
     w = rng.standard_normal((300, 400)).astype(np.float32)
     g = rng.standard_normal((400, 300)).astype(np.float32).T
-    opt = SGD({"w": w}, momentum=0.9, weight_decay=5e-4)
-    w0, w_ref, v_ref = w.copy(), w.copy(), np.zeros_like(w)
-    for lr in (0.05, 0.0123):
-        opt.step({"w": w}, {"w": g}, lr)
-        v_ref *= 0.9
-        v_ref -= (5e-4 * lr) * w_ref
-        v_ref -= lr * g
-        w_ref += v_ref
-        np.testing.assert_array_equal(opt.velocity["w"], v_ref)
-        np.testing.assert_array_equal(w, w_ref)
-    assert w.dtype == np.float32 and not np.array_equal(w, w0)
+    sgd = {impl: SGD({"w": w}, momentum=0.9, weight_decay=5e-4, nesterov=nesterov, impl=impl)
+           for impl in ("fast", "readable")}
+    other = SGD({"w": w}, momentum=0.9, weight_decay=5e-4, nesterov=not nesterov, impl="readable")
+    weights = {impl: w.copy() for impl in sgd}
+    w_other = w.copy()
+    for lr in (0.05, 0.0123, 0.03):
+        for impl, opt in sgd.items():
+            opt.step({"w": weights[impl]}, {"w": g}, lr)
+        other.step({"w": w_other}, {"w": g}, lr)
+        np.testing.assert_array_equal(sgd["fast"].velocity["w"], sgd["readable"].velocity["w"])
+        np.testing.assert_array_equal(weights["fast"], weights["readable"])
+    assert weights["fast"].dtype == sgd["fast"].velocity["w"].dtype == np.float32
+    assert not np.array_equal(weights["fast"], w)
+    assert np.abs(weights["readable"] - w_other).max() > 1e-3
+
+
+def test_an_unknown_route_has_no_update():
+    with pytest.raises(ValueError, match="unknown impl"):
+        SGD({"w": np.zeros(2)}, impl="quick")
 
 
 def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise(torch):
@@ -116,7 +127,8 @@ def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise(torch):
 
 # --- Nesterov momentum ---------------------------------------------------------------------
 
-def test_nesterov_one_step_by_hand_and_not_plain_momentum():
+@pytest.mark.parametrize("impl", ["fast", "readable"])
+def test_nesterov_one_step_by_hand_and_not_plain_momentum(impl):
     # w = 1, g = 1, momentum 0.9, no decay, lr 0.1, from v = 0:
     #   plain:    v = -0.1;                  w = 1 - 0.1 = 0.9
     #   Nesterov: step = -0.1, v = -0.1;     w = 1 + 0.9 * -0.1 - 0.1 = 0.81
@@ -125,36 +137,13 @@ def test_nesterov_one_step_by_hand_and_not_plain_momentum():
     #   Nesterov: v = -0.19;                 w = 0.81 + 0.9 * -0.19 - 0.1 = 0.539
     for nesterov, expected in ((False, [0.9, 0.71]), (True, [0.81, 0.539])):
         params = {"w": np.array([1.0])}
-        opt = SGD(params, momentum=0.9, weight_decay=0.0, nesterov=nesterov)
+        opt = SGD(params, momentum=0.9, weight_decay=0.0, nesterov=nesterov, impl=impl)
         seen = []
         for _ in range(2):
             opt.step(params, {"w": np.array([1.0])}, lr=0.1)
             seen.append(params["w"][0])
         np.testing.assert_allclose(seen, expected, rtol=1e-12)
         np.testing.assert_allclose(opt.velocity["w"], [-0.19], rtol=1e-12)   # the same v
-
-
-def test_nesterov_update_is_the_numpy_formula_bit_for_bit():
-    # as test_one_pass_update_is_the_numpy_formula_bit_for_bit, with the Nesterov lines of
-    # SGD.step's comment
-    rng = np.random.default_rng(4)
-    w = rng.standard_normal((300, 400)).astype(np.float32)
-    g = rng.standard_normal((400, 300)).astype(np.float32).T
-    opt = SGD({"w": w}, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    plain = SGD({"w": w.copy()}, momentum=0.9, weight_decay=5e-4)
-    w_plain = w.copy()
-    w_ref, v_ref = w.copy(), np.zeros_like(w)
-    for lr in (0.05, 0.0123, 0.03):
-        opt.step({"w": w}, {"w": g}, lr)
-        plain.step({"w": w_plain}, {"w": g}, lr)
-        step = -(5e-4 * lr) * w_ref - lr * g
-        v_ref *= 0.9
-        v_ref += step
-        w_ref += 0.9 * v_ref + step
-        np.testing.assert_array_equal(opt.velocity["w"], v_ref)
-        np.testing.assert_array_equal(w, w_ref)
-    assert w.dtype == np.float32 and opt.velocity["w"].dtype == np.float32
-    assert np.abs(w - w_plain).max() > 1e-3                     # not the plain rule
 
 
 def test_nesterov_same_as_torch_sgd_nesterov_at_constant_lr(torch):

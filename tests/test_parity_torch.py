@@ -377,7 +377,8 @@ def compare_model_with_torch(name, batch, dtype, impl, init="torch", train=True)
     logits = model.forward(x)
     ref_logits = torch_alexnet(name, tparams, xt)
     assert_close(logits, ref_logits, dtype, f"{name} eval logits")
-    loss, grads, dx = model.loss(x, y, train=False, return_dx=True)
+    result = model.loss(x, y, train=False, need_dx=True)
+    loss, grads, dx = result.loss, result.grads, result.dx
     ref_loss = F.cross_entropy(ref_logits, yt)
     ref_loss.backward()
     assert abs(loss - ref_loss.item()) <= TOL[dtype] * ref_loss.item()
@@ -390,8 +391,8 @@ def compare_model_with_torch(name, batch, dtype, impl, init="torch", train=True)
         return
     # training mode: the masks our dropout drew, applied in PyTorch too
     masks = record_dropout_masks(model)
-    loss, grads, dx, logits = model.loss(x, y, rng=np.random.default_rng(7), return_dx=True,
-                                         return_logits=True)
+    result = model.loss(x, y, rng=np.random.default_rng(7), need_dx=True, need_logits=True)
+    loss, grads, dx, logits = result.loss, result.grads, result.dx, result.logits
     assert len(masks) == 2 and all(0 < m.mean() < 1 for m in masks)
     for p in list(tparams.values()) + [xt]:
         p.grad = None

@@ -9,6 +9,8 @@ largest entry: 1e-12 in float64, 2e-5 in float32 (Winograd's transforms round di
 from direct sums). Whole models on both routes are compared at the end.
 """
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -170,13 +172,17 @@ def test_fast_dense_equals_readable(dtype):
         close(mine, ref, dtype, what)
 
 
-def test_both_routes_export_the_same_functions():
+def test_both_routes_export_the_same_functions_with_the_same_signatures():
+    """A model calls either route with the same arguments and keywords (conv_backward's
+    need_dx included); the fast route may offer more (conv_relu_forward, its fusion)."""
     readable = set(layers.__all__)
     assert readable <= set(fast.__all__)
     for name in readable:
         if name.endswith("Cache"):
             continue
-        assert callable(getattr(fast, name)) and callable(getattr(layers, name))
+        mine, theirs = getattr(fast, name), getattr(layers, name)
+        assert callable(mine) and callable(theirs)
+        assert inspect.signature(mine) == inspect.signature(theirs), name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -189,14 +195,14 @@ def test_models_on_both_routes_agree(name, batch, dtype):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((batch,) + readable.input_shape).astype(dtype)
     y = rng.integers(0, 10, size=batch)
-    want = readable.loss(x, y, rng=np.random.default_rng(9), return_dx=True, return_logits=True)
-    got = quick.loss(x, y, rng=np.random.default_rng(9), return_dx=True, return_logits=True)
-    assert got[0] == pytest.approx(want[0], rel=TOL[dtype] * 10)
-    assert list(got[1]) == list(want[1]) == list(readable.params)
-    for key in want[1]:
-        close(got[1][key], want[1][key], dtype, key)
-    close(got[2], want[2], dtype, "dx")
-    close(got[3], want[3], dtype, "logits")
+    want = readable.loss(x, y, rng=np.random.default_rng(9), need_dx=True, need_logits=True)
+    got = quick.loss(x, y, rng=np.random.default_rng(9), need_dx=True, need_logits=True)
+    assert got.loss == pytest.approx(want.loss, rel=TOL[dtype] * 10)
+    assert list(got.grads) == list(want.grads) == list(readable.params)
+    for key in want.grads:
+        close(got.grads[key], want.grads[key], dtype, key)
+    close(got.dx, want.dx, dtype, "dx")
+    close(got.logits, want.logits, dtype, "logits")
     close(quick.forward(x, upto="relu7"), readable.forward(x, upto="relu7"), dtype, "fc7 features")
 
 

@@ -1,6 +1,6 @@
 """Nothing lost, nothing hangs: run directories, signals, hand-edited checkpoints and NaN.
 
-Each test names the case of issue #14 it covers. Runs use the tiny model on 120 synthetic
+Each test is named by the behaviour it holds. Runs use the tiny model on 120 synthetic
 images, one or two epochs of a few steps.
 """
 
@@ -17,22 +17,16 @@ import warnings
 import numpy as np
 import pytest
 
-from tinyalex import cli
+from tinyalex import cli, options
 from tinyalex.checkpoint import load_checkpoint, read_meta
 from tinyalex.cli import train_main
 from tinyalex.data import BatchLoader
 from tinyalex.data.synthetic import write_cifar_batches, write_image_folder
 from tinyalex.rundir import RunDir
-from tinyalex.trainer import Run, evaluate_loader, write_config
+from tinyalex.scoring import score_loader
+from tinyalex.trainer import Run, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
-    return str(root)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def snapshot(directory):
 
 def interrupted(data, out, epochs=2, epoch=1, batch=2, data_dir=None):
     """A run stopped as by Ctrl-C at `batch` of epoch `epoch` + 1, with its config.json."""
-    config = {k: v for k, v in vars(cli.train_parser().parse_args(
+    config = {k: v for k, v in vars(options.train_parser().parse_args(
         args(data, out, "--epochs", str(epochs), data_dir=data_dir))).items() if k != "resume"}
     config["run_id"] = f"run-{os.path.basename(out)}"
     os.makedirs(out)
@@ -97,7 +91,7 @@ def copy_run(source, target):
 
 # --- 1-4: results overwritten without a word -----------------------------------------------
 
-def test_1_resume_with_out_pointing_at_another_run_is_refused(data, data_dir, finished, tmp_path, capsys):
+def test_resume_with_out_pointing_at_another_run_is_refused(data, data_dir, finished, tmp_path, capsys):
     other = copy_run(finished, str(tmp_path / "C"))
     before = snapshot(other)
     interrupted(data, str(tmp_path / "D"), data_dir=data_dir)
@@ -106,7 +100,7 @@ def test_1_resume_with_out_pointing_at_another_run_is_refused(data, data_dir, fi
     assert snapshot(other) == before
 
 
-def test_1_resume_with_a_new_out_starts_a_new_run_directory(data, data_dir, tmp_path, capsys):
+def test_resume_with_a_new_out_starts_a_new_run_directory(data, data_dir, tmp_path, capsys):
     interrupted(data, str(tmp_path / "D"), data_dir=data_dir)
     new = str(tmp_path / "E")
     code, _, err = train_quietly(["--resume", str(tmp_path / "D"), "--out", new, "--no-progress"], capsys)
@@ -118,7 +112,7 @@ def test_1_resume_with_a_new_out_starts_a_new_run_directory(data, data_dir, tmp_
     assert read_meta(os.path.join(str(tmp_path / "D"), "last.npz"))["epoch"] == 1   # D untouched
 
 
-def test_2_a_new_run_into_a_directory_of_run_files_without_last_npz_is_refused(data, finished, tmp_path, capsys):
+def test_a_new_run_into_a_directory_of_run_files_without_last_npz_is_refused(data, finished, tmp_path, capsys):
     out = str(tmp_path / "E")
     os.makedirs(out)
     for name in ("best.npz", "metrics.csv", "config.json"):
@@ -131,7 +125,7 @@ def test_2_a_new_run_into_a_directory_of_run_files_without_last_npz_is_refused(d
     assert snapshot(out) == before
 
 
-def test_3_resuming_an_earlier_state_in_place_is_refused(data, data_dir, tmp_path, capsys):
+def test_resuming_an_earlier_state_in_place_is_refused(data, data_dir, tmp_path, capsys):
     out = str(tmp_path / "A")
     assert train_main(args(data, out, "--epochs", "2", data_dir=data_dir)) == 0
     capsys.readouterr()
@@ -159,7 +153,7 @@ def test_3_resuming_an_earlier_state_in_place_is_refused(data, data_dir, tmp_pat
     assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "B" / "metrics.csv"))] == ["1", "2"]
 
 
-def test_4_a_second_run_in_a_directory_in_use_is_refused(data, tmp_path, capsys):
+def test_a_second_run_in_a_directory_in_use_is_refused(data, tmp_path, capsys):
     out = str(tmp_path / "P")
     with RunDir(out):                                      # another run holds the lock
         code, _, err = train_quietly(args(data, out, "--epochs", "1"), capsys)
@@ -167,7 +161,7 @@ def test_4_a_second_run_in_a_directory_in_use_is_refused(data, tmp_path, capsys)
     assert os.listdir(out) == []           # the second run wrote nothing
 
 
-def test_4_two_runs_started_together(data, data_dir, tmp_path):
+def test_two_runs_started_together(data, data_dir, tmp_path):
     out = str(tmp_path / "P")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args(data, out, "--epochs", "2",
                                                                   data_dir=data_dir)]
@@ -184,7 +178,7 @@ def test_4_two_runs_started_together(data, data_dir, tmp_path):
 
 # --- 6, 7, 8: crashes at the start ----------------------------------------------------------
 
-def test_6_out_that_is_a_file_under_a_file_or_read_only(data, tmp_path, capsys, unwritable_dir):
+def test_out_that_is_a_file_under_a_file_or_read_only(data, tmp_path, capsys, unwritable_dir):
     (tmp_path / "a-file").write_text("x")
     missing_data = str(tmp_path / "no-data")         # the run directory is checked first
     for out, words in [(str(tmp_path / "a-file"), "is a file, not a directory"),
@@ -194,7 +188,7 @@ def test_6_out_that_is_a_file_under_a_file_or_read_only(data, tmp_path, capsys, 
         one_line_error(code, err, words, "choose another --out")
 
 
-def test_7_resume_on_other_images_is_refused(data, data_dir, tmp_path, capsys):
+def test_resume_on_other_images_is_refused(data, data_dir, tmp_path, capsys):
     smaller, other = str(tmp_path / "smaller"), str(tmp_path / "other")
     write_cifar_batches(os.path.join(smaller, "cifar-10-batches-py"), per_batch=12, n_test=20)
     write_cifar_batches(os.path.join(other, "cifar-10-batches-py"), per_batch=24, n_test=20, seed=5)
@@ -210,7 +204,7 @@ def test_7_resume_on_other_images_is_refused(data, data_dir, tmp_path, capsys):
     assert code == 0, err
 
 
-def test_8_a_negative_seed_is_a_usage_error(data, tmp_path, capsys):
+def test_a_negative_seed_is_a_usage_error(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_main(args(data, str(tmp_path / "run"), "--seed", "-1"))
     assert exit_info.value.code == 2
@@ -275,7 +269,7 @@ def _commands(path, paused, data, tmp_path):
 
 
 @pytest.mark.parametrize("edit", MODEL_EDITS)
-def test_9_a_hand_edited_checkpoint_gets_the_same_error_from_every_command(paused, data, tmp_path, capsys, edit):
+def test_a_hand_edited_checkpoint_gets_the_same_error_from_every_command(paused, data, tmp_path, capsys, edit):
     change, words = MODEL_EDITS[edit]
     path = edited(paused["last"], str(tmp_path / "edited.npz"), change)
     for name, command in _commands(path, paused, data, tmp_path).items():
@@ -286,7 +280,7 @@ def test_9_a_hand_edited_checkpoint_gets_the_same_error_from_every_command(pause
 
 
 @pytest.mark.parametrize("edit", TRAINING_EDITS)
-def test_9_a_hand_edited_training_state_is_refused_by_resume(paused, data, tmp_path, capsys, edit):
+def test_a_hand_edited_training_state_is_refused_by_resume(paused, data, tmp_path, capsys, edit):
     change, words = TRAINING_EDITS[edit]
     path = edited(paused["last"], str(tmp_path / "edited.npz"), change)
     code, _, err = train_quietly(["--resume", path, "--out", str(tmp_path / "new"), "--no-progress"], capsys)
@@ -307,7 +301,7 @@ def _train_process(data, out, *extra, data_dir=None, entry="train.py"):
 
 # (on an idle machine a run is past its imports and training 0.4 s after launch)
 @pytest.mark.parametrize("entry, delay", [("train.py", 0.15), ("train.py", 0.25), ("-m", 0.15)])
-def test_10_ctrl_c_while_python_loads_the_libraries(data, tmp_path, entry, delay):
+def test_ctrl_c_while_python_loads_the_libraries(data, tmp_path, entry, delay):
     out = str(tmp_path / "run")
     proc = _train_process(data, out, "--epochs", "1", data_dir=str(tmp_path / "d"), entry=entry)
     time.sleep(delay)
@@ -318,12 +312,12 @@ def test_10_ctrl_c_while_python_loads_the_libraries(data, tmp_path, entry, delay
     assert not os.path.exists(out)
 
 
-def test_10_a_second_ctrl_c_while_the_loader_stops_reaches_the_caller(data, tmp_path, monkeypatch, capfd):
+def test_a_second_ctrl_c_while_the_loader_stops_reaches_the_caller(data, tmp_path, monkeypatch, capfd):
     """The first Ctrl-C stops the loop; the second arrives while the loader's thread is still
     busy with a batch. It used to be swallowed ("Exception ignored in generator")."""
     out = str(tmp_path / "run")
     os.makedirs(out)
-    config = {k: v for k, v in vars(cli.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
+    config = {k: v for k, v in vars(options.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
               if k != "resume"}
     run = Run(config, out, log=lambda s: None)
     real = BatchLoader.batch
@@ -349,7 +343,7 @@ def test_10_a_second_ctrl_c_while_the_loader_stops_reaches_the_caller(data, tmp_
 
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
                                              (signal.SIGTERM, 143, "stopped by SIGTERM")])
-def test_16_sigint_and_sigterm_finish_the_step_save_and_say_how_to_resume(data, data_dir, tmp_path, sig, code, word):
+def test_sigint_and_sigterm_finish_the_step_save_and_say_how_to_resume(data, data_dir, tmp_path, sig, code, word):
     out = str(tmp_path / "run")
     proc = _train_process(data, out, "--epochs", "50", data_dir=data_dir)
     for line in proc.stdout:                      # wait until training has started
@@ -366,7 +360,7 @@ def test_16_sigint_and_sigterm_finish_the_step_save_and_say_how_to_resume(data, 
     assert ckpt.meta["epoch"] * 6 + ckpt.meta["batch"] >= 1
 
 
-def test_16_a_signal_while_the_data_load_stops_at_once_and_leaves_nothing(data, tmp_path, monkeypatch, capsys):
+def test_a_signal_while_the_data_load_stops_at_once_and_leaves_nothing(data, tmp_path, monkeypatch, capsys):
     import tinyalex.trainer
     out = str(tmp_path / "run")
 
@@ -388,7 +382,7 @@ def test_16_a_signal_while_the_data_load_stops_at_once_and_leaves_nothing(data, 
 
 # --- 11, 14, 15, 17: writes that fail, NaN, one class -----------------------------------------
 
-def test_11_an_unwritable_metrics_csv_mid_run_is_one_line(data, tmp_path, monkeypatch, capsys):
+def test_an_unwritable_metrics_csv_mid_run_is_one_line(data, tmp_path, monkeypatch, capsys):
     import tinyalex.trainer
     real = tinyalex.trainer.atomic_write
     writes = []
@@ -411,7 +405,7 @@ def test_11_an_unwritable_metrics_csv_mid_run_is_one_line(data, tmp_path, monkey
     assert len(list(csv.DictReader(open(os.path.join(out, "metrics.csv"))))) == 2
 
 
-def test_15_a_single_class_trains_with_a_warning(tmp_path, capsys):
+def test_a_single_class_trains_with_a_warning(tmp_path, capsys):
     pictures = str(tmp_path / "cats")
     write_image_folder(pictures, classes=["cat"], per_class=12, split=None)
     code, out, err = train_quietly(["--model", "tiny", "--data", pictures, "--data-dir", str(tmp_path / "d"),
@@ -421,7 +415,7 @@ def test_15_a_single_class_trains_with_a_warning(tmp_path, capsys):
     assert "warning: every training image is of class 'cat'" in err and "100%" in err
 
 
-def test_17_a_nan_loss_in_the_first_epoch_says_nothing_was_saved(data, tmp_path, capsys):
+def test_a_nan_loss_in_the_first_epoch_says_nothing_was_saved(data, tmp_path, capsys):
     out = str(tmp_path / "run")
     code, _, err = train_quietly(args(data, out, "--epochs", "1", "--lr", "1e8", "--schedule", "step"), capsys)
     one_line_error(code, err, "the loss became nan", "nothing was saved",
@@ -430,24 +424,24 @@ def test_17_a_nan_loss_in_the_first_epoch_says_nothing_was_saved(data, tmp_path,
     assert not os.path.exists(out)                      # 20: no empty run directory either
 
 
-def test_17_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower_the_lr(
+def test_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower_the_lr(
         data, tmp_path, monkeypatch, capsys):
     import tinyalex.trainer
-    real = tinyalex.trainer.evaluate_loader
+    real = tinyalex.trainer.score_loader
     calls = []
 
     def nan_in_epoch_2(model, loader):
         calls.append(1)
         loss, top1, top5 = real(model, loader)
         return (float("nan"), top1, top5) if len(calls) == 2 else (loss, top1, top5)
-    monkeypatch.setattr(tinyalex.trainer, "evaluate_loader", nan_in_epoch_2)
+    monkeypatch.setattr(tinyalex.trainer, "score_loader", nan_in_epoch_2)
     out = str(tmp_path / "run")
     code, _, err = train_quietly(args(data, out, "--epochs", "2", "--schedule", "step"), capsys)
     one_line_error(code, err, "the validation loss became nan at the end of epoch 2",
                    f"{out}/last.npz holds the last good state (the end of epoch 1)",
                    f"python train.py --resume {out} --lr 0.002")
     assert read_meta(os.path.join(out, "last.npz"))["epoch"] == 1
-    monkeypatch.setattr(tinyalex.trainer, "evaluate_loader", real)
+    monkeypatch.setattr(tinyalex.trainer, "score_loader", real)
 
     code, _, err = train_quietly(["--resume", out, "--lr", "0.002", "--no-progress"], capsys)
     assert code == 0, err
@@ -458,10 +452,10 @@ def test_17_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower
     assert [float(r["lr"]) for r in rows] == pytest.approx([0.02, 0.002])
 
 
-def test_17_a_non_finite_state_is_never_saved(data, tmp_path, capsys):
+def test_a_non_finite_state_is_never_saved(data, tmp_path, capsys):
     out = str(tmp_path / "run")
     os.makedirs(out)
-    config = {k: v for k, v in vars(cli.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
+    config = {k: v for k, v in vars(options.train_parser().parse_args(args(data, out, "--epochs", "1"))).items()
               if k != "resume"}
     run = Run(config, out, log=lambda s: None)
     run.model.params["fc8.b"][0] = np.inf
@@ -470,21 +464,21 @@ def test_17_a_non_finite_state_is_never_saved(data, tmp_path, capsys):
     assert not os.path.exists(os.path.join(out, "last.npz"))
 
 
-def test_17_validation_of_a_diverged_model_is_nan_without_runtime_warnings(data, tmp_path):
+def test_validation_of_a_diverged_model_is_nan_without_runtime_warnings(data, tmp_path):
     out = str(tmp_path / "run")
-    config = {k: v for k, v in vars(cli.train_parser().parse_args(args(data, out))).items() if k != "resume"}
+    config = {k: v for k, v in vars(options.train_parser().parse_args(args(data, out))).items() if k != "resume"}
     run = Run(config, out, log=lambda s: None)
     for name, w in run.model.params.items():
         w *= 1e12                                   # finite weights whose outputs overflow
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        loss, _, _ = evaluate_loader(run.model, run.val_loader)
+        loss, _, _ = score_loader(run.model, run.val_loader)
     assert np.isnan(loss)
 
 
 # --- 18, 20: what runs leave behind --------------------------------------------------------
 
-def test_18_stale_temporary_files_of_a_killed_save_are_removed(data, data_dir, tmp_path, capsys):
+def test_stale_temporary_files_of_a_killed_save_are_removed(data, data_dir, tmp_path, capsys):
     out = str(tmp_path / "D")
     interrupted(data, out, data_dir=data_dir)
     stale = [os.path.join(out, ".last.npz.k9x2.tmp"), os.path.join(out, ".best.npz.a1b2.tmp")]
@@ -499,7 +493,7 @@ def test_18_stale_temporary_files_of_a_killed_save_are_removed(data, data_dir, t
     assert "removed 2 temporary file(s) of saves cut short" in printed
 
 
-def test_20_a_failed_run_leaves_no_directory_behind(tmp_path, capsys):
+def test_a_failed_run_leaves_no_directory_behind(tmp_path, capsys):
     out = str(tmp_path / "runs" / "new")
     code, _, err = train_quietly(["--model", "tiny", "--data", str(tmp_path / "missing"), "--out", out], capsys)
     one_line_error(code, err, "no such file or directory")

@@ -96,13 +96,14 @@ def test_malloc_keeps_freed_memory_for_the_next_step():
     assert off["took"] is False and off["kept"] < 32 << 20
 
 
-# In a fresh process: which Numba kernels (and argument types) are loaded after model.warm_up,
+# In a fresh process: which Numba kernels (and argument types) are loaded after warm_up.warm_up,
 # and after that, which ones a real training step of each full-size model loads on top.
 WARM_UP_PROBE = """
 import gc, json, sys
 import numpy as np
 from numba.core.dispatcher import Dispatcher
-from tinyalex.model import build_model, warm_up
+from tinyalex.model import build_model
+from tinyalex.warm_up import warm_up
 from tinyalex.optim import SGD
 
 def loaded():
@@ -116,7 +117,7 @@ after_warm_up = loaded()
 for name in ("cifar", "paper"):
     model = build_model(name)
     x = np.random.default_rng(0).standard_normal((2,) + model.input_shape, dtype=np.float32)
-    _, grads = model.loss(x, np.array([1, 2]), rng=np.random.default_rng(0))
+    grads = model.loss(x, np.array([1, 2]), rng=np.random.default_rng(0)).grads
     SGD(model.params).step(model.params, grads, 0.01)
 print(json.dumps({"before": before, "after_warm_up": after_warm_up, "after_steps": loaded()}))
 """

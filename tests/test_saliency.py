@@ -16,7 +16,7 @@ from PIL import Image
 from tinyalex import cli, saliency
 from tinyalex.data import load_images
 from tinyalex.data.synthetic import CLASSES, make_images
-from tinyalex.evaluate import softmax
+from layers.loss import softmax
 
 from trained_tiny import MEAN, STD, fitted_tiny, normalise, write_checkpoint
 

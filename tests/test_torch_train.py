@@ -9,15 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 from tinyalex.cli import main  # noqa: E402
-from tinyalex.data.synthetic import write_cifar_batches  # noqa: E402
 from tinyalex.optim import make_schedule  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
-    return str(root)
 
 
 def test_two_epochs_learn_and_write_metrics_with_tinyalex_s_schedule(data, tmp_path, capsys):

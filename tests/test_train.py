@@ -18,13 +18,6 @@ from tinyalex.trainer import Run, write_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
-    return str(root)
-
-
 def args(data, out, *extra):
     return ["--model", "tiny", "--data", data, "--data-dir", os.path.join(out, "cache"),
             "--val-size", "30", "--batch-size", "15", "--init", "he", "--lr", "0.02",
@@ -76,14 +69,14 @@ def test_two_epochs_lower_the_loss_and_write_every_file(data, tmp_path, capsys):
 
 
 def _config(data, out, epochs=2):
-    from tinyalex.cli import train_parser
+    from tinyalex.options import train_parser
     a = train_parser().parse_args(args(data, out, "--epochs", str(epochs)))
     config = {k: v for k, v in vars(a).items() if k != "resume"}
     return config
 
 
 def test_the_recipe_s_defaults_and_its_options_recorded(data, tmp_path):
-    from tinyalex.cli import train_parser
+    from tinyalex.options import train_parser
     defaults = train_parser().parse_args([])
     assert (defaults.init, defaults.nesterov, defaults.bias_decay, defaults.label_smoothing) \
         == ("he", True, False, 0.1)
@@ -100,7 +93,7 @@ def test_the_recipe_s_defaults_and_its_options_recorded(data, tmp_path):
 def test_the_run_s_sgd_and_loss_follow_the_config(data, tmp_path, flags, nesterov, exempt):
     """No weight decay on exactly the biases (the ".b" parameters) unless bias_decay;
     Nesterov as configured; the label smoothing reaches every training step's loss."""
-    from tinyalex.cli import train_parser
+    from tinyalex.options import train_parser
     out = str(tmp_path / "run")
     a = train_parser().parse_args(args(data, out, "--epochs", "1", "--label-smoothing", "0.2", *flags))
     config = {k: v for k, v in vars(a).items() if k != "resume"}
@@ -136,7 +129,7 @@ def learnable(tmp_path_factory):
 
 
 def learn_config(data, out):
-    from tinyalex.cli import train_parser
+    from tinyalex.options import train_parser
     a = train_parser().parse_args(["--model", "tiny", "--data", data, "--data-dir",
                                    os.path.join(out, "cache"), "--val-size", "30",
                                    "--batch-size", "10", "--init", "he", "--lr", "0.004",
@@ -253,11 +246,11 @@ def without_recipe_options(path):
 
 def test_a_checkpoint_from_before_the_recipe_options_resumes_as_it_was_trained(data, tmp_path, capsys):
     """Such a run trained with plain momentum, decay on the biases and no label smoothing:
-    its resume goes on so (cli.OLD_DEFAULTS), not with today's defaults, and does not refuse."""
+    its resume goes on so (options.OLD_DEFAULTS), not with today's defaults, and does not refuse."""
     whole = str(tmp_path / "whole")
     assert train_main(args(data, whole, "--epochs", "2", *OLD_RECIPE)) == 0
     out = str(tmp_path / "old")
-    from tinyalex.cli import train_parser
+    from tinyalex.options import train_parser
     config = {k: v for k, v in vars(train_parser().parse_args(
         args(data, out, "--epochs", "2", *OLD_RECIPE))).items() if k != "resume"}
     os.makedirs(out)

@@ -130,7 +130,7 @@ def test_input_gradient_is_the_adjoint_of_the_forward(K):
 
 def test_which_layers_take_the_winograd_route():
     """conv2 to conv5 of every model; not conv1 (3 colour channels, or 11x11 stride 4). The tiny
-    model takes the same routes as the real ones, so the warm-up (tinyalex.model.warm_up)
+    model takes the same routes as the real ones, so the warm-up (tinyalex.warm_up)
     loads the kernels a real step needs."""
     for name, arch in ARCHS.items():
         channels, routes = arch.input_shape[0], []

@@ -21,7 +21,7 @@ VAL_SIZE, SEED = 10, 3
 
 
 def normalise(images):
-    """uint8 NHWC -> float32 NCHW with MEAN/STD."""
+    """uint8 NHWC (any float NHWC) -> float32 NCHW with MEAN/STD."""
     x = (np.asarray(images, np.float64) / 255.0 - MEAN) / STD
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 

@@ -22,11 +22,17 @@ defaults; elsewhere than glibc it does nothing. The measurements behind each set
 docs/performance.md.
 
 A value already set in the environment is kept.
+
+Threads, counted and set: `available_cores()` (the cores this process may run on: the default
+thread count everywhere) and `set_threads(n)` (BLAS's and the fast route's, set before NumPy
+loads where possible). This module imports nothing but the standard library, so that the
+entry points can call it first.
 """
 
 import ctypes
 import os
 import platform
+import sys
 
 SETTINGS = {"OPENBLAS_THREAD_TIMEOUT": "4", "NUMPY_MADVISE_HUGEPAGE": "0"}
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # mallopt parameters, from glibc's malloc.h
@@ -52,3 +58,27 @@ def apply():
     for name, value in SETTINGS.items():
         os.environ.setdefault(name, value)
     return keep_freed_memory()
+
+
+def available_cores():
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:        # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads):
+    """Use `threads` threads in BLAS and the fast route (before they load, where possible)."""
+    if threads is None:
+        return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if "numpy" in sys.modules:  # already loaded (python -m tinyalex after another import)
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(threads)
+        except ImportError:
+            pass
+    if "layers.fast.threads" in sys.modules:
+        sys.modules["layers.fast.threads"].set_num_threads(threads)

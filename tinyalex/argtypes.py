@@ -35,6 +35,11 @@ def number_in(low, high=float("inf"), low_open=False):
     return parse
 
 
+def add_checkpoint_argument(parser):
+    """CKPT, the checkpoint every command on a trained model reads."""
+    parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
+
+
 def add_threads_argument(parser):
     """--threads, the same on every command (the entry points read it before NumPy loads:
     tinyalex/cli.py)."""

@@ -37,9 +37,10 @@ rounds alternate and see the same drift), and the report gives the busy img/s be
 ones and the share of the idle speed each route and PyTorch keeps.
 
 --layers times every layer's forward and backward pass separately. For tinyalex it runs the
-model's own passes with their timing hook (`AlexNet.forward_tape` / `backward_tape`, which
-walk `layer_plan`); on the fast route each convolution has its ReLU fused in, so its conv rows
-include the ReLU and its relu1..relu5 rows read 0. For PyTorch it runs each module
+model's own passes (`AlexNet.forward_tape` / `backward_tape`, which walk the model's plan)
+with every function of the route wrapped in a timer (`TimedRoute`); on the fast route each
+convolution has its ReLU fused in, so its conv rows include the ReLU and its relu1..relu5 rows
+read 0. For PyTorch it runs each module
 alone on a detached copy of its input (requires_grad, except conv1's: the image needs no
 gradient, in either framework) and calls backward with a random upstream gradient. PyTorch's
 in-place ReLU is timed out of place there (autograd forbids in-place on such a leaf).
@@ -95,12 +96,11 @@ def random_batch(model_input_shape, num_classes, batch, seed):
 def tinyalex_tasks(model, x, y, seed):
     """(train, evaluate) closures: one training step with the real SGD, one forward pass."""
     from tinyalex.optim import SGD
-    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, impl=model.impl)
     rng = np.random.default_rng(seed)
 
     def train():
-        _, grads = model.loss(x, y, rng=rng)
-        sgd.step(model.params, grads, LR)
+        sgd.step(model.params, model.loss(x, y, rng=rng).grads, LR)
 
     def evaluate():
         model.forward(x)
@@ -222,24 +222,59 @@ def time_phases(tasks, rounds, warmup, busy):
 # ---------------------------------------------------------------------------------------------
 # Per-layer timing
 
+class TimedRoute:
+    """A route (layers or layers.fast) whose every function records its seconds in `calls`, in
+    the order of the calls."""
+
+    def __init__(self, ops):
+        self.ops, self.calls = ops, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.ops, name)
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.calls.append(time.perf_counter() - start)
+            return out
+        return timed
+
+    def per_step(self, steps):
+        """{name: seconds} of the steps [(name, kind, options)] that called the route, one call
+        each, in the order they made the calls (the flatten is a reshape: no call); then empty."""
+        names = [name for name, kind, _ in steps if kind != "flatten"]
+        assert len(names) == len(self.calls), (names, len(self.calls))
+        timed, self.calls = dict(zip(names, self.calls)), []
+        return timed
+
+
 def tinyalex_layer_round(model, x, y, seed):
     """A function running one training step layer by layer, returning ({name: forward seconds},
-    {name: backward seconds}); "loss" (one call: the loss and its gradient) and "update"
-    (SGD.step) have a forward time only."""
+    {name: backward seconds}), timing the route's functions as the model calls them (a fused
+    convolution has its ReLU's time, and the ReLU reads 0); "loss" (one call: the loss and its
+    gradient) and "update" (SGD.step) have a forward time only."""
+    from tinyalex.model import layer_plan
     from tinyalex.optim import SGD
-    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, impl=model.impl)
     rng = np.random.default_rng(seed)
+    layers = [name for name, kind, _ in layer_plan(model.arch) if kind != "flatten"]
 
     def one_round():
-        fwd, bwd = {}, {}
-        logits, tape = model.forward_tape(x, train=True, rng=rng, times=fwd)
-        del fwd["flatten"]
-        start = time.perf_counter()
-        _, dlogits = model.ops.softmax_cross_entropy(logits, y)
-        fwd["loss"] = time.perf_counter() - start
-        grads, _ = model.backward_tape(tape, dlogits, times=bwd)
+        route, model.ops = model.ops, TimedRoute(model.ops)
+        try:
+            logits, tape = model.forward_tape(x, train=True, rng=rng)
+            fwd = model.ops.per_step(model.plan)
+            start = time.perf_counter()
+            _, dlogits = route.softmax_cross_entropy(logits, y)
+            loss = time.perf_counter() - start
+            grads, _ = model.backward_tape(tape, dlogits)
+            bwd = model.ops.per_step(model.plan[::-1])
+        finally:
+            model.ops = route
+        fwd = {name: fwd.get(name, 0.0) for name in layers}
+        fwd["loss"] = loss
         fwd["update"] = seconds(lambda: sgd.step(model.params, grads, LR))
-        return fwd, bwd
+        return fwd, {name: bwd.get(name, 0.0) for name in layers}
     return one_round
 
 
@@ -414,18 +449,13 @@ def seconds_since_launch():
         return None
 
 
-def available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 # ---------------------------------------------------------------------------------------------
 # The command
 
 def run_bench(args):
-    from tinyalex.model import ARCHS, build_model, warm_up
+    from tinyalex._runtime import available_cores
+    from tinyalex.model import ARCHS, build_model
+    from tinyalex.warm_up import warm_up
     if args.rss_only and (args.vs_torch or args.layers or args.busy):
         raise TinyAlexError("--rss-only runs one framework alone: drop --vs-torch, --layers and --busy")
     if args.busy and args.layers:
@@ -506,14 +536,21 @@ def run_bench(args):
         per_layer = layer_times(round_fns, args.steps)
         result["layers"] = layer_rows(per_layer["tinyalex"], per_layer.get("torch"), per_layer.get("readable"))
 
-    result["runtime"] = runtime_info()
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    result["loadavg_end"] = list(os.getloadavg())
-    if args.json:
-        print(json.dumps(result))
+    if _finish(result, args.json):
         return 0
     _print_report(result, args)
     return 0
+
+
+def _finish(result, as_json):
+    """Add the runtime, the peak RSS and the load at the end to `result`; print it as JSON when
+    asked. Returns whether it was printed."""
+    result["runtime"] = runtime_info()
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["loadavg_end"] = list(os.getloadavg())
+    if as_json:
+        print(json.dumps(result))
+    return as_json
 
 
 def _summarise(result, times, batch, has_readable):
@@ -544,11 +581,7 @@ def _rss_only(args, arch, x, y, threads, result, say):
     t = time_rounds({"train": train}, args.steps, args.warmup)["train"]
     result["train_img_s"] = args.batch_size / statistics.median(t)
     result["train_times_s"] = t
-    result["runtime"] = runtime_info()
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    result["loadavg_end"] = list(os.getloadavg())
-    if args.json:
-        print(json.dumps(result))
+    if _finish(result, args.json):
         return 0
     rss = result["peak_rss_bytes"]
     say(f"{args.rss_only} training alone: {result['train_img_s']:.1f} img/s (median of {args.steps}); "

@@ -23,6 +23,14 @@ normalisation; with ``training=True`` (resume) also the position, the schedule, 
 sums and the optimizer state. A hand-edited or damaged checkpoint is a CheckpointError with
 one line, never a KeyError or TypeError deep inside training.
 
+Versions. A checkpoint written by an older tinyalex stays usable: evaluated, and resumed
+exactly as it was trained. ``format_version`` changes only when the layout above changes; an
+option or a record added to ``meta`` later keeps the version, and its absence is read as the
+behaviour before it existed: a config without a later training option resumes with the value
+those runs trained with (``options.OLD_DEFAULTS``), and a checkpoint without the data's
+fingerprint resumes without that check (``trainer.Run._check_same_data``). Neither is dropped
+while such checkpoints may exist; a new format version would be the place to drop both.
+
 Atomic writes: the file is written to a temporary file in the same directory, flushed to
 disk (fsync), and renamed over the old one with ``os.replace``, which is atomic on POSIX and
 Windows. A crash or Ctrl-C mid-write leaves the previous checkpoint as it was and removes
@@ -42,7 +50,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from tinyalex import __version__
-from tinyalex.errors import CheckpointError
+from tinyalex.errors import CheckpointError, DataError
 
 FORMAT_VERSION = 1
 
@@ -359,3 +367,44 @@ def _json_default(value):
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def load_model(path, impl="fast"):
+    """Load a checkpoint and turn it into a model in evaluation-ready form.
+
+    The checkpoint is checked by checkpoint.load_model_checkpoint, as for every other use
+    of a trained model (a known model, its class names, parameters of the right keys,
+    shapes and float dtype, finite, and the data's normalisation). Parameters are cast to
+    the model's dtype (float32).
+
+    Returns (model, ckpt): an AlexNet holding the checkpoint's parameters and the
+    Checkpoint (params, optimizer, arrays, meta). Raises CheckpointError (one line) for a
+    missing, corrupt, foreign or mismatched checkpoint.
+    """
+    path = os.fspath(path)
+    ckpt = load_model_checkpoint(path)
+    from tinyalex.model import build_model
+    model = build_model(ckpt.meta["model"], ckpt.meta["num_classes"], impl=impl)
+    model.params = {key: np.ascontiguousarray(ckpt.params[key], dtype=model.dtype)
+                    for key in model.params}
+    return model, ckpt
+
+
+def normalisation(ckpt, path="checkpoint"):
+    """The training split's per-channel (mean, std) stored in a checkpoint (checked by
+    load_model_checkpoint: 3 finite numbers each, std positive)."""
+    return (np.asarray(ckpt.arrays["mean"], np.float32),
+            np.asarray(ckpt.arrays["std"], np.float32))
+
+
+def model_labels(ckpt, ds):
+    """The model's class index of each of a dataset's classes, matched by name: (classes,) int64
+    (a source may hold some of the model's classes, in any order). DataError for a class the
+    checkpoint does not know."""
+    known = {name: i for i, name in enumerate(ckpt.meta["classes"])}
+    unknown = [c for c in ds.classes if c not in known]
+    if unknown:
+        raise DataError(f"{ds.source} has class(es) {', '.join(map(repr, unknown[:5]))} "
+                        f"that the checkpoint does not know (it has: "
+                        f"{', '.join(ckpt.meta['classes'])})")
+    return np.array([known[c] for c in ds.classes], np.int64)

@@ -54,6 +54,7 @@ import numpy as np
 
 from tinyalex import __version__
 from tinyalex.errors import TinyAlexError
+from tinyalex.model import layer_plan
 
 FORMATS = ("onnx", "torch")
 OPSET = 17              # LRN 13, Conv 11, MaxPool 12, Gemm 13, Flatten 13, Softmax 13: all within 17
@@ -117,7 +118,7 @@ def metadata(model, *, mean, std, classes, softmax=False, source=None):
 
 
 def onnx_model(model, *, mean, std, classes, softmax=False, source=None):
-    """The model as an onnx.ModelProto: one node per layer of `model.plan` (see the module
+    """The model as an onnx.ModelProto: one node per layer of `layer_plan(model.arch)` (see the module
     docstring), the parameters as float32 initializers named like tinyalex's ("conv1.w"),
     a batch dimension "N" left free, and the metadata of `metadata`. Checked with
     onnx.checker before it is returned."""
@@ -127,7 +128,7 @@ def onnx_model(model, *, mean, std, classes, softmax=False, source=None):
     C, H, W = model.input_shape
     nodes, weights = [], []
     h = "input"                                    # the name of the running activation
-    for name, kind, opts in model.plan:
+    for name, kind, opts in layer_plan(model.arch):   # the network, whatever its route fuses
         if kind == "dropout":                      # the identity at inference: no node
             continue
         out = name
@@ -218,7 +219,7 @@ def tinyalex_outputs(model, x, softmax=False):
     logits = model.forward(np.ascontiguousarray(x, model.dtype)).astype(np.float32)
     if not softmax:
         return logits
-    from tinyalex.evaluate import softmax as softmax_rows
+    from layers.loss import softmax as softmax_rows
     return softmax_rows(logits).astype(np.float32)
 
 
@@ -243,8 +244,8 @@ def run_torch_twin(state_bytes, model, x):
 # The command
 # --------------------------------------------------------------------------------------
 
-def run(args):
-    from tinyalex.evaluate import load_model, normalisation
+def run_export(args):
+    from tinyalex.checkpoint import load_model, normalisation
     from tinyalex.outfiles import check_new_file, writing
     from tinyalex.checkpoint import atomic_write
 
@@ -318,6 +319,7 @@ def run(args):
 def register(subparsers):
     """Add the `export` command to an argparse subparsers object."""
     import argparse
+    from tinyalex.argtypes import add_checkpoint_argument
     p = subparsers.add_parser(
         "export", allow_abbrev=False,
         help="write a checkpoint as an ONNX graph (or a PyTorch state_dict), checked",
@@ -326,7 +328,7 @@ def register(subparsers):
                     "optionally Softmax) with the input layout and normalisation in its "
                     "metadata, or as a state_dict for tinyalex's PyTorch twin. The result is "
                     "checked against tinyalex's own forward pass before it is written.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
+    add_checkpoint_argument(p)
     p.add_argument("out", metavar="OUT", help="the file to write (model.onnx, model.pt)")
     p.add_argument("--format", choices=FORMATS, default="onnx",
                    help="onnx: an ONNX graph, needs the onnx package (pip install -e "
@@ -338,4 +340,4 @@ def register(subparsers):
                    help="run the export in ONNX Runtime (or PyTorch) on random images and "
                         "compare with tinyalex's logits; default: check when onnxruntime is "
                         "installed")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_export)

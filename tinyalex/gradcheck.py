@@ -422,11 +422,11 @@ def check_net(rng, ops, impl="readable") -> list[Check]:
 
     def loss():
         # A fresh generator with the same seed for every evaluation: the same dropout masks.
-        return model.loss(x, y, rng=np.random.default_rng(dropout_seed))[0]
+        return model.loss(x, y, rng=np.random.default_rng(dropout_seed)).loss
 
-    _, grads, dx = model.loss(x, y, rng=np.random.default_rng(dropout_seed), return_dx=True)
-    grads = {name: np.array(g, copy=True) for name, g in grads.items()}
-    grads["x"] = np.array(dx, copy=True)
+    result = model.loss(x, y, rng=np.random.default_rng(dropout_seed), need_dx=True)
+    grads = {name: np.array(g, copy=True) for name, g in result.grads.items()}
+    grads["x"] = np.array(result.dx, copy=True)
     arrays = dict(model.params, x=x)
     rows = []
     for name, array in arrays.items():
@@ -465,8 +465,8 @@ IMPLS = ("readable", "fast")
 def default_ops(impl="readable"):
     """The layers of a route (`layers` or `layers.fast`), read at call time so a
     monkeypatched function is seen."""
-    from tinyalex.model import layer_ops
-    return layer_ops(impl)
+    from tinyalex.model import route_ops
+    return route_ops(impl)
 
 
 def run_checks(families: Sequence[str] | None = None, seed: int = 0, ops=None,

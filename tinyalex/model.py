@@ -23,17 +23,18 @@ The model holds the parameters in a dict keyed "conv1.w", "conv1.b", ..., "fc8.b
 layouts: conv (F, C/groups, KH, KW), dense (out, in)); `loss` returns gradients with the same
 keys, and an optimizer loops over them. Nothing here updates a parameter.
 
-`layer_plan(arch)` lists the layers in order; the model walks it (forward_tape, backward_tape),
-and so do the bench's per-layer timings and the PyTorch twin (`tinyalex/torch_twin.py`). A
-model calls the functions of one route: `layers.fast` (impl "fast", the default) or `layers`
-itself (impl "readable", the definition: same answers, slower).
+`layer_plan(arch)` lists the layers in order. A model calls the functions of one route,
+`layers.fast` (impl "fast", the default) or `layers` itself (impl "readable", the definition:
+same answers, slower), and walks its plan: forward_tape runs each step with the function
+`forward_steps` names for its kind, backward_tape the tape in reverse with `backward_steps`.
+Where a route fuses a convolution and its ReLU (ROUTES), the plan has one conv_relu step for
+the two. The towers (`tinyalex/mpi/towers.py`) add their exchanges to the same tables; the
+ONNX export and the PyTorch twin follow layer_plan too.
 """
 
 import importlib
-import threading
-import time
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -81,17 +82,28 @@ INITS = ("torch", "paper", "he")
 PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")   # the paper's biases of 1
 # The two routes through the layers: `layers/` itself, the definition, and `layers/fast/`, the
 # same functions rewritten for speed (the default).
-IMPLS = {"fast": "layers.fast", "readable": "layers"}
+@dataclass(frozen=True)
+class Route:
+    module: str              # where its layer functions are
+    fuses_conv_relu: bool    # it runs each convolution's ReLU inside it (conv_relu_forward)
 
 
-def layer_plan(arch):
+ROUTES = {"fast": Route("layers.fast", fuses_conv_relu=True), "readable": Route("layers", fuses_conv_relu=False)}
+
+
+def layer_plan(arch, fuse_conv_relu=False):
     """The layers of `arch` in network order: [(name, kind, options)], as AlexNet runs them.
     kind is one of conv, relu, lrn, pool, flatten, dropout, dense. The one list that the
-    model, the bench's layer timings and the PyTorch twin all follow."""
+    model, the bench's layer timings, the ONNX export and the PyTorch twin all follow.
+    fuse_conv_relu: each convolution and its ReLU as one step of kind conv_relu (named like
+    the convolution), for a route that runs the ReLU inside the convolution."""
     plan = []
     for i, spec in enumerate(arch.convs, start=1):
-        plan.append((f"conv{i}", "conv", dict(stride=spec.stride, pad=spec.pad, groups=spec.groups)))
-        plan.append((f"relu{i}", "relu", {}))
+        conv = dict(stride=spec.stride, pad=spec.pad, groups=spec.groups)
+        if fuse_conv_relu:
+            plan.append((f"conv{i}", "conv_relu", conv))
+        else:
+            plan += [(f"conv{i}", "conv", conv), (f"relu{i}", "relu", {})]
         if spec.lrn:
             plan.append((f"lrn{i}", "lrn", dict(LRN)))
         if spec.pool:
@@ -113,13 +125,12 @@ def followed_by_relu(arch):
 
 def conv_output_shape(arch):
     """(C, H, W) after conv5's pool: what fc6 sees, flattened."""
+    from layers.reference import out_size   # (the layers load with the first model, not before)
     C, H, W = arch.input_shape
     for spec in arch.convs:
-        H = (H + 2 * spec.pad - spec.kernel) // spec.stride + 1
-        W = (W + 2 * spec.pad - spec.kernel) // spec.stride + 1
+        H, W = (out_size(n, spec.kernel, spec.stride, spec.pad) for n in (H, W))
         if spec.pool:
-            H = (H - POOL["size"]) // POOL["stride"] + 1
-            W = (W - POOL["size"]) // POOL["stride"] + 1
+            H, W = (out_size(n, POOL["size"], POOL["stride"], 0) for n in (H, W))
         C = spec.filters
     return C, H, W
 
@@ -143,7 +154,7 @@ def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
     """Initial parameters.
 
     torch: PyTorch's default for Conv2d/Linear: weights and biases uniform in +-1/sqrt(fan_in)
-           (fan_in = inputs per output: (C/groups)*KH*KW or D). What the PyTorch reference used.
+           (fan_in = inputs per output: (C/groups)*KH*KW or D).
     paper: the paper's: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7 (to give
            ReLUs positive inputs early) and 0 elsewhere. On CIFAR-10 this stays at chance.
     he:    He et al. (Kaiming normal, fan-in): weights N(0, gain^2 / fan_in), biases 0, with
@@ -180,16 +191,31 @@ def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
     return params
 
 
-def layer_ops(impl):
-    """The module whose functions a model with this route calls: layers.fast or layers."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(IMPLS)}")
-    return importlib.import_module(IMPLS[impl])
+def route_ops(impl):
+    """The module whose functions a model on this route calls: layers.fast or layers."""
+    if impl not in ROUTES:
+        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(ROUTES)}")
+    return importlib.import_module(ROUTES[impl].module)
+
+
+# Every weight layer's backward step returns (dx, dw, db); every other step returns dx.
+WEIGHTED = ("conv", "conv_relu", "dense")
+
+
+@dataclass
+class LossResult:
+    """What `AlexNet.loss` returns: the mean loss, the gradients keyed like params, and what
+    the caller asked for: the logits (N, classes) and dx (N, C, H, W), the input's gradient."""
+    loss: float
+    grads: dict
+    logits: Optional[np.ndarray] = None
+    dx: Optional[np.ndarray] = None
 
 
 class AlexNet:
-    """An AlexNet: parameters plus the forward and backward passes through `layers/` (impl
-    "readable") or `layers/fast/` (impl "fast", the default), walking `layer_plan`."""
+    """An AlexNet: parameters plus the forward and backward passes, walking its plan through
+    the functions of one route, `layers/fast/` (impl "fast", the default) or `layers/`
+    (impl "readable")."""
 
     def __init__(self, arch, num_classes=10, *, init="torch", seed=0, dtype=np.float32, impl="fast"):
         self.arch = arch
@@ -198,82 +224,72 @@ class AlexNet:
         self.num_classes = int(num_classes)
         self.dtype = np.dtype(dtype)
         self.impl = impl
-        self.ops = layer_ops(impl)
-        self.plan = layer_plan(arch)
+        self.ops = route_ops(impl)
+        self.plan = layer_plan(arch, fuse_conv_relu=ROUTES[impl].fuses_conv_relu)
         self.params = init_params(arch, self.num_classes, init, seed, dtype)
 
-    def _check_input(self, x):
-        if x.ndim != 4 or x.shape[1:] != self.input_shape:
-            raise ValueError(f"the {self.name} model takes input of shape (N, {', '.join(map(str, self.input_shape))}), "
-                             f"got {x.shape}")
+    def forward_steps(self, train, rng):
+        """kind -> step(h, name, opts) -> (out, cache): how each kind of layer runs forward.
+        train and rng (np.random.Generator) are dropout's."""
+        ops, p = self.ops, self.params
+        return {
+            "conv":      lambda h, name, o: ops.conv_forward(h, p[f"{name}.w"], p[f"{name}.b"], **o),
+            "conv_relu": lambda h, name, o: ops.conv_relu_forward(h, p[f"{name}.w"], p[f"{name}.b"], **o),
+            "relu":      lambda h, name, o: ops.relu_forward(h),
+            "lrn":       lambda h, name, o: ops.lrn_forward(h, **o),
+            "pool":      lambda h, name, o: ops.maxpool_forward(h, **o),
+            "flatten":   lambda h, name, o: (h.reshape(h.shape[0], -1), h.shape),   # (N, C*H*W)
+            "dropout":   lambda h, name, o: ops.dropout_forward(h, train=train, rng=rng, **o),
+            "dense":     lambda h, name, o: ops.dense_forward(h, p[f"{name}.w"], p[f"{name}.b"]),
+        }
 
-    def forward_tape(self, x, *, train=False, rng=None, upto=None, times=None):
-        """The forward pass, layer by layer along `self.plan`.
+    def backward_steps(self):
+        """kind -> step(dout, cache, need_dx) -> dx, or (dx, dw, db) for the kinds in WEIGHTED:
+        each kind of layer backward. need_dx False: the step may skip dx (the image's)."""
+        ops = self.ops
+        return {
+            "conv":      lambda d, c, need_dx: ops.conv_backward(d, c, need_dx=need_dx),
+            "conv_relu": lambda d, c, need_dx: ops.conv_backward(d, c, need_dx=need_dx),   # both
+            "relu":      lambda d, c, need_dx: ops.relu_backward(d, c),
+            "lrn":       lambda d, c, need_dx: ops.lrn_backward(d, c),
+            "pool":      lambda d, c, need_dx: ops.maxpool_backward(d, c),
+            "flatten":   lambda d, c, need_dx: d.reshape(c),
+            "dropout":   lambda d, c, need_dx: ops.dropout_backward(d, c),
+            "dense":     lambda d, c, need_dx: ops.dense_backward(d, c),
+        }
+
+    def forward_tape(self, x, *, train=False, rng=None, upto=None):
+        """The forward pass, step by step along `self.plan`.
 
         Inputs: x (N, C, H, W); train and rng (np.random.Generator) for dropout; upto, a layer
-        name of the plan to stop after ("relu7": fc7's features); times, a dict that receives
-        each layer's seconds. Returns: the output (the logits (N, classes), unless upto) and the
-        tape, one (name, kind, cache) per layer, for backward_tape.
+        name of the plan to stop after ("relu7": fc7's features). Returns: the output (the
+        logits (N, classes), unless upto) and the tape, one (name, kind, cache) per step, for
+        backward_tape.
         """
-        self._check_input(x)
-        ops, p = self.ops, self.params
-        fuse = hasattr(ops, "conv_relu_forward")   # the fast route runs each conv's ReLU inside it
+        self._check_input(x, upto)
+        steps = self.forward_steps(train, rng)
         h, tape = x, []
         for name, kind, opts in self.plan:
-            start = time.perf_counter()
-            if kind == "conv":
-                conv = ops.conv_relu_forward if fuse else ops.conv_forward
-                h, cache = conv(h, p[f"{name}.w"], p[f"{name}.b"], **opts)
-            elif kind == "relu" and fuse and tape[-1][1] == "conv":
-                cache = None                                             # done inside the conv
-            elif kind == "relu":
-                h, cache = ops.relu_forward(h)
-            elif kind == "lrn":
-                h, cache = ops.lrn_forward(h, **opts)
-            elif kind == "pool":
-                h, cache = ops.maxpool_forward(h, **opts)
-            elif kind == "flatten":
-                h, cache = h.reshape(h.shape[0], -1), h.shape            # (N, C*H*W)
-            elif kind == "dropout":
-                h, cache = ops.dropout_forward(h, train=train, rng=rng, **opts)
-            elif kind == "dense":
-                h, cache = ops.dense_forward(h, p[f"{name}.w"], p[f"{name}.b"])
-            if times is not None:
-                times[name] = time.perf_counter() - start
+            h, cache = steps[kind](h, name, opts)
             tape.append((name, kind, cache))
             if name == upto:
                 break
         return h, tape
 
-    def backward_tape(self, tape, dout, *, need_dx=False, times=None):
+    def backward_tape(self, tape, dout, *, need_dx=False):
         """The backward pass: the tape of forward_tape walked in reverse from dout, the
         gradient of the output. Returns: grads keyed like params (in network order), and dx, the
         input's gradient (None unless need_dx: the image needs none). Empties the tape as it goes
         (each cache is freed once used)."""
-        ops = self.ops
+        steps = self.backward_steps()
         grads = {}
         while tape:
             name, kind, cache = tape.pop()
-            start = time.perf_counter()
-            if kind == "conv":
-                if not tape and not need_dx and self.impl == "fast":   # the fast route can skip dx
-                    dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.conv_backward(dout, cache, need_dx=False)
-                else:
-                    dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.conv_backward(dout, cache)
-            elif kind == "relu" and cache is not None:   # (a fused ReLU is in conv_backward)
-                dout = ops.relu_backward(dout, cache)
-            elif kind == "lrn":
-                dout = ops.lrn_backward(dout, cache)
-            elif kind == "pool":
-                dout = ops.maxpool_backward(dout, cache)
-            elif kind == "flatten":
-                dout = dout.reshape(cache)
-            elif kind == "dropout":
-                dout = ops.dropout_backward(dout, cache)
-            elif kind == "dense":
-                dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.dense_backward(dout, cache)
-            if times is not None:
-                times[name] = time.perf_counter() - start
+            wanted = need_dx or bool(tape)           # the first step's dx is the image's
+            if kind in WEIGHTED:
+                dout, grads[f"{name}.w"], grads[f"{name}.b"] = steps[kind](dout, cache, wanted)
+            else:
+                dout = steps[kind](dout, cache, wanted)
         grads = {k: grads[k] for k in self.params if k in grads}           # network order
         return grads, (dout if need_dx else None)
 
@@ -282,20 +298,26 @@ class AlexNet:
         Returns: logits (N, classes), or the output of layer `upto`."""
         return self.forward_tape(x, upto=upto)[0]
 
-    def loss(self, x, y, *, rng=None, train=True, return_dx=False, return_logits=False,
-             smoothing=0.0):
+    def loss(self, x, y, *, rng=None, train=True, smoothing=0.0, need_logits=False, need_dx=False):
         """Training step maths: forward with dropout, softmax cross-entropy, backward.
 
-        Inputs: x (N, C, H, W), y (N,) labels, rng (np.random.Generator) for the dropout masks,
-        smoothing: the loss's label smoothing (layers/loss.py).
-        Returns: (loss, grads) with grads keyed like params; then, if asked, dx (the input
-        gradient, for gradient checks) and the logits (for the running accuracy).
+        Inputs: x (N, C, H, W), y (N,) labels, rng (np.random.Generator) for the dropout masks
+        (train False: no dropout), smoothing: the loss's label smoothing (layers/loss.py);
+        need_logits, need_dx: also return the logits (for the running accuracy), the input's
+        gradient (for gradient checks).
+        Returns: a LossResult: .loss, .grads (keyed like params), .logits, .dx (None unless asked).
         """
         logits, tape = self.forward_tape(x, train=train, rng=rng)
         loss, dlogits = self.ops.softmax_cross_entropy(logits, y, smoothing)
-        grads, dx = self.backward_tape(tape, dlogits, need_dx=return_dx)
-        extra = ((dx,) if return_dx else ()) + ((logits,) if return_logits else ())
-        return (loss, grads) + extra
+        grads, dx = self.backward_tape(tape, dlogits, need_dx=need_dx)
+        return LossResult(loss, grads, logits if need_logits else None, dx)
+
+    def _check_input(self, x, upto=None):
+        if x.ndim != 4 or x.shape[1:] != self.input_shape:
+            raise ValueError(f"the {self.name} model takes input of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {x.shape}")
+        if upto is not None and upto not in (name for name, _, _ in self.plan):
+            raise ValueError(f"upto={upto!r} is not a step of the {self.impl} route's plan")
 
 
 def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.float32, impl="fast"):
@@ -307,33 +329,5 @@ def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.
         raise ValueError(f"models compute in float32 or float64, not {np.dtype(dtype)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    layer_ops(impl)   # an unknown route: ValueError before any weight is drawn
+    route_ops(impl)   # an unknown route: ValueError before any weight is drawn
     return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype, impl=impl)
-
-
-def warm_up(dtype=np.float32, impl="fast"):
-    """Start loading every Numba kernel of a training step on a background thread; returns the
-    thread (a daemon: nothing waits for it).
-
-    The first kernel a process runs costs Numba about half a second of its own set-up (it
-    imports and registers its compiler's libraries, even to load a compiled kernel from the
-    cache), and each further kernel a little more. Started first, this overlaps that work
-    with whatever comes next (reading the data, drawing the initial weights: NumPy work that
-    releases the interpreter) instead of adding it to the first training step. It runs one
-    training step of the `tiny` model, which calls every kernel with the same argument types
-    as the full-size models. A step that reaches a kernel still loading waits for it (Numba
-    takes a lock), so nothing is loaded or compiled twice. Errors are ignored here: the real
-    step meets and reports them.
-    """
-    def step():
-        try:
-            from tinyalex.optim import SGD
-            model = build_model("tiny", dtype=dtype, impl=impl)
-            x = np.ones((2,) + model.input_shape, dtype)
-            _, grads = model.loss(x, np.zeros(2, np.int64), rng=np.random.default_rng(0))
-            SGD(model.params).step(model.params, grads, 0.0)
-        except Exception:  # noqa: BLE001 (a warm-up only)
-            pass
-    thread = threading.Thread(target=step, name="tinyalex-warm-up", daemon=True)
-    thread.start()
-    return thread

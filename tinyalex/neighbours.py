@@ -129,6 +129,7 @@ def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False)
     Returns (query images, query labels, training images, training labels, description):
     uint8 (N, H, W, 3) images and int64 labels. See the module docstring.
     """
+    from tinyalex.checkpoint import model_labels
     from tinyalex.data import load_dataset
     from tinyalex.errors import CheckpointError, DataError
     config = ckpt.meta.get("config") or {}
@@ -150,13 +151,7 @@ def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False)
                         f"model did not train on")
     query_x, query_y = (ds.test_x, ds.test_y) if split == "test" else (ds.val_x, ds.val_y)
 
-    known = {name: i for i, name in enumerate(ckpt.meta["classes"])}
-    unknown = [c for c in ds.classes if c not in known]
-    if unknown:
-        raise DataError(f"{ds.source} has class(es) {', '.join(map(repr, unknown[:5]))} "
-                        f"that the checkpoint does not know (it has: "
-                        f"{', '.join(ckpt.meta['classes'])})")
-    to_model = np.array([known[c] for c in ds.classes], np.int64)
+    to_model = model_labels(ckpt, ds)
     what = (f"{ds.source}: {split} split as queries ({len(query_y)} images), the training "
             f"split as the images searched (val_size {val_size}, seed {seed})")
     return query_x, to_model[query_y], ds.train_x, to_model[ds.train_y], what
@@ -290,8 +285,10 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
 # The command
 # --------------------------------------------------------------------------------------
 
-def run(args):
-    from tinyalex.evaluate import load_model, normalisation, predict_logits, softmax
+def run_neighbours(args):
+    from layers.loss import softmax
+    from tinyalex.checkpoint import load_model, normalisation
+    from tinyalex.scoring import predict_logits
     from tinyalex.outfiles import check_new_file, writing
 
     model, ckpt = load_model(args.checkpoint)
@@ -357,7 +354,8 @@ def run(args):
 
 def register(subparsers):
     """Add the `neighbours` command to an argparse subparsers object."""
-    from tinyalex.argtypes import positive_int
+    from tinyalex.argtypes import add_checkpoint_argument, positive_int
+    from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
     p = subparsers.add_parser(
         "neighbours", allow_abbrev=False,
         help="the paper's Figure 4: top-5 labels of test images and their nearest training "
@@ -365,16 +363,11 @@ def register(subparsers):
         description="Draw Figure 4 of the AlexNet paper: test images with their five most "
                     "probable labels, and for each the six training images nearest to it in "
                     "the last hidden layer (fc7 after ReLU, Euclidean distance).")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
-    p.add_argument("--data", metavar="PATH", default=None,
-                   help="the data the model was trained on: a cifar-10-batches-py directory, "
-                        "a .tar.gz archive or an image folder (as for evaluate); default: the "
-                        "official CIFAR-10 in --data-dir")
-    p.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="where downloads, unpacked archives and the image cache go "
-                        "(default: $TINYALEX_DATA_DIR, else ./data)")
-    p.add_argument("--split", choices=("test", "val"), default=None,
-                   help="where the query images come from: test (the default when the source "
+    add_checkpoint_argument(p)
+    add_source_arguments(p, "the data the model was trained on: a cifar-10-batches-py directory, "
+                            "a .tar.gz archive or an image folder (as for evaluate); default: the "
+                            "official CIFAR-10 in --data-dir")
+    add_split_argument(p, "where the query images come from: test (the default when the source "
                         "has a test split) or val (the validation images held out in "
                         "training, carved out with the checkpoint's val_size and seed)")
     p.add_argument("--count", type=positive_int, default=DEFAULT_COUNT, metavar="N",
@@ -389,6 +382,5 @@ def register(subparsers):
     p.add_argument("--out", metavar="PNG", default=None, help="draw the figure to this PNG")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: indices, labels, top-5 and distances")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="skip unreadable files of an image folder with a warning")
-    p.set_defaults(func=run)
+    add_skip_bad_images_argument(p)
+    p.set_defaults(func=run_neighbours)

@@ -50,7 +50,7 @@ told about the end of each epoch with ``end_epoch(epoch, val_acc)``:
 - ``onecycle`` (default): PyTorch's OneCycleLR with ``anneal_strategy='linear'``,
   ``pct_start=0.15``, ``div_factor=25``, ``final_div_factor=1e4``, ``three_phase=False``,
   updated every iteration. Peak 0.05 for the ``cifar`` model, 0.02 for ``paper``.
-- ``step``: the seed project's MultiStepLR, milestones [5, 8], gamma 0.1, lr 0.01.
+- ``step``: PyTorch's MultiStepLR with milestones [5, 8] and gamma 0.1, lr 0.01.
 - ``plateau``: the paper's rule, lr 0.01 divided by 10 when validation accuracy has not
   improved for ``patience`` epochs.
 """
@@ -61,24 +61,37 @@ import math
 
 import numpy as np
 
-from layers.fast.kernels import threaded_kernel
 from tinyalex.errors import CheckpointError, TinyAlexError
+from tinyalex.model import ROUTES
 
 
-@threaded_kernel(lambda nesterov, momentum, decay_lr, lr, g, w, v: v.shape[0])
-def _update(lo, hi, nesterov, momentum, decay_lr, lr, g, w, v):
-    """The update rule over flat arrays, one pass over w, g and v (Numba, threaded as the
-    layers' kernels are). Bit for bit the same as the NumPy lines in the comments of
-    SGD.step: the same float32 operations in the same order."""
+def sgd_update(w, g, v, lr, *, momentum, weight_decay, nesterov):
+    """The update rule on one parameter, in place: w and v change, g is read. The readable
+    route's (the fast route runs layers.fast.sgd_update: the same operations, one pass).
+    The scalars are taken in the parameter's dtype, as NumPy takes them."""
+    t = w.dtype.type
+    g = np.asarray(g, dtype=w.dtype)
     if nesterov:
-        for i in range(lo, hi):
-            step = -decay_lr * w[i] - lr * g[i]
-            v[i] = momentum * v[i] + step
-            w[i] += momentum * v[i] + step
+        step = -t(weight_decay * lr) * w - t(lr) * g       # -weight_decay * lr * w - lr * g
+        v *= t(momentum)
+        v += step                                          # v <- momentum * v + step
+        w += t(momentum) * v + step                        # w <- w + momentum * v + step
     else:
-        for i in range(lo, hi):
-            v[i] = momentum * v[i] - decay_lr * w[i] - lr * g[i]
-            w[i] += v[i]
+        v *= t(momentum)                                   # v <- momentum * v
+        v -= t(weight_decay * lr) * w                      #      - weight_decay * lr * w
+        v -= t(lr) * g                                     #      - lr * g
+        w += v                                             # w <- w + v
+
+
+def route_update(impl):
+    """The update function of a route: sgd_update above (readable) or its Numba twin
+    layers.fast.sgd_update (fast), imported only then (it loads Numba)."""
+    if impl not in ROUTES:
+        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(ROUTES)}")
+    if impl == "readable":
+        return sgd_update
+    from layers.fast.sgd import sgd_update as fast_update
+    return fast_update
 
 
 class SGD:
@@ -92,10 +105,12 @@ class SGD:
       PyTorch's ``weight_decay`` does; paper: 5e-4) except those named in ``no_decay``.
     - nesterov: Nesterov momentum (module docstring); the paper's rule when False.
     - no_decay: names of parameters that get no weight decay (e.g. the biases).
+    - impl: the route whose update runs, "fast" (a Numba kernel) or "readable" (sgd_update).
     """
 
     def __init__(self, params: dict[str, np.ndarray], *, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, nesterov: bool = False, no_decay=()):
+                 weight_decay: float = 5e-4, nesterov: bool = False, no_decay=(),
+                 impl: str = "fast"):
         if not (0.0 <= momentum < 1.0):
             raise TinyAlexError(f"momentum must be in [0, 1), got {momentum}")
         if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
@@ -107,6 +122,7 @@ class SGD:
         self.weight_decay = float(weight_decay)
         self.nesterov = bool(nesterov)
         self.no_decay = frozenset(no_decay)
+        self.update = route_update(impl)
         self.velocity = {name: np.zeros_like(w) for name, w in params.items()}
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
@@ -131,18 +147,7 @@ class SGD:
             if not (w.flags.c_contiguous and v.flags.c_contiguous):
                 raise ValueError(f"SGD.step: {name} and its velocity must be C-contiguous arrays")
             decay = 0.0 if name in self.no_decay else self.weight_decay
-            # In NumPy, this is (one pass instead of five, and no temporaries):
-            #   v *= momentum                  # v <- momentum * v
-            #   v -= (decay * lr) * w          #      - weight_decay * lr * w
-            #   v -= lr * g                    #      - lr * g
-            #   w += v                         # w <- w + v
-            # and with Nesterov momentum:
-            #   step = -(decay * lr) * w - lr * g
-            #   v *= momentum; v += step       # v <- momentum * v + step
-            #   w += momentum * v + step       # w <- w + momentum * v + step
-            t = w.dtype.type  # the scalars in the parameters' dtype, as NumPy would use them
-            _update(self.nesterov, t(self.momentum), t(decay * lr), t(lr),
-                    np.ascontiguousarray(g, dtype=w.dtype).reshape(-1), w.reshape(-1), v.reshape(-1))
+            self.update(w, g, v, lr, momentum=self.momentum, weight_decay=decay, nesterov=self.nesterov)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The velocities by parameter name. These are the live arrays, not copies: save them
@@ -171,15 +176,53 @@ class SGD:
 # Learning-rate schedules
 
 
-# One-cycle peak learning rates: the values the PyTorch reference was tuned with
-# (README, "Training"); "tiny" is the test model and borrows cifar's.
+# One-cycle peak learning rates per model (docs/training.md); "tiny", the test model, takes
+# cifar's.
 ONECYCLE_PEAK = {"cifar": 0.05, "paper": 0.02, "tiny": 0.05}
-# The seed's and the paper's starting rate for the step and plateau schedules.
+# The starting rate of the step and plateau schedules (the paper's 0.01).
 DEFAULT_LR = 0.01
-SCHEDULES = ("onecycle", "step", "plateau")
 
 
-class OneCycle:
+def _float_or_none(value):
+    return None if value is None else float(value)
+
+
+class Schedule:
+    """What the three schedules share: the run's length (epochs of steps_per_epoch steps) and
+    a state, `FIELDS` (name -> type): the settings and counters, saved and restored whole."""
+
+    name = ""
+    FIELDS = {"epochs": int, "steps_per_epoch": int}
+
+    def __init__(self, *, epochs: int, steps_per_epoch: int):
+        self.epochs = int(epochs)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def end_epoch(self, epoch: int, val_acc: float | None) -> None:
+        """Nothing to do: the rate depends on the iteration only."""
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, **{key: getattr(self, key) for key in self.FIELDS}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("name") != self.name:
+            got = state.get("name") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"the checkpoint's schedule is {got!r}, not {self.name!r}")
+        try:
+            values = {key: kind(state[key]) for key, kind in self.FIELDS.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"bad {self.name} schedule state: {e!r}") from None
+        vars(self).update(values)
+
+    def _iteration(self, epoch: int, step: int) -> int:
+        """The 0-based global iteration number; ValueError outside the run."""
+        if not (0 <= epoch < self.epochs and 0 <= step < self.steps_per_epoch):
+            raise ValueError(f"lr_at(epoch={epoch}, step={step}) is outside the schedule's "
+                             f"{self.epochs} epochs of {self.steps_per_epoch} steps")
+        return epoch * self.steps_per_epoch + step
+
+
+class OneCycle(Schedule):
     """Linear one-cycle schedule, updated every iteration.
 
     With ``T = epochs * steps_per_epoch`` iterations, iteration ``i = epoch *
@@ -198,21 +241,21 @@ class OneCycle:
     """
 
     name = "onecycle"
+    FIELDS = {"peak": float, **Schedule.FIELDS}
     pct_start = 0.15
     div_factor = 25.0
     final_div_factor = 1e4
 
     def __init__(self, *, peak: float, epochs: int, steps_per_epoch: int):
+        super().__init__(epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.peak = float(peak)
-        self.epochs = int(epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
 
     @property
     def total(self) -> int:
         return self.epochs * self.steps_per_epoch
 
     def lr_at(self, epoch: int, step: int) -> float:
-        i = _iteration(epoch, step, self.epochs, self.steps_per_epoch)
+        i = self._iteration(epoch, step)
         start = self.peak / self.div_factor
         final = start / self.final_div_factor
         warmup_end = float(self.pct_start * self.total) - 1
@@ -221,62 +264,30 @@ class OneCycle:
         last = self.total - 1
         return self.peak + (final - self.peak) * ((i - warmup_end) / (last - warmup_end))
 
-    def end_epoch(self, epoch: int, val_acc: float | None) -> None:
-        """Nothing to do: the rate depends on the iteration only."""
 
-    def state_dict(self) -> dict:
-        return {"name": self.name, "peak": self.peak, "epochs": self.epochs,
-                "steps_per_epoch": self.steps_per_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_name(state, self.name)
-        try:
-            self.peak = float(state["peak"])
-            self.epochs = int(state["epochs"])
-            self.steps_per_epoch = int(state["steps_per_epoch"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"bad onecycle schedule state: {e!r}") from None
-
-
-class MultiStep:
-    """The seed's schedule: ``lr`` for epochs 0-4, ``lr/10`` for 5-7, ``lr/100`` from 8 on.
+class MultiStep(Schedule):
+    """A step schedule: ``lr`` for epochs 0-4, ``lr/10`` for 5-7, ``lr/100`` from 8 on.
 
     PyTorch's ``MultiStepLR(milestones=[5, 8], gamma=0.1)`` stepped once per epoch; the rate
     is constant within an epoch.
     """
 
     name = "step"
+    FIELDS = {"lr": float, **Schedule.FIELDS}
     milestones = (5, 8)
     gamma = 0.1
 
     def __init__(self, *, lr: float, epochs: int, steps_per_epoch: int):
+        super().__init__(epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.lr = float(lr)
-        self.epochs = int(epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
 
     def lr_at(self, epoch: int, step: int) -> float:
-        _iteration(epoch, step, self.epochs, self.steps_per_epoch)
+        self._iteration(epoch, step)
         drops = sum(epoch >= m for m in self.milestones)
         return self.lr * self.gamma ** drops
 
-    def end_epoch(self, epoch: int, val_acc: float | None) -> None:
-        """Nothing to do: the rate depends on the epoch only."""
 
-    def state_dict(self) -> dict:
-        return {"name": self.name, "lr": self.lr, "epochs": self.epochs,
-                "steps_per_epoch": self.steps_per_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_name(state, self.name)
-        try:
-            self.lr = float(state["lr"])
-            self.epochs = int(state["epochs"])
-            self.steps_per_epoch = int(state["steps_per_epoch"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"bad step schedule state: {e!r}") from None
-
-
-class Plateau:
+class Plateau(Schedule):
     """The paper's schedule: divide the rate by 10 when validation accuracy stops improving.
 
     "Improved" means strictly greater than the best validation accuracy of any earlier
@@ -293,19 +304,20 @@ class Plateau:
     """
 
     name = "plateau"
+    FIELDS = {"lr": float, **Schedule.FIELDS, "patience": int, "best": _float_or_none,
+              "bad_epochs": int, "last_epoch": int}
     factor = 0.1
 
     def __init__(self, *, lr: float, epochs: int, steps_per_epoch: int, patience: int):
+        super().__init__(epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.lr = float(lr)
-        self.epochs = int(epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
         self.patience = int(patience)
         self.best: float | None = None      # best validation accuracy so far
         self.bad_epochs = 0                 # epochs in a row without improvement
         self.last_epoch = -1                # the last epoch end_epoch was told about
 
     def lr_at(self, epoch: int, step: int) -> float:
-        _iteration(epoch, step, self.epochs, self.steps_per_epoch)
+        self._iteration(epoch, step)
         return self.lr
 
     def end_epoch(self, epoch: int, val_acc: float | None) -> None:
@@ -325,24 +337,8 @@ class Plateau:
             self.lr *= self.factor
             self.bad_epochs = 0
 
-    def state_dict(self) -> dict:
-        return {"name": self.name, "lr": self.lr, "epochs": self.epochs,
-                "steps_per_epoch": self.steps_per_epoch, "patience": self.patience,
-                "best": self.best, "bad_epochs": self.bad_epochs,
-                "last_epoch": self.last_epoch}
 
-    def load_state_dict(self, state: dict) -> None:
-        _check_name(state, self.name)
-        try:
-            self.lr = float(state["lr"])
-            self.epochs = int(state["epochs"])
-            self.steps_per_epoch = int(state["steps_per_epoch"])
-            self.patience = int(state["patience"])
-            self.best = None if state["best"] is None else float(state["best"])
-            self.bad_epochs = int(state["bad_epochs"])
-            self.last_epoch = int(state["last_epoch"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"bad plateau schedule state: {e!r}") from None
+SCHEDULES = {schedule.name: schedule for schedule in (OneCycle, MultiStep, Plateau)}
 
 
 def make_schedule(name: str = "onecycle", *, lr: float | None = None, epochs: int,
@@ -375,25 +371,9 @@ def make_schedule(name: str = "onecycle", *, lr: float | None = None, epochs: in
                         ("patience", patience)):
         if int(value) != value or value < 1:
             raise TinyAlexError(f"{what} must be a whole number >= 1, got {value}")
+    length = dict(epochs=epochs, steps_per_epoch=steps_per_epoch)
     if name == "onecycle":
-        return OneCycle(peak=ONECYCLE_PEAK[model] if lr is None else lr,
-                        epochs=epochs, steps_per_epoch=steps_per_epoch)
+        return OneCycle(peak=ONECYCLE_PEAK[model] if lr is None else lr, **length)
     if name == "step":
-        return MultiStep(lr=DEFAULT_LR if lr is None else lr,
-                         epochs=epochs, steps_per_epoch=steps_per_epoch)
-    return Plateau(lr=DEFAULT_LR if lr is None else lr, epochs=epochs,
-                   steps_per_epoch=steps_per_epoch, patience=patience)
-
-
-def _iteration(epoch: int, step: int, epochs: int, steps_per_epoch: int) -> int:
-    """The 0-based global iteration number; ValueError outside the run."""
-    if not (0 <= epoch < epochs and 0 <= step < steps_per_epoch):
-        raise ValueError(f"lr_at(epoch={epoch}, step={step}) is outside the schedule's "
-                         f"{epochs} epochs of {steps_per_epoch} steps")
-    return epoch * steps_per_epoch + step
-
-
-def _check_name(state: dict, name: str) -> None:
-    if not isinstance(state, dict) or state.get("name") != name:
-        got = state.get("name") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"the checkpoint's schedule is {got!r}, not {name!r}")
+        return MultiStep(lr=DEFAULT_LR if lr is None else lr, **length)
+    return Plateau(lr=DEFAULT_LR if lr is None else lr, patience=patience, **length)

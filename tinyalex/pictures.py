@@ -420,3 +420,59 @@ def confusion_png(matrix: np.ndarray, classes: list[str], path) -> None:
     axis = axis.rotate(90, expand=True)
     image.paste(axis, (8, int(top + grid / 2 - axis.height / 2)))
     _save_png(image, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The `filters` command: python -m tinyalex filters CKPT --out conv1.png
+
+TOWERS = 2          # conv1's kernels split as the paper's two GPUs
+# towers whose mean colourfulness differs by less than this count as alike. For scale: grey
+# kernels score 0, kernels with independent random channels about 0.7.
+COLOUR_GAP = 0.1
+
+
+def filters_verdict(scores):
+    """One line reading the two towers' colourfulness (see pictures.colourfulness)."""
+    a, b = scores
+    paper = "the paper saw GPU 1 colour-agnostic, GPU 2 colour-specific"
+    if abs(a - b) < COLOUR_GAP:
+        if min(a, b) > 0.6:
+            return (f"both towers score like random kernels (about 0.7): no colour "
+                    f"specialisation yet ({paper})")
+        return f"the two towers are about equally colourful: no specialisation ({paper})"
+    grey, colour = (0, 1) if a < b else (1, 0)
+    return (f"tower {grey} is the colour-agnostic one, tower {colour} the colour-specific "
+            f"one, like the paper's two GPUs ({paper})")
+
+
+def run_filters(args):
+    from tinyalex.checkpoint import load_model
+    from tinyalex.outfiles import check_new_file, writing
+    model, _ = load_model(args.checkpoint, impl=getattr(args, "impl", "fast"))
+    check_new_file(args.out)
+    w = model.params["conv1.w"]                                       # (F, 3, KH, KW)
+    with writing(args.out):
+        scores = filter_grid(w, args.out, towers=TOWERS)
+    per_tower = len(w) // TOWERS
+    print(f"wrote {args.out}: {len(w)} conv1 kernels of 3x{w.shape[2]}x{w.shape[3]}, "
+          f"{TOWERS} towers of {per_tower}")
+    for t, score in enumerate(scores):
+        print(f"tower {t} (kernels {t * per_tower}-{(t + 1) * per_tower - 1}): "
+              f"colourfulness {score:.3f}")
+    print(filters_verdict(scores))
+    return 0
+
+
+def register(subparsers):
+    """Add the `filters` command to an argparse subparsers object."""
+    from tinyalex.argtypes import add_checkpoint_argument
+    p = subparsers.add_parser(
+        "filters", help="draw the conv1 kernels, tower by tower, and score their colour",
+        description="Draw the conv1 kernels as an image grid, tower 0 (the first half) above "
+                    "tower 1, as in Figure 3 of the AlexNet paper, and print each tower's "
+                    "mean colourfulness: 0 for grey kernels, about 0.7 for random ones. The "
+                    "paper saw one tower's kernels colour-agnostic and the other's "
+                    "colour-specific.")
+    add_checkpoint_argument(p)
+    p.add_argument("--out", metavar="PNG", required=True, help="the picture to write")
+    p.set_defaults(func=run_filters)

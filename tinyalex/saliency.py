@@ -83,7 +83,8 @@ def patch_starts(side, patch, stride):
 
 def class_probability(model, x, cls, batch_size=DEFAULT_BATCH_SIZE):
     """p_cls for each of the normalised images x (N, C, H, W), batched."""
-    from tinyalex.evaluate import predict_logits, softmax
+    from layers.loss import softmax
+    from tinyalex.scoring import predict_logits
     return softmax(predict_logits(model, x, batch_size))[:, cls]
 
 
@@ -189,11 +190,12 @@ def output_names(paths, out_dir):
     return names
 
 
-def run(args):
+def run_saliency(args):
     from tinyalex.data.folder import read_image
     from tinyalex.data import eval_views
     from tinyalex.errors import TinyAlexError
-    from tinyalex.evaluate import load_model, normalisation, softmax
+    from layers.loss import softmax
+    from tinyalex.checkpoint import load_model, normalisation
     from tinyalex.outfiles import make_out_dir, writing
 
     model, ckpt = load_model(args.checkpoint)
@@ -246,7 +248,7 @@ def run(args):
 
 def register(subparsers):
     """Add the `saliency` command to an argparse subparsers object."""
-    from tinyalex.argtypes import positive_int
+    from tinyalex.argtypes import add_checkpoint_argument, positive_int
     p = subparsers.add_parser(
         "saliency", allow_abbrev=False,
         help="heat maps of where in an image a class comes from (input gradient, occlusion)",
@@ -254,7 +256,7 @@ def register(subparsers):
                     "pixels (Simonyan et al. 2013) and the drop in the class probability when "
                     "a grey square hides each part of the image (Zeiler & Fergus 2013), "
                     "beside the image.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
+    add_checkpoint_argument(p)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--out", metavar="DIR", required=True,
                    help="directory for the pictures, DIR/<image name>.png (created if missing)")
@@ -269,4 +271,4 @@ def register(subparsers):
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"occluded images per forward pass (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--json", action="store_true", help="print one JSON array instead of text")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_saliency)

@@ -37,13 +37,13 @@ import numpy as np
 
 from .errors import TinyAlexError
 
-SCHEDULES = ("onecycle", "step")
 
 
 def register(subparsers):
     """Add the `torch-train` command to an argparse subparsers object."""
     from .argtypes import add_threads_argument, number_in, positive_int
-    from .cli import add_recipe_arguments
+    from .optim import SCHEDULES
+    from .options import add_recipe_arguments
     from .model import MODELS
     from .data import add_data_arguments
     p = subparsers.add_parser(
@@ -55,7 +55,7 @@ def register(subparsers):
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per step (default 128)")
     p.add_argument("--lr", type=number_in(0, low_open=True), default=None,
                    help="onecycle's peak (default 0.05 cifar, 0.02 paper) or step's start (0.01)")
-    p.add_argument("--schedule", choices=SCHEDULES, default="onecycle",
+    p.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "plateau"], default="onecycle",
                    help="onecycle (default) or step, as in train.py")
     add_recipe_arguments(p)
     add_data_arguments(p)
@@ -70,7 +70,7 @@ def register(subparsers):
     r.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
                    help="validate on N images drawn from the validation split")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_torch_train)
 
 
 def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch):
@@ -104,7 +104,7 @@ def init_weights(torch, net, init, arch):
 
 
 def numpy_model(torch, net):
-    """`net` seen as trainer.evaluate_loader sees a model: forward(images) -> logits, NumPy in
+    """`net` seen as scoring.score_loader sees a model: forward(images) -> logits, NumPy in
     and out, dropout off. The scoring (loss, top-1, top-5) is then the same code as train.py's."""
     def forward(x):
         net.eval()
@@ -113,13 +113,14 @@ def numpy_model(torch, net):
     return SimpleNamespace(forward=forward)
 
 
-def run(args):
+def run_torch_train(args):
     from tqdm import tqdm
 
     from .torch_twin import import_torch, torch_model
     from .model import ARCHS
     from .optim import DEFAULT_LR, ONECYCLE_PEAK
-    from .trainer import build_loaders, evaluate_loader, write_metrics
+    from .scoring import score_loader
+    from .trainer import build_loaders, write_metrics
     torch = import_torch()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,7 +178,7 @@ def run(args):
         if not per_batch:
             scheduler.step()
         t0 = time.perf_counter()
-        val_loss, val_acc, _ = evaluate_loader(scored, val) if val is not None else (None, None, None)
+        val_loss, val_acc, _ = score_loader(scored, val) if val is not None else (None, None, None)
         rows.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                      "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
                      "seconds": round(seconds + time.perf_counter() - t0, 3),
@@ -190,7 +191,7 @@ def run(args):
     for split, loader in (("validation", val), ("test", test)):
         if loader is None:
             continue
-        centre, flip = evaluate_loader(scored, loader), evaluate_loader(scored, loader, "flip")
+        centre, flip = score_loader(scored, loader), score_loader(scored, loader, "flip")
         print(f"{split}: top-1 {100 * flip[1]:.2f}% with flip TTA (image + mirror), "
               f"{100 * centre[1]:.2f}% centre only; top-5 {100 * flip[2]:.2f}% / "
               f"{100 * centre[2]:.2f}%; loss {flip[0]:.4f} / {centre[0]:.4f} (final parameters)")

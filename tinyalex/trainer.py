@@ -32,7 +32,6 @@ import io
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,18 +42,17 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import (atomic_write, describe_position, load_model_checkpoint, read_meta,
                          save_checkpoint)
-from .data import BatchLoader, load_dataset
+from .data import BatchLoader, load_dataset, subset
 from .errors import TinyAlexError
-from .evaluate import softmax
-from .model import ARCHS, build_model, warm_up
+from .model import ARCHS, build_model
 from .optim import DEFAULT_LR, ONECYCLE_PEAK, SGD, make_schedule
 from .pictures import plot_curves
-from layers import softmax_cross_entropy
+from .processes import OneProcess
+from .scoring import score_loader
 
 METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s"]
 IMAGE_SIZE = {name: arch.input_shape[1] for name, arch in ARCHS.items()}   # square inputs
 DROPOUT_STREAM = 2     # the loader uses streams 0 (shuffle) and 1 (augmentation) of the seed
-LIMIT_STREAMS = {"train": 3, "val": 4}
 
 
 class TrainingError(TinyAlexError):
@@ -74,32 +72,22 @@ class Progress:
     best_val_acc: float = -1.0
 
 
-def subset(images, labels, limit, seed, split):
-    """`limit` images drawn at random (seeded) from a split, kept in their original order; all
-    of them when limit is None. A random draw, not the first `limit`: image folders list their
-    images class by class, so the first few thousand would hold one or two classes only."""
-    if limit is None or limit >= len(labels):
-        return images, labels
-    pick = np.random.default_rng([seed, LIMIT_STREAMS[split]]).permutation(len(labels))[:limit]
-    pick.sort()
-    return images[pick], labels[pick]
-
-
-def build_loaders(c):
-    """The dataset and its loaders for a run's options `c` (a config dict):
+def build_loaders(config):
+    """The dataset and its loaders for a run's options (a config dict):
     (data, train loader, validation loader or None, test loader or None)."""
-    d = load_dataset(c["data"], data_dir=c["data_dir"], val_size=c["val_size"],
-                     seed=c["seed"], skip_bad_images=c["skip_bad_images"])
-    train_x, train_y = subset(d.train_x, d.train_y, c["limit_train"], c["seed"], "train")
-    val_x, val_y = subset(d.val_x, d.val_y, c["limit_val"], c["seed"], "val")
-    common = dict(batch_size=c["batch_size"], image_size=IMAGE_SIZE[c["model"]], mean=d.mean,
-                  std=d.std, seed=c["seed"])
-    train = BatchLoader(train_x, train_y, train=True, augment=c["augment"],
-                        pca=(d.pca_eigval, d.pca_eigvec), **common)
+    seed = config["seed"]
+    data = load_dataset(config["data"], data_dir=config["data_dir"], val_size=config["val_size"],
+                        seed=seed, skip_bad_images=config["skip_bad_images"])
+    train_x, train_y = subset(data.train_x, data.train_y, config["limit_train"], seed, "train")
+    val_x, val_y = subset(data.val_x, data.val_y, config["limit_val"], seed, "val")
+    common = dict(batch_size=config["batch_size"], image_size=IMAGE_SIZE[config["model"]],
+                  mean=data.mean, std=data.std, seed=seed)
+    train = BatchLoader(train_x, train_y, train=True, augment=config["augment"],
+                        pca=(data.pca_eigval, data.pca_eigvec), **common)
     val = BatchLoader(val_x, val_y, train=False, **common) if len(val_y) else None
-    test = (BatchLoader(d.test_x, d.test_y, train=False, **common)
-            if d.test_x is not None and len(d.test_y) else None)
-    return d, train, val, test
+    test = (BatchLoader(data.test_x, data.test_y, train=False, **common)
+            if data.test_x is not None and len(data.test_y) else None)
+    return data, train, val, test
 
 
 def data_fingerprint(*arrays):
@@ -136,83 +124,54 @@ def dropout_rng(seed, epoch, batch):
     return np.random.default_rng([seed, DROPOUT_STREAM, epoch, batch])
 
 
-def evaluate_loader(model, loader, tta="none"):
-    """Mean loss, top-1 and top-5 accuracy over a loader (eval mode: no dropout). `model` is
-    anything with forward(images) -> logits in NumPy (torch-train passes PyTorch's network).
-    tta "flip": the softmax averaged over each image and its mirror image, as `evaluate --tta
-    flip` scores (the loader's normalisation is per channel, so mirroring after it is the same)."""
-    loss_sum, top1, top5, n = 0.0, 0, 0, 0
-    for x, y in loader.epoch(0):
-        with np.errstate(over="ignore", invalid="ignore"):   # a diverged model: NaN, below
-            logits = model.forward(x)
-            if tta == "flip":   # log of the mean of the two softmaxes, scored as logits
-                mirrored = model.forward(np.ascontiguousarray(x[..., ::-1]))
-                mean = (softmax(logits) + softmax(mirrored)) / 2     # (in float64)
-                # floored as evaluate's loss is: a probability that underflows to 0 (a model
-                # sure of another class) is not a diverged model's -inf; NaN stays NaN
-                logits = np.log(np.maximum(mean, np.finfo(np.float64).tiny))
-            loss, _ = softmax_cross_entropy(logits, y)
-        if not np.isfinite(logits).all():
-            loss = float("nan")
-        loss_sum += loss * len(y)
-        ranked = np.argsort(-logits, axis=1)[:, :5]
-        top1 += int((ranked[:, 0] == y).sum())
-        top5 += int((ranked == y[:, None]).any(axis=1).sum())
-        n += len(y)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    return loss_sum / n, top1 / n, top5 / n
-
-
 class Run:
     """One training run: its options, data, model, optimizer, schedule and run directory."""
 
-    def __init__(self, config, out_dir, resume_from=None, log=print, parallel=None):
+    def __init__(self, config, out_dir, resume_from=None, log=print, processes=None):
         self.config = config
-        # several MPI processes: towers or data parallel (tinyalex/mpi/ranks.py); None: this one
-        self.parallel = parallel
+        # this process alone, or an MPI job: towers or data parallel (tinyalex/processes.py)
+        self.processes = OneProcess() if processes is None else processes
         self.out_dir = out_dir
         self.log = log
-        c = config
-        warm_up(impl=c.get("impl", "fast"))   # Numba loads the kernels while the data are read (model.warm_up)
-        self.data, self.train_loader, self.val_loader, self.test_loader = build_loaders(c)
-        if c["schedule"] == "plateau" and self.val_loader is None:
+        self.data, self.train_loader, self.val_loader, self.test_loader = build_loaders(config)
+        if config["schedule"] == "plateau" and self.val_loader is None:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
-        d = self.data
-        self.image_size = IMAGE_SIZE[c["model"]]
+        data = self.data
+        self.image_size = IMAGE_SIZE[config["model"]]
         val = self.val_loader
         self.fingerprint = data_fingerprint(self.train_loader.images, self.train_loader.labels,
                                             *((val.images, val.labels) if val else ()))
         present = np.unique(self.train_loader.labels)
         if len(present) < 2:
             print(f"tinyalex: warning: every training image is of class "
-                  f"{d.classes[present[0]]!r}: the model can only learn to answer that, and "
+                  f"{data.classes[present[0]]!r}: the model can only learn to answer that, and "
                   f"its accuracy of 100% says nothing", file=sys.stderr)
 
-        self.model = build_model(c["model"], d.num_classes, init=c["init"], seed=c["seed"],
-                                 impl=c.get("impl", "fast"))
-        if parallel is not None:
-            self.model = parallel.wrap(self.model)   # this rank's tower, or a batch-sharding wrapper
+        impl = config.get("impl", "fast")
+        self.model = self.processes.wrap(build_model(config["model"], data.num_classes,
+                                                     init=config["init"], seed=config["seed"],
+                                                     impl=impl))
         biases = [k for k in self.model.params if k.endswith(".b")]
-        self.sgd = SGD(self.model.params, momentum=c["momentum"], weight_decay=c["weight_decay"],
-                       nesterov=c["nesterov"], no_decay=() if c["bias_decay"] else biases)
-        self.schedule = make_schedule(c["schedule"], lr=c["lr"], epochs=c["epochs"],
+        self.sgd = SGD(self.model.params, momentum=config["momentum"],
+                       weight_decay=config["weight_decay"], nesterov=config["nesterov"],
+                       no_decay=() if config["bias_decay"] else biases, impl=impl)
+        self.schedule = make_schedule(config["schedule"], lr=config["lr"], epochs=config["epochs"],
                                       steps_per_epoch=len(self.train_loader),
-                                      patience=c["patience"], model=c["model"])
+                                      patience=config["patience"], model=config["model"])
         self.progress = Progress()
         if resume_from is not None:
             self._restore(resume_from)
 
     # --- checkpoints ------------------------------------------------------------------
     def _meta(self):
-        p = self.progress
+        progress = self.progress
         return {"model": self.config["model"], "num_classes": self.model.num_classes,
                 "classes": self.data.classes, "image_size": self.image_size,
-                "init": self.config["init"], "config": self.config, "epoch": p.epoch,
-                "batch": p.batch, "schedule": self.schedule.state_dict(), "metrics": p.metrics,
-                "best_val_acc": p.best_val_acc,
-                "running": {"loss_sum": p.loss_sum, "correct": p.correct, "seen": p.seen,
-                            "seconds": p.seconds},
+                "init": self.config["init"], "config": self.config, "epoch": progress.epoch,
+                "batch": progress.batch, "schedule": self.schedule.state_dict(),
+                "metrics": progress.metrics, "best_val_acc": progress.best_val_acc,
+                "running": {"loss_sum": progress.loss_sum, "correct": progress.correct,
+                            "seen": progress.seen, "seconds": progress.seconds},
                 "data": {"train": len(self.train_loader.labels),
                          "val": len(self.val_loader.labels) if self.val_loader else 0,
                          "fingerprint": self.fingerprint}}
@@ -223,21 +182,19 @@ class Run:
             for key, value in arrays.items():
                 if not np.isfinite(value).all():
                     raise self._diverged(f"the {group} {key} is no longer finite")
-        d = self.data
+        data = self.data
         params, optimizer = self.model.params, self.sgd.state_dict()
-        if self.parallel is not None:   # every rank calls this; rank 0 gets the whole model and writes
-            params, optimizer = self.parallel.full_state(params, optimizer)
-            if not self.parallel.is_root:
-                return
+        params, optimizer = self.processes.full_state(params, optimizer)   # every process calls it
+        if not self.processes.is_root:
+            return
         save_checkpoint(os.path.join(self.out_dir, name), params=params, optimizer=optimizer,
-                        arrays={"mean": d.mean, "std": d.std, "pca_eigval": d.pca_eigval,
-                                "pca_eigvec": d.pca_eigvec},
+                        arrays={"mean": data.mean, "std": data.std, "pca_eigval": data.pca_eigval,
+                                "pca_eigvec": data.pca_eigvec},
                         meta=self._meta())
 
     def _restore(self, path):
         ckpt = load_model_checkpoint(path, model_name=self.config["model"], training=True)
-        if self.parallel is not None:
-            ckpt = self.parallel.local_checkpoint(ckpt)   # a tower's rows of the single-process file
+        ckpt = self.processes.local_checkpoint(ckpt)   # e.g. a tower's rows of the file
         meta = ckpt.meta
         if meta["classes"] != self.data.classes:
             raise TrainingError(f"{path} was trained on classes {meta['classes']}, the data has {self.data.classes}")
@@ -268,7 +225,7 @@ class Run:
     def _check_same_data(self, path, meta):
         """Refuse to continue a run on other images than it started with."""
         saved = meta.get("data")
-        if not isinstance(saved, dict):    # a checkpoint from before fingerprints
+        if not isinstance(saved, dict):    # from before fingerprints (checkpoint.py: versions)
             return
         now = {"train": len(self.train_loader.labels),
                "val": len(self.val_loader.labels) if self.val_loader else 0,
@@ -293,7 +250,7 @@ class Run:
              "from": meta["config"]["lr"], "to": self.config["lr"]}]
 
     def write_metrics(self):
-        if self.parallel is not None and not self.parallel.is_root:   # under MPI, rank 0 writes
+        if not self.processes.is_root:
             return
         try:
             write_metrics(self.out_dir, self.progress.metrics)
@@ -323,47 +280,48 @@ class Run:
     # --- the loop -----------------------------------------------------------------------
     def train(self, stop_requested=lambda: False, show_progress=True):
         """Train to the configured number of epochs. Returns "done" or "interrupted"."""
-        c, p = self.config, self.progress
-        seed, steps = c["seed"], len(self.train_loader)
-        save_every = c["save_every"] * 60.0
-        if p.metrics:     # a resumed run: metrics.csv as the checkpoint has it
+        config, progress = self.config, self.progress
+        seed, steps = config["seed"], len(self.train_loader)
+        save_every = config["save_every"] * 60.0
+        if progress.metrics:     # a resumed run: metrics.csv as the checkpoint has it
             self.write_metrics()
-        while p.epoch < c["epochs"]:
-            epoch = p.epoch
+        while progress.epoch < config["epochs"]:
+            epoch = progress.epoch
             last_save = time.monotonic()
-            lr = self.schedule.lr_at(epoch, min(p.batch, steps - 1))
-            bar = tqdm(total=steps, initial=p.batch, desc=f"epoch {epoch + 1}/{c['epochs']}",
+            lr = self.schedule.lr_at(epoch, min(progress.batch, steps - 1))
+            bar = tqdm(total=steps, initial=progress.batch, desc=f"epoch {epoch + 1}/{config['epochs']}",
                        unit="batch", dynamic_ncols=True, leave=False, disable=not show_progress,
                        file=sys.stderr)
             # closed here, not by the garbage collector: a second Ctrl-C while the loader's
             # thread stops must reach the caller, not be printed as "Exception ignored"
-            with bar, contextlib.closing(self.train_loader.epoch(epoch, p.batch)) as batches:
+            with bar, contextlib.closing(self.train_loader.epoch(epoch, progress.batch)) as batches:
                 t0 = time.perf_counter()   # a step's time includes waiting for its batch
                 for x, y in batches:
-                    lr = self.schedule.lr_at(epoch, p.batch)
+                    lr = self.schedule.lr_at(epoch, progress.batch)
                     with np.errstate(over="ignore", invalid="ignore"):   # caught just below
-                        loss, grads, logits = self.model.loss(x, y, rng=dropout_rng(seed, epoch, p.batch),
-                                                              return_logits=True,
-                                                              smoothing=c["label_smoothing"])
+                        step = self.model.loss(x, y, rng=dropout_rng(seed, epoch, progress.batch),
+                                               smoothing=config["label_smoothing"], need_logits=True)
+                    loss = step.loss
                     if not math.isfinite(loss):
                         raise self._diverged(f"the loss became {loss} at epoch {epoch + 1}, "
-                                             f"batch {p.batch + 1} (lr {lr:.3g})")
-                    self.sgd.step(self.model.params, grads, lr)
+                                             f"batch {progress.batch + 1} (lr {lr:.3g})")
+                    self.sgd.step(self.model.params, step.grads, lr)
                     dt, t0 = time.perf_counter() - t0, time.perf_counter()
-                    p.batch += 1
-                    p.loss_sum += loss * len(y)
-                    p.correct += int((logits.argmax(axis=1) == y).sum())
-                    p.seen += len(y)
-                    p.seconds += dt
+                    progress.batch += 1
+                    progress.loss_sum += loss * len(y)
+                    progress.correct += int((step.logits.argmax(axis=1) == y).sum())
+                    progress.seen += len(y)
+                    progress.seconds += dt
                     bar.update(1)
-                    bar.set_postfix_str(f"loss {p.loss_sum / p.seen:.3f} acc {100 * p.correct / p.seen:.1f}% "
-                                        f"{p.seen / p.seconds:.0f} img/s lr {lr:.3g}", refresh=False)
+                    seen = progress.seen
+                    bar.set_postfix_str(f"loss {progress.loss_sum / seen:.3f} "
+                                        f"acc {100 * progress.correct / seen:.1f}% "
+                                        f"{seen / progress.seconds:.0f} img/s lr {lr:.3g}", refresh=False)
                     if stop_requested():
                         self.save("last.npz")
                         return "interrupted"
-                    due = save_every > 0 and time.monotonic() - last_save > save_every and p.batch < steps
-                    if self.parallel is not None:   # all ranks save together, or none
-                        due = self.parallel.agree(due)
+                    due = save_every > 0 and time.monotonic() - last_save > save_every and progress.batch < steps
+                    due = self.processes.agree(due)   # all processes save together, or none
                     if due:
                         self.save("last.npz")
                         last_save = time.monotonic()
@@ -371,23 +329,24 @@ class Run:
         return "done"
 
     def _end_epoch(self, epoch, lr):
-        p = self.progress
+        progress = self.progress
         t0 = time.perf_counter()
-        val_loss, val_acc, _ = evaluate_loader(self.model, self.val_loader) if self.val_loader else (None, None, None)
-        row = {"epoch": epoch + 1, "train_loss": p.loss_sum / max(1, p.seen),
-               "train_acc": p.correct / max(1, p.seen), "val_loss": val_loss, "val_acc": val_acc,
-               "lr": lr, "seconds": round(p.seconds + time.perf_counter() - t0, 3),
-               "img_per_s": round(p.seen / max(p.seconds, 1e-9), 1)}
+        val_loss, val_acc, _ = score_loader(self.model, self.val_loader) if self.val_loader else (None, None, None)
+        row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / max(1, progress.seen),
+               "train_acc": progress.correct / max(1, progress.seen), "val_loss": val_loss, "val_acc": val_acc,
+               "lr": lr, "seconds": round(progress.seconds + time.perf_counter() - t0, 3),
+               "img_per_s": round(progress.seen / max(progress.seconds, 1e-9), 1)}
         if val_loss is not None and not math.isfinite(val_loss):
             raise self._diverged(f"the validation loss became {val_loss} at the end of epoch "
                                  f"{epoch + 1} (lr {lr:.3g})")
-        p.metrics.append(row)
+        progress.metrics.append(row)
         if val_acc is not None:
             self.schedule.end_epoch(epoch, val_acc)
-        improved = val_acc is not None and val_acc > p.best_val_acc
+        improved = val_acc is not None and val_acc > progress.best_val_acc
         if improved:
-            p.best_val_acc = val_acc
-        p.epoch, p.batch, p.loss_sum, p.correct, p.seen, p.seconds = epoch + 1, 0, 0.0, 0, 0, 0.0
+            progress.best_val_acc = val_acc
+        progress.epoch, progress.batch = epoch + 1, 0
+        progress.loss_sum, progress.correct, progress.seen, progress.seconds = 0.0, 0, 0, 0.0
         self.save("last.npz")
         if improved or self.val_loader is None:
             self.save("best.npz")
@@ -405,54 +364,10 @@ class Run:
             if loader is None:
                 continue
             for tta, suffix in (("none", ""), ("flip", "_flip")):
-                loss, top1, top5 = evaluate_loader(self.model, loader, tta)
+                loss, top1, top5 = score_loader(self.model, loader, tta)
                 scores.update({f"{split}_loss{suffix}": loss, f"{split}_top1{suffix}": top1,
                                f"{split}_top5{suffix}": top5})
         return scores
-
-
-class StopOnSignals:
-    """Ctrl-C (SIGINT) and SIGTERM (kill, timeout, a batch scheduler, a closing terminal).
-
-    While `armed` (the training loop looks at `requested` after every step), the first
-    signal asks it to finish the step, save and stop. Otherwise, or at a second signal,
-    KeyboardInterrupt is raised at once, as Ctrl-C does by default. `exit_code` is the
-    shell's for the first signal received: 130 for SIGINT, 143 for SIGTERM.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.received = None
-        self.armed = False
-
-    @property
-    def requested(self):
-        return self.received is not None
-
-    @property
-    def exit_code(self):
-        return 128 + (self.received or signal.SIGINT)
-
-    @property
-    def name(self):
-        return signal.Signals(self.received or signal.SIGINT).name
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum, frame):
-        first = self.received is None
-        if first:
-            self.received = signum
-        if not (first and self.armed):
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        return False
 
 
 def write_config(out_dir, config):

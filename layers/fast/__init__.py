@@ -20,7 +20,7 @@ NumPy pass; they are re-exported here so that a model can take all its layers fr
 """
 
 from ..dropout import DropoutCache, dropout_backward, dropout_forward
-from ..loss import softmax_cross_entropy
+from ..loss import softmax, softmax_cross_entropy
 from ..relu import ReluCache, relu_backward, relu_forward
 from .conv import ConvCache, conv_backward, conv_forward, conv_relu_forward
 from .dense import DenseCache, dense_backward, dense_forward
@@ -35,5 +35,5 @@ __all__ = [
     "dropout_forward", "dropout_backward", "DropoutCache",
     "dense_forward", "dense_backward", "DenseCache",
     "relu_forward", "relu_backward", "ReluCache",
-    "softmax_cross_entropy", "set_num_threads", "get_num_threads",
+    "softmax_cross_entropy", "softmax", "set_num_threads", "get_num_threads",
 ]

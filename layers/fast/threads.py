@@ -39,15 +39,9 @@ import os
 import queue
 import threading
 
+from tinyalex._runtime import available_cores   # (the standard library only)
+
 _local = threading.local()        # .inside: this thread is running a piece
-
-
-def available_cores():
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:        # not Linux
-        return os.cpu_count() or 1
 
 
 def _threads_from_environment():

@@ -1,6 +1,7 @@
 """tinyalex's data side: CIFAR-10 and image folders in, normalised float32 batches out.
 
     load_dataset(data, *, data_dir, val_size, seed, skip_bad_images, download) -> Dataset
+    subset(images, labels, limit, seed, split) -> a seeded sample of a split (--limit-*)
     BatchLoader(images, labels, *, batch_size, train, augment, image_size, mean, std, pca,
                 seed, prefetch, drop_last);  for x, y in loader.epoch(epoch, start_batch): ...
     eval_views(images, mode, image_size, mean, std) -> [x_view, ...]
@@ -23,9 +24,9 @@ Modules, in the order data flows through them:
 Images stay uint8 (N, 32, 32, 3) until a batch is made; only batches are float32.
 """
 from .args import add_data_arguments
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, load_dataset, subset
 from .loader import BatchLoader
 from .transforms import eval_views, load_images
 
 __all__ = ["Dataset", "load_dataset", "BatchLoader", "eval_views", "load_images",
-           "add_data_arguments"]
+           "add_data_arguments", "subset"]

@@ -1,21 +1,38 @@
-"""The data options every tinyalex command shares."""
+"""The data options the tinyalex commands share, each declared once here: --data, --data-dir,
+--split, --skip-bad-images (a command may word a help text its own way), and train's whole
+group (add_data_arguments)."""
 import argparse
 
 from ..argtypes import non_negative_int
 from .transforms import AUGMENTS
 
 
+DATA_HELP = ("an extracted cifar-10-batches-py directory (or a directory holding one), a "
+             ".tar.gz archive, or an image folder ROOT/train/<class>/* [+ ROOT/test/<class>/*] "
+             "or ROOT/<class>/*; default: the official CIFAR-10, downloaded into --data-dir")
+
+
+def add_source_arguments(parser, data_help=DATA_HELP):
+    """--data PATH and --data-dir DIR: where the images come from."""
+    parser.add_argument("--data", metavar="PATH", default=None, help=data_help)
+    parser.add_argument("--data-dir", metavar="DIR", default=None,
+                        help="where downloads, unpacked archives and the image cache go "
+                             "(default: $TINYALEX_DATA_DIR, else ./data)")
+
+
+def add_split_argument(parser, help):
+    """--split test|val: which of a trained model's splits (default: the test split if any)."""
+    parser.add_argument("--split", choices=("test", "val"), default=None, help=help)
+
+
+def add_skip_bad_images_argument(parser, help="skip unreadable files of an image folder with a warning"):
+    parser.add_argument("--skip-bad-images", action="store_true", help=help)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser):
     """Add --data, --data-dir, --val-size, --augment, --skip-bad-images; returns the group."""
     group = parser.add_argument_group("data")
-    group.add_argument("--data", metavar="PATH", default=None,
-                       help="an extracted cifar-10-batches-py directory (or a directory "
-                            "holding one), a .tar.gz archive, or an image folder "
-                            "ROOT/train/<class>/* [+ ROOT/test/<class>/*] or ROOT/<class>/*; "
-                            "default: the official CIFAR-10, downloaded into --data-dir")
-    group.add_argument("--data-dir", metavar="DIR", default=None,
-                       help="where downloads, unpacked archives and the image cache go "
-                            "(default: $TINYALEX_DATA_DIR, else ./data)")
+    add_source_arguments(group)
     group.add_argument("--val-size", type=non_negative_int, default=5000, metavar="N",
                        help="training images held out for validation, class-balanced "
                             "(default 5000; 0 trains on all of them)")
@@ -24,6 +41,5 @@ def add_data_arguments(parser: argparse.ArgumentParser):
                             "crop of the 4-padded image (32x32) or upscaling (224); paper = "
                             "upscale to 256, random 224 crops and mirrors, PCA lighting "
                             "(default basic)")
-    group.add_argument("--skip-bad-images", action="store_true",
-                       help="skip unreadable image files with a warning instead of stopping")
+    add_skip_bad_images_argument(group, "skip unreadable image files with a warning instead of stopping")
     return group

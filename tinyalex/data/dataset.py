@@ -210,3 +210,17 @@ def channel_statistics(images: np.ndarray):
     eigval, eigvec = eigval[::-1], eigvec[:, ::-1]
     return (mean.astype(np.float32), std.astype(np.float32),
             np.maximum(eigval, 0.0).astype(np.float32), np.ascontiguousarray(eigvec, np.float32))
+
+
+LIMIT_STREAMS = {"train": 3, "val": 4}   # of the run's seed (the loader uses 0 and 1, dropout 2)
+
+
+def subset(images, labels, limit, seed, split):
+    """`limit` images drawn at random (seeded) from a split, kept in their original order; all
+    of them when limit is None. A random draw, not the first `limit`: image folders list their
+    images class by class, so the first few thousand would hold one or two classes only."""
+    if limit is None or limit >= len(labels):
+        return images, labels
+    pick = np.random.default_rng([seed, LIMIT_STREAMS[split]]).permutation(len(labels))[:limit]
+    pick.sort()
+    return images[pick], labels[pick]

@@ -16,7 +16,7 @@ extra `pip install 'tinyalex[mpi]'` brings mpi4py and MPICH (whose wheel provide
     bench.py          python -m tinyalex.mpi.bench: img/s, communication per step
 
 This file imports neither NumPy nor mpi4py: the command line asks it, before anything heavy is
-loaded, whether to hand over (`requested`). A single process without --towers never gets here
+loaded, whether to hand over (`requested`) to `launch.train_main`. A single process without --towers never gets here
 further than that question. Measurements and the scaling model: docs/parallel.md.
 """
 
@@ -61,12 +61,6 @@ def requested(argv):
     """Whether `train` must run on MPI: started by mpiexec with more than one process, or asked
     for the towers. Light: argparse and the environment only."""
     return launched_size() > 1 or towers_option(argv) == 2
-
-
-def train_main(argv, prog="train.py"):
-    """`train.py` on MPI (launch.py); returns the exit status."""
-    from .launch import train_main as main
-    return main(argv, prog=prog)
 
 
 def say(message):

@@ -62,7 +62,6 @@ def print_scaling(args):
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -88,9 +87,9 @@ def main(argv=None):
     if args.scaling:
         return print_scaling(args)
     from .. import _runtime
-    from ..cli import set_threads
+    from .._runtime import available_cores, set_threads
     _runtime.apply()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     comm = None
     if args.mode != "single":
         from mpi4py import MPI
@@ -115,7 +114,7 @@ def main(argv=None):
         parallel = DataParallel(comm)
     if parallel:
         model = parallel.wrap(model)
-    sgd = SGD(model.params)
+    sgd = SGD(model.params, impl=args.impl)
     data = np.random.default_rng(0)
     B = args.batch_size
     x = data.standard_normal((B,) + model.input_shape, dtype=np.float32)
@@ -127,8 +126,7 @@ def main(argv=None):
         if comm is not None:
             comm.Barrier()
         start = time.perf_counter()
-        _, grads = model.loss(x, y, rng=np.random.default_rng([0, i]))
-        sgd.step(model.params, grads, 0.01)
+        sgd.step(model.params, model.loss(x, y, rng=np.random.default_rng([0, i])).grads, 0.01)
         times.append(time.perf_counter() - start)
     step = float(np.median(times[args.warmup:]))
     report = {"mode": args.mode, "model": args.model, "batch": B, "impl": args.impl,

@@ -35,6 +35,7 @@ the run directory is written on rank 0's machine (to resume there, or on a share
 
 import numpy as np
 
+from ..model import LossResult
 from .ranks import Ranks, timed
 
 
@@ -90,16 +91,17 @@ class DataParallelAlexNet:
               lambda: self.comm.Allgatherv(mine, [whole, counts]))
         return whole
 
-    def loss(self, x, y, *, rng=None, train=True, return_logits=False, smoothing=0.0):
-        """As AlexNet.loss on the whole batch (x, y): (loss, grads[, logits]), the same on
-        every rank; this rank computes its shard only."""
+    def loss(self, x, y, *, rng=None, train=True, smoothing=0.0, need_logits=False):
+        """As AlexNet.loss on the whole batch (x, y): a LossResult (no dx), the same on every
+        rank; this rank computes its shard only (need_logits: every rank's, gathered)."""
         B = len(y)
         lo, hi = shard(B, self.ranks.rank, self.ranks.size)
         n = hi - lo
         if n:
             rows = BatchRowsGenerator(rng, B, lo, hi) if rng is not None else None
-            loss, grads, logits = self.model.loss(x[lo:hi], y[lo:hi], rng=rows, train=train,
-                                                  return_logits=True, smoothing=smoothing)
+            mine = self.model.loss(x[lo:hi], y[lo:hi], rng=rows, train=train, smoothing=smoothing,
+                                   need_logits=need_logits)
+            loss, grads, logits = mine.loss, mine.grads, mine.logits
         else:                                            # more ranks than images
             loss, logits = 0.0, np.empty((0, self.num_classes), self.dtype)
             grads = {k: np.zeros_like(w) for k, w in self.params.items()}
@@ -114,9 +116,9 @@ class DataParallelAlexNet:
         loss = self.comm.allreduce(loss * n, op=MPI.SUM) / B
         if train:
             self.ranks.traffic.steps += 1
-        if not return_logits:
-            return loss, grads
-        return loss, grads, self._gather_logits(logits, B, "gather logits")
+        if need_logits:
+            logits = self._gather_logits(logits, B, "gather logits")
+        return LossResult(loss, grads, logits if need_logits else None)
 
     def forward(self, x):
         """Evaluation: the logits of the whole batch, on every rank (this rank runs its rows)."""

@@ -3,13 +3,13 @@
     mpiexec -n 2 python train.py --towers 2      the paper's towers (towers.py)
     mpiexec -n N python train.py                 data parallel (data_parallel.py)
 
-In order, before the ordinary `cli.train_command` runs with a `parallel` object:
+In order, before the ordinary `train_command.run_train` runs with the job's processes (ranks.py):
 
 1. MPI starts (mpi4py, which calls MPI_Init on import). Without mpi4py or an MPI library, one
    line says what to install, exit status 2.
 2. Threads: --threads per rank, else the cores this process may use divided by the ranks on
    this machine (MPI's shared-memory split), so N ranks on one machine share its cores rather
-   than each starting a thread per core. Set before NumPy and Numba load, as cli.py does.
+   than each starting a thread per core. Set before NumPy and Numba load (_runtime.set_threads).
 3. Ranks 1..N-1 go quiet: their stdout and stderr go to /dev/null, so the log, the progress bar
    and the messages are rank 0's alone. Their errors still reach the terminal (step 4).
 4. Errors. A user error (TinyAlexError: a bad flag, a missing checkpoint) happens on every rank
@@ -48,7 +48,7 @@ def _start_mpi():
 
 def _threads_per_rank(MPI, comm, argv):
     """--threads if given, else this process's cores / the ranks on this machine (at least 1)."""
-    from ..cli import set_threads
+    from .._runtime import available_cores, set_threads
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--threads", type=int, default=None)
     given = pre.parse_known_args(argv)[0].threads
@@ -56,8 +56,7 @@ def _threads_per_rank(MPI, comm, argv):
         threads = given
     else:
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        threads = max(1, (cores or 1) // local.Get_size())
+        threads = max(1, available_cores() // local.Get_size())
         local.Free()
     set_threads(threads)
     return threads
@@ -100,23 +99,24 @@ def train_main(argv, prog="train.py"):
     if rank != 0:
         _quiet()
     errors = comm.Dup()                        # for _fail's barrier, apart from the training's
-    from ..cli import train_command, train_parser
     from ..errors import TinyAlexError
+    from ..options import train_parser
+    from ..train_command import run_train
     parser = train_parser(prog=prog)
     args = parser.parse_args(argv)             # a bad flag: every rank exits 2, rank 0 says why
     if towers == 2:
         from .towers import Towers
-        parallel, mode = Towers(comm), "two towers (model parallel, the paper's split: each holds half the parameters)"
+        processes, mode = Towers(comm), "two towers (model parallel, the paper's split: each holds half the parameters)"
     else:
         from .data_parallel import DataParallel
-        parallel, mode = DataParallel(comm), f"data parallel, {args.batch_size} images per step in all"
+        processes, mode = DataParallel(comm), f"data parallel, {args.batch_size} images per step in all"
     if rank == 0:
         print(f"MPI: {size} processes, {mode}, {threads} thread{'s' * (threads > 1)} each "
               f"({MPI.Get_library_version().splitlines()[0].strip()})", flush=True)
     try:
-        status = train_command(args, parser, argv, parallel=parallel)
-        if parallel.traffic.steps and rank == 0:
-            print(f"MPI: {parallel.traffic.summary()}", flush=True)
+        status = run_train(args, parser, argv, processes)
+        if processes.traffic.steps and rank == 0:
+            print(f"MPI: {processes.traffic.summary()}", flush=True)
         return status
     except TinyAlexError as e:
         return _fail(errors, rank, f"error: {e}", 2)

@@ -1,15 +1,8 @@
 """What a job of several processes gives the trainer, whichever way it splits the work.
 
-`trainer.Run` takes an optional `parallel` object (towers.Towers or
-data_parallel.DataParallel, both built on `Ranks` below) and asks it for five things:
-
-    wrap(model)                  the model the loop trains: this rank's tower, or a wrapper that
-                                 shards every batch and sums the gradients
-    full_state(params, optim)    the whole model and optimizer state, for a checkpoint, on rank
-                                 0 (None elsewhere): every rank calls it, only rank 0 writes
-    local_checkpoint(ckpt)       an ordinary single-process checkpoint cut to this rank's share
-    agree(flag)                  True on every rank if it is True on any (save now? stop now?)
-    is_root                      rank 0: the one that writes files, logs and the progress bar
+`trainer.Run` takes a `processes` object: `processes.OneProcess` for one process, or
+towers.Towers or data_parallel.DataParallel, both built on `Ranks` below, with the same
+methods (tinyalex/processes.py lists them); rank 0 is the root.
 
 Every rank runs the same loop on the same batches in the same order, so every collective call
 (the exchanges, the Allreduce, `agree`) is met by all ranks at the same point.
@@ -18,6 +11,8 @@ Every rank runs the same loop on the same batches in the same order, so every co
 import signal
 import time
 from collections import defaultdict
+
+from .. import processes
 
 
 class Traffic:
@@ -56,7 +51,9 @@ class Traffic:
 
 
 class Ranks:
-    """The processes of one job (an MPI communicator), as the trainer sees them."""
+    """The processes of one job (an MPI communicator), as the trainer sees them: the methods of
+    processes.OneProcess (`wrap`, `full_state` and `local_checkpoint` are the subclasses':
+    the towers' or data parallelism's), `agree` a collective call."""
 
     def __init__(self, comm):
         self.comm = comm
@@ -74,7 +71,7 @@ class Ranks:
         return StopOnSignals(self)
 
 
-class StopOnSignals:
+class StopOnSignals(processes.StopOnSignals):
     """Ctrl-C or SIGTERM on any rank stops every rank after the same step.
 
     mpiexec passes a Ctrl-C (SIGINT) and a SIGTERM on to every rank; a signal sent to one rank
@@ -84,35 +81,13 @@ class StopOnSignals:
     this rank at once (mpiexec itself aborts the job on a second Ctrl-C at its terminal).
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    # what tinyalex.cli reads of the single-process tinyalex.trainer.StopOnSignals: every rank
-    # stops as after a Ctrl-C (exit 130), whichever signal reached whichever rank
+    # every rank stops as after a Ctrl-C (exit 130), whichever signal reached whichever rank
     exit_code, name = 130, "SIGINT"
 
-    def __init__(self, ranks):
-        self.ranks = ranks
-        self.noted = False
-        self.armed = False
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
     def _handle(self, signum, frame):
-        if self.noted and signum == signal.SIGINT:
+        if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.noted = True
-
-    @property
-    def requested(self):
-        """Whether any rank was asked to stop. A collective call: every rank reads it at the
-        same point of every step (trainer.Run.train does, through its stop_requested)."""
-        return self.ranks.agree(self.noted)
-
-    def __exit__(self, *exc):
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-        return False
+        self.received = signum
 
 
 def timed(traffic, name, nbytes, call):

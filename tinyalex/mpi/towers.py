@@ -83,7 +83,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import TinyAlexError
-from ..model import layer_plan, param_shapes
+from ..model import ROUTES, AlexNet, layer_plan, param_shapes
 from .ranks import Ranks, timed
 
 TOWERS = 2
@@ -252,18 +252,18 @@ def gather_logits_backward(dlogits, own):
 
 # --- the plan -----------------------------------------------------------------------------
 
-def tower_plan(arch):
-    """`model.layer_plan(arch)` for one tower: convolutions of groups=2 become this tower's
-    group (groups=1 on its own channels), every layer keeps its own half of the outputs, and
-    the exchanges are inserted where a layer needs both towers' inputs: before a groups=1
-    convolution (other than conv1, which reads the image) and before a dense layer (and the
-    dropout on its input). Returns [(name, kind, options)] with kinds of layer_plan plus
+def tower_plan(arch, fuse_conv_relu=False):
+    """`model.layer_plan(arch, fuse_conv_relu)` for one tower: convolutions of groups=2 become
+    this tower's group (groups=1 on its own channels), every layer keeps its own half of the
+    outputs, and the exchanges are inserted where a layer needs both towers' inputs: before a
+    groups=1 convolution (other than conv1, which reads the image) and before a dense layer
+    (and the dropout on its input). Returns [(name, kind, options)] with kinds of layer_plan plus
     "join" (a crossing of Figure 2) and "logits" (gather_logits); lrn becomes the halo LRN.
     """
     plan, split = [], False      # split: the activations are divided between the towers
-    full = layer_plan(arch)
+    full = layer_plan(arch, fuse_conv_relu)
     for i, (name, kind, opts) in enumerate(full):
-        if kind == "conv":
+        if kind in ("conv", "conv_relu"):
             if opts["groups"] == 1 and split:
                 plan.append((f"into_{name}", "join", {}))
             elif opts["groups"] != 1 and (opts["groups"] != TOWERS or not split):
@@ -289,10 +289,11 @@ def tower_plan(arch):
 
 # --- one tower ------------------------------------------------------------------------------
 
-class TowerAlexNet:
-    """One tower of an AlexNet: this rank's rows of every parameter, and the forward and
-    backward passes along `tower_plan`, exchanging with the other tower through `link`.
-    The same interface as model.AlexNet for the trainer: params, loss, forward."""
+class TowerAlexNet(AlexNet):
+    """One tower of an AlexNet: this rank's rows of every parameter, and the model's forward
+    and backward walks along `tower_plan`, whose steps are AlexNet's plus the exchanges with
+    the other tower through `link` (and the halo LRN in place of the LRN). The same interface
+    as model.AlexNet for the trainer: params, loss, forward."""
 
     def __init__(self, model, link):
         self.arch, self.name, self.input_shape = model.arch, model.name, model.input_shape
@@ -300,86 +301,35 @@ class TowerAlexNet:
                                                              model.impl, model.ops)
         self.link = link
         self.tower = link.tower
-        self.plan = tower_plan(model.arch)
+        self.plan = tower_plan(model.arch, ROUTES[model.impl].fuses_conv_relu)
         # this tower's rows of the full initial weights (copies: the full model is dropped)
         self.params = {name: np.array(value[own_rows(len(value), self.tower)])
                        for name, value in model.params.items()}
 
-    def forward_tape(self, x, *, train=False, rng=None):
-        """As AlexNet.forward_tape, one tower's share. Inputs: x (N, C, H, W), the whole batch
-        (both ranks read it); train, rng for dropout (the same generator on both ranks).
-        Returns: the logits (N, classes), on both ranks, and the tape."""
-        ops, p, link = self.ops, self.params, self.link
-        link.phase = "" if train else "eval "
-        fuse = hasattr(ops, "conv_relu_forward")
-        h, tape = x, []
-        for name, kind, opts in self.plan:
-            if kind == "join":
-                h, cache = CROSSINGS[name](h, link)                     # Figure 2
-            elif kind == "conv":
-                conv = ops.conv_relu_forward if fuse else ops.conv_forward
-                h, cache = conv(h, p[f"{name}.w"], p[f"{name}.b"], **opts)
-            elif kind == "relu" and fuse and tape[-1][1] == "conv":
-                cache = None                                            # done inside the conv
-            elif kind == "relu":
-                h, cache = ops.relu_forward(h)
-            elif kind == "lrn":
-                h, cache = lrn_halo_forward(h, link, name, ops, **opts)
-            elif kind == "pool":
-                h, cache = ops.maxpool_forward(h, **opts)
-            elif kind == "flatten":
-                h, cache = h.reshape(h.shape[0], -1), h.shape           # (N, C*H*W), own C
-            elif kind == "dropout":
-                h, cache = ops.dropout_forward(h, train=train, rng=rng, **opts)
-            elif kind == "dense":
-                h, cache = ops.dense_forward(h, p[f"{name}.w"], p[f"{name}.b"])
-            elif kind == "logits":
-                h, cache = gather_logits_forward(h, link, self.num_classes)
-            tape.append((name, kind, cache))
-        return h, tape
-
-    def backward_tape(self, tape, dout):
-        """As AlexNet.backward_tape: returns this tower's gradients, keyed like its params."""
+    def forward_steps(self, train, rng):
+        """AlexNet's forward steps, and the crossings of Figure 2 (the whole batch comes in on
+        both ranks; the logits go out on both)."""
         ops, link = self.ops, self.link
-        grads = {}
-        while tape:
-            name, kind, cache = tape.pop()
-            if kind == "logits":
-                dout = gather_logits_backward(dout, cache)
-            elif kind == "join":
-                dout = join_backward(dout, cache, link)
-            elif kind == "conv":
-                if not tape and self.impl == "fast":                    # the image needs no dx
-                    dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.conv_backward(dout, cache, need_dx=False)
-                else:
-                    dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.conv_backward(dout, cache)
-            elif kind == "relu" and cache is not None:
-                dout = ops.relu_backward(dout, cache)
-            elif kind == "lrn":
-                dout = lrn_halo_backward(dout, cache, link, ops)
-            elif kind == "pool":
-                dout = ops.maxpool_backward(dout, cache)
-            elif kind == "flatten":
-                dout = dout.reshape(cache)
-            elif kind == "dropout":
-                dout = ops.dropout_backward(dout, cache)
-            elif kind == "dense":
-                dout, grads[f"{name}.w"], grads[f"{name}.b"] = ops.dense_backward(dout, cache)
-        return {k: grads[k] for k in self.params}
+        link.phase = "" if train else "eval "
+        return dict(super().forward_steps(train, rng),
+                    join=lambda h, name, o: CROSSINGS[name](h, link),
+                    lrn=lambda h, name, o: lrn_halo_forward(h, link, name, ops, **o),
+                    logits=lambda h, name, o: gather_logits_forward(h, link, self.num_classes))
 
-    def forward(self, x):
-        """Evaluation mode (no dropout): the logits (N, classes), on both ranks."""
-        return self.forward_tape(x)[0]
+    def backward_steps(self):
+        ops, link = self.ops, self.link
+        return dict(super().backward_steps(),
+                    join=lambda d, c, need_dx: join_backward(d, c, link),
+                    lrn=lambda d, c, need_dx: lrn_halo_backward(d, c, link, ops),
+                    logits=lambda d, c, need_dx: gather_logits_backward(d, c))
 
-    def loss(self, x, y, *, rng=None, train=True, return_logits=False, smoothing=0.0):
-        """As AlexNet.loss: (loss, grads[, logits]); the loss and logits are the same on both
-        ranks, the gradients are this tower's."""
-        logits, tape = self.forward_tape(x, train=train, rng=rng)
-        loss, dlogits = self.ops.softmax_cross_entropy(logits, y, smoothing)
-        grads = self.backward_tape(tape, dlogits)
-        if train:
+    def loss(self, x, y, **options):
+        """As AlexNet.loss; the loss and logits are the same on both ranks, the gradients are
+        this tower's."""
+        result = super().loss(x, y, **options)
+        if options.get("train", True):
             self.link.traffic.steps += 1
-        return (loss, grads, logits) if return_logits else (loss, grads)
+        return result
 
 
 # --- what the trainer gets ----------------------------------------------------------------

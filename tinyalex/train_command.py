@@ -1,0 +1,121 @@
+"""The `train` command (`python train.py ...`, `python -m tinyalex train ...`): options in,
+a trained run directory out, on this process or on several (tinyalex/mpi/launch.py calls
+run_train with its MPI processes)."""
+
+import json
+import os
+import sys
+import time
+import uuid
+
+from .checkpoint import atomic_write, describe_position, read_meta
+from .errors import TinyAlexError
+from .options import explicit_options, raise_error, resume_config
+from .processes import OneProcess
+from .rundir import RunDir
+from .trainer import Run, write_config
+from .warm_up import warm_up
+
+
+def run_train(args, parser, argv, processes=None):
+    """Train or resume; the run directory's rules: tinyalex/rundir.py and docs/runs.md. SIGTERM
+    is handled like Ctrl-C (save, then exit 143). On several processes (tinyalex/mpi/) only
+    the root keeps the run directory and writes."""
+    processes = OneProcess() if processes is None else processes
+    explicit = explicit_options(parser, argv)
+    ckpt_path = meta = None
+    if args.resume:
+        config, out, ckpt_path, meta = resume_config(args, parser, explicit)
+    else:
+        config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command")}
+        out = args.out or os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    config["out"] = out
+    if config.get("threads"):
+        from layers.fast import threads
+        threads.set_num_threads(config["threads"])
+    with processes.stop_on_signals() as signals:
+        try:
+            if not processes.is_root:
+                return _train(config, out, ckpt_path, signals, processes)
+            with RunDir(out) as run_dir:
+                if meta is None:
+                    run_dir.check_new()
+                    config["run_id"] = uuid.uuid4().hex
+                elif not run_dir.run_files():      # a new run directory, from that checkpoint
+                    config["run_id"] = uuid.uuid4().hex
+                    config["resumed_from"] = os.path.abspath(ckpt_path)
+                else:
+                    run_dir.check_resume(ckpt_path, meta)
+                    config.setdefault("run_id", uuid.uuid4().hex)
+                return _train(config, out, ckpt_path, signals, processes)
+        except KeyboardInterrupt:
+            print(f"{_signal_word(signals)}: stopped at once; {_saved(out)}", file=sys.stderr)
+            return signals.exit_code
+
+
+def _train(config, out, ckpt_path, signals, processes):
+    root = processes.is_root
+    log = print
+    warm_up(impl=config.get("impl", "fast"))   # Numba loads the kernels while the data are read
+    run = Run(config, out, resume_from=ckpt_path, log=log, processes=processes)
+    log(f"data: {run.data.summary()}")
+    if config["limit_train"] or config["limit_val"]:
+        log(f"limited to {len(run.train_loader.labels)} train / "
+            f"{len(run.val_loader.labels) if run.val_loader else 0} val images")
+    log(f"model: {config['model']} ({sum(p.size for p in run.model.params.values()):,} parameters), "
+        f"{config['epochs']} epochs of {len(run.train_loader)} steps, batch {config['batch_size']}, "
+        f"{run.schedule.name} schedule; run directory {out}")
+    if ckpt_path:
+        log(f"resuming {ckpt_path} at epoch {run.progress.epoch + 1}, batch {run.progress.batch}")
+    if root:
+        write_config(out, config)
+    signals.armed = True
+    status = run.train(stop_requested=lambda: signals.requested, show_progress=not config["no_progress"])
+    signals.armed = False
+    if status == "interrupted":
+        print(f"{_signal_word(signals)}: saved {os.path.join(out, 'last.npz')} ("
+              f"{_saved_position(run)}); continue with: python train.py --resume {out}",
+              file=sys.stderr)
+        return signals.exit_code
+    scores = run.final_scores()
+    best = run.progress.best_val_acc
+    if best >= 0:
+        log(f"best validation accuracy {100 * best:.2f}% ({os.path.join(out, 'best.npz')})")
+    for split, name in (("val", "validation"), ("test", "test")):
+        if f"{split}_top1" in scores and root:
+            log(f"{name}: {_scores_line(scores, split)} (final parameters)")
+    if "test_top1" in scores and root:
+        text = json.dumps({"headline": "test_top1_flip", **scores}, indent=2) + "\n"
+        try:
+            atomic_write(os.path.join(out, "test.json"), lambda f: f.write(text.encode()))
+        except OSError as e:
+            raise_error(f"cannot write {os.path.join(out, 'test.json')}: {e.strerror or e}; "
+                        f"the run's checkpoints are saved in {out}")
+    return 0
+
+
+def _scores_line(scores, split):
+    """The end-of-run line of a split: flip-TTA first (the headline), then the centre image."""
+    return (f"top-1 {100 * scores[f'{split}_top1_flip']:.2f}% with flip TTA (image + mirror), "
+            f"{100 * scores[f'{split}_top1']:.2f}% centre only; top-5 "
+            f"{100 * scores[f'{split}_top5_flip']:.2f}% / {100 * scores[f'{split}_top5']:.2f}%; "
+            f"loss {scores[f'{split}_loss_flip']:.4f} / {scores[f'{split}_loss']:.4f}")
+
+
+def _saved_position(run):
+    return describe_position({"epoch": run.progress.epoch, "batch": run.progress.batch})
+
+
+def _signal_word(signals):
+    return "interrupted" if signals.name == "SIGINT" else f"stopped by {signals.name}"
+
+
+def _saved(out):
+    """What OUT/last.npz holds, for the message of a run stopped at once."""
+    last = os.path.join(out, "last.npz")
+    try:
+        meta = read_meta(last)
+    except TinyAlexError:
+        return "nothing was saved"
+    return (f"{last} holds {describe_position(meta)}; continue with: python train.py "
+            f"--resume {out}")
