@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from tinyalex.data import BatchLoader, eval_views, load_images
-from tinyalex.data import kernels as K
+from tinyalex.data import pixels as K
 from tinyalex.data.transforms import Placement, render
 from tinyalex.errors import DataError
 

@@ -15,11 +15,11 @@ Modules, in the order data flows through them:
     folder.py      image folders: decode any image file, cache the decoded arrays
     dataset.py     load_dataset: pick the source, split off validation, mean/std/PCA
     transforms.py  augmentation and test-time views, as placements of each image
-    kernels.py     the pixel loops (Numba) and their plain NumPy references
+    pixels.py      the pixel loops (Numba) and their plain NumPy references
     loader.py      BatchLoader: shuffling, seeding, the prefetch thread
     args.py        the shared command-line options
     synthetic.py   tiny datasets in every supported format, for tests
-    bench.py       python -m tinyalex.data.bench: images per second of the pipeline
+    throughput.py  python -m tinyalex.data.throughput: images per second of the pipeline
 
 Images stay uint8 (N, 32, 32, 3) until a batch is made; only batches are float32.
 """

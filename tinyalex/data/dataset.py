@@ -33,7 +33,7 @@ from tinyalex.errors import DataError
 from . import cifar
 from .download import safe_extract
 from .folder import load_image_folder
-from .kernels import channel_moments
+from .pixels import channel_moments
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 CACHE_DIRNAME = ".tinyalex-cache"

@@ -40,7 +40,7 @@ import numpy as np
 from tinyalex.errors import DataError
 
 from .folder import read_image
-from .kernels import crop_flip_normalize, resize_crop_flip_normalize, resize_table
+from .pixels import crop_flip_normalize, resize_crop_flip_normalize, resize_table
 
 AUGMENTS = ("none", "basic", "paper")
 VIEW_MODES = ("none", "flip", "10crop")

@@ -13,7 +13,7 @@ extra `pip install 'tinyalex[mpi]'` brings mpi4py and MPICH (whose wheel provide
                       Ctrl-C and SIGTERM on any rank, the bytes and seconds of each exchange
     launch.py         `train.py` under mpiexec: MPI start, threads per rank, quiet ranks 1..N-1,
                       errors as one line
-    bench.py          python -m tinyalex.mpi.bench: img/s, communication per step
+    scaling.py        python -m tinyalex.mpi.scaling: img/s, communication per step
 
 This file imports neither NumPy nor mpi4py: the command line asks it, before anything heavy is
 loaded, whether to hand over (`requested`) to `launch.train_main`. A single process without --towers never gets here

@@ -1,11 +1,11 @@
 """Training steps on one process, on two towers, or data parallel: images per second, and the
 time and bytes of communication per step. The figures of docs/parallel.md.
 
-    python -m tinyalex.mpi.bench --mode single --threads 2     one process, 2 threads
-    mpiexec -n 2 python -m tinyalex.mpi.bench --mode dp        2 ranks, data parallel
-    mpiexec -n 2 python -m tinyalex.mpi.bench --mode towers    2 ranks, the paper's towers
+    python -m tinyalex.mpi.scaling --mode single --threads 2     one process, 2 threads
+    mpiexec -n 2 python -m tinyalex.mpi.scaling --mode dp        2 ranks, data parallel
+    mpiexec -n 2 python -m tinyalex.mpi.scaling --mode towers    2 ranks, the paper's towers
 
-    python -m tinyalex.mpi.bench --scaling --compute-s 0.93   the scaling model (no run)
+    python -m tinyalex.mpi.scaling --scaling --compute-s 0.93   the scaling model (no run)
 
 A step is what training runs: model.loss (forward with dropout, loss, backward; under MPI the
 exchanges or the Allreduce) and the SGD update, on random images of the model's input shape
@@ -67,7 +67,7 @@ import time
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m tinyalex.mpi.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tinyalex.mpi.scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=("single", "dp", "towers"), default="single")
     p.add_argument("--model", choices=("cifar", "paper", "tiny"), default="cifar")
     p.add_argument("--batch-size", type=int, default=128)

@@ -1,4 +1,4 @@
-"""How fast the data pipeline makes batches: ``python -m tinyalex.data.bench [--data PATH]``.
+"""How fast the data pipeline makes batches: ``python -m tinyalex.data.throughput [--data PATH]``.
 
 Measures, on one core (no prefetch thread, single-threaded kernels), the images per
 second of training batches for the 32x32 model (random crop + mirror) and the 224x224
