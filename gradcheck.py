@@ -1,7 +1,7 @@
 """Check every layer's backward pass against finite differences, on both routes (layers/ and
 layers/fast/): see tinyalex/gradcheck.py.
 
-    python gradcheck.py [--impl readable|fast|both] [--layer NAME] [--seed N]
+    python gradcheck.py [--route readable|fast|both] [--layer NAME] [--seed N]
 """
 
 import os

@@ -28,10 +28,10 @@ from tinyalex.mpi.towers import Towers  # noqa: E402
 from tinyalex.optim import SGD  # noqa: E402
 
 
-def compare(comm, name, impl, mode, batches, lr=0.05):
+def compare(comm, name, route, mode, batches, lr=0.05):
     """Weights after len(batches) steps on MPI vs in one process: (weights diff, logits diff,
     whether every rank holds the same weights), on rank 0; None elsewhere."""
-    kw = dict(init="torch", seed=3, dtype=np.float64, impl=impl)
+    kw = dict(init="torch", seed=3, dtype=np.float64, route=route)
     parallel = Towers(comm) if mode == "towers" else DataParallel(comm)
     model = parallel.wrap(build_model(name, **kw))
     sgd = SGD(model.params)
@@ -94,9 +94,9 @@ def main(which):
     batches = (8, 7)                       # 7: unequal shards (3 and 4 on two ranks)
     results = {}
     if which == "two":
-        for impl in ("readable", "fast"):
+        for route in ("readable", "fast"):
             for mode in ("towers", "dp"):
-                results[f"{mode} tiny {impl}"] = compare(comm, "tiny", impl, mode, batches)
+                results[f"{mode} tiny {route}"] = compare(comm, "tiny", route, mode, batches)
         results["towers cifar fast"] = compare(comm, "cifar", "fast", "towers", (2,))
         # the same, broken on purpose: the test expects these to differ
         halo = towers.lrn_halo_forward, towers.lrn_halo_backward

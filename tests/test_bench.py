@@ -56,8 +56,8 @@ def test_json_report_without_torch(capsys):
 
 
 def test_readable_route_is_timed_beside_the_fast_one(capsys):
-    out = run_json(capsys, "--layers")                      # --impl both, the default
-    assert out["impl"] == "fast"
+    out = run_json(capsys, "--layers")                      # --route both, the default
+    assert out["route"] == "fast"
     for kind in ("train", "eval"):
         fast, readable = out[f"tinyalex_{kind}_img_s"], out[f"readable_{kind}_img_s"]
         assert fast > 0 and readable > 0 and len(out[f"readable_{kind}_times_s"]) == 2
@@ -72,10 +72,10 @@ def test_readable_route_is_timed_beside_the_fast_one(capsys):
                for row in relus)
 
 
-@pytest.mark.parametrize("impl", ["fast", "readable"])
-def test_one_route_alone(capsys, impl):
-    out = run_json(capsys, "--impl", impl)
-    assert out["impl"] == impl and out["tinyalex_train_img_s"] > 0
+@pytest.mark.parametrize("route", ["fast", "readable"])
+def test_one_route_alone(capsys, route):
+    out = run_json(capsys, "--route", route)
+    assert out["route"] == route and out["tinyalex_train_img_s"] > 0
     assert "readable_train_img_s" not in out and "train_fast_over_readable" not in out
 
 
@@ -107,20 +107,20 @@ def test_text_report_names_every_layer(capsys):
     assert "Numba kernels: " in text and " threads" in text
 
 
-@pytest.mark.parametrize("impl", ["fast", "readable"])
-def test_timed_route_times_every_layer_and_changes_nothing(impl):
+@pytest.mark.parametrize("route", ["fast", "readable"])
+def test_timed_route_times_every_layer_and_changes_nothing(route):
     """The per-layer timings come from the model's own passes through a timed route: every
     layer gets a time, and the step computes the same numbers as without the timers."""
-    model = build_model("tiny", seed=3, impl=impl)
+    model = build_model("tiny", seed=3, route=route)
     x, y = bench.random_batch(model.input_shape, 10, 5, seed=4)
-    route = model.ops
-    model.ops = timed = bench.TimedRoute(route)
+    ops = model.ops
+    model.ops = timed = bench.TimedRoute(ops)
     logits, tape = model.forward_tape(x, train=True, rng=np.random.default_rng(7))
     fwd = timed.per_step(model.plan)
-    _, dlogits = route.softmax_cross_entropy(logits, y)
+    _, dlogits = ops.softmax_cross_entropy(logits, y)
     grads, _ = model.backward_tape(tape, dlogits)
     bwd = timed.per_step(model.plan[::-1])
-    model.ops = route
+    model.ops = ops
     names = [n for n, kind, _ in model.plan if kind != "flatten"]
     assert list(fwd) == names and list(bwd) == names[::-1]
     assert all(t >= 0 for t in list(fwd.values()) + list(bwd.values()))
@@ -132,7 +132,7 @@ def test_timed_route_times_every_layer_and_changes_nothing(impl):
     fwd, bwd = one_round()
     layers = [n for n, kind, _ in layer_plan(model.arch) if kind != "flatten"]
     assert list(fwd) == layers + ["loss", "update"] and list(bwd) == layers
-    fused = impl == "fast"
+    fused = route == "fast"
     assert (fwd["relu1"] == bwd["relu1"] == 0.0) == fused and fwd["conv1"] > 0
 
 

@@ -247,7 +247,7 @@ def test_evaluate_on_the_readable_route_gives_the_same_report(world, capsys):
     argv = ["evaluate", world["ckpt"], "--data", world["cifar"], "--data-dir", world["data_dir"],
             "--split", "test"]
     fast = run_json(argv, capsys)
-    readable = run_json(argv + ["--impl", "readable"], capsys)
+    readable = run_json(argv + ["--route", "readable"], capsys)
     assert readable["top1"] == fast["top1"] and readable["top5"] == fast["top5"]
     assert readable["loss"] == pytest.approx(fast["loss"], rel=1e-5)
 

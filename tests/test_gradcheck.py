@@ -130,11 +130,11 @@ def test_every_check_passes_on_both_routes(capsys):
     assert len(rows) == 108 and "108/108 checks passed, 0 failed" in out
 
 
-@pytest.mark.parametrize("impl", ["readable", "fast"])
-def test_layer_option_runs_one_family(capsys, impl):
-    assert gradcheck.main(["--layer", "dense", "--seed", "5", "--impl", impl]) == 0
+@pytest.mark.parametrize("route", ["readable", "fast"])
+def test_layer_option_runs_one_family(capsys, route):
+    assert gradcheck.main(["--layer", "dense", "--seed", "5", "--route", route]) == 0
     out = capsys.readouterr().out
-    assert f"{impl}: dense 7->5" in out and "conv" not in out and "3/3 checks passed" in out
+    assert f"{route}: dense 7->5" in out and "conv" not in out and "3/3 checks passed" in out
 
 
 def test_rows_do_not_depend_on_which_families_run():

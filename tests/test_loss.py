@@ -100,9 +100,9 @@ def test_smoothing_outside_zero_to_one_is_refused(smoothing):
         layers.fast.softmax_cross_entropy(logits, y, smoothing)
 
 
-@pytest.mark.parametrize("impl", ["readable", "fast"])
-def test_the_model_s_loss_takes_the_smoothing(impl):
-    model = build_model("tiny", 10, init="he", seed=0, dtype=np.float64, impl=impl)
+@pytest.mark.parametrize("route", ["readable", "fast"])
+def test_the_model_s_loss_takes_the_smoothing(route):
+    model = build_model("tiny", 10, init="he", seed=0, dtype=np.float64, route=route)
     x = np.random.default_rng(0).standard_normal((3,) + model.input_shape)
     y = np.array([1, 5, 9])
     logits = model.forward(x)

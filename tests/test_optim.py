@@ -15,11 +15,11 @@ from tinyalex.optim import SGD, make_schedule
 
 # --- SGD ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", ["fast", "readable"])
-def test_two_steps_by_hand(impl):
+@pytest.mark.parametrize("route", ["fast", "readable"])
+def test_two_steps_by_hand(route):
     # v <- m v - wd lr w - lr g ; w <- w + v, with m=0.9, wd=0.5 (large, to be visible), lr=0.1
     params = {"w": np.array([1.0, -2.0], dtype=np.float32), "b": np.array([0.5], np.float32)}
-    opt = SGD(params, momentum=0.9, weight_decay=0.5, impl=impl)
+    opt = SGD(params, momentum=0.9, weight_decay=0.5, route=route)
     opt.step(params, {"w": np.array([1.0, 0.0], np.float32), "b": np.array([0.0], np.float32)},
              lr=0.1)
     # step 1, w: v = 0 - 0.05*[1,-2] - 0.1*[1,0] = [-0.15, 0.1]; w = [0.85, -1.9]
@@ -78,14 +78,14 @@ def test_the_fast_routes_update_is_the_readable_one_bit_for_bit(nesterov):
     rng = np.random.default_rng(3)
     w = rng.standard_normal((300, 400)).astype(np.float32)
     g = rng.standard_normal((400, 300)).astype(np.float32).T
-    sgd = {impl: SGD({"w": w}, momentum=0.9, weight_decay=5e-4, nesterov=nesterov, impl=impl)
-           for impl in ("fast", "readable")}
-    other = SGD({"w": w}, momentum=0.9, weight_decay=5e-4, nesterov=not nesterov, impl="readable")
-    weights = {impl: w.copy() for impl in sgd}
+    sgd = {route: SGD({"w": w}, momentum=0.9, weight_decay=5e-4, nesterov=nesterov, route=route)
+           for route in ("fast", "readable")}
+    other = SGD({"w": w}, momentum=0.9, weight_decay=5e-4, nesterov=not nesterov, route="readable")
+    weights = {route: w.copy() for route in sgd}
     w_other = w.copy()
     for lr in (0.05, 0.0123, 0.03):
-        for impl, opt in sgd.items():
-            opt.step({"w": weights[impl]}, {"w": g}, lr)
+        for route, opt in sgd.items():
+            opt.step({"w": weights[route]}, {"w": g}, lr)
         other.step({"w": w_other}, {"w": g}, lr)
         np.testing.assert_array_equal(sgd["fast"].velocity["w"], sgd["readable"].velocity["w"])
         np.testing.assert_array_equal(weights["fast"], weights["readable"])
@@ -95,8 +95,8 @@ def test_the_fast_routes_update_is_the_readable_one_bit_for_bit(nesterov):
 
 
 def test_an_unknown_route_has_no_update():
-    with pytest.raises(ValueError, match="unknown impl"):
-        SGD({"w": np.zeros(2)}, impl="quick")
+    with pytest.raises(ValueError, match="unknown route"):
+        SGD({"w": np.zeros(2)}, route="quick")
 
 
 def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise(torch):
@@ -127,8 +127,8 @@ def test_same_as_torch_sgd_at_constant_lr_and_not_otherwise(torch):
 
 # --- Nesterov momentum ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("impl", ["fast", "readable"])
-def test_nesterov_one_step_by_hand_and_not_plain_momentum(impl):
+@pytest.mark.parametrize("route", ["fast", "readable"])
+def test_nesterov_one_step_by_hand_and_not_plain_momentum(route):
     # w = 1, g = 1, momentum 0.9, no decay, lr 0.1, from v = 0:
     #   plain:    v = -0.1;                  w = 1 - 0.1 = 0.9
     #   Nesterov: step = -0.1, v = -0.1;     w = 1 + 0.9 * -0.1 - 0.1 = 0.81
@@ -137,7 +137,7 @@ def test_nesterov_one_step_by_hand_and_not_plain_momentum(impl):
     #   Nesterov: v = -0.19;                 w = 0.81 + 0.9 * -0.19 - 0.1 = 0.539
     for nesterov, expected in ((False, [0.9, 0.71]), (True, [0.81, 0.539])):
         params = {"w": np.array([1.0])}
-        opt = SGD(params, momentum=0.9, weight_decay=0.0, nesterov=nesterov, impl=impl)
+        opt = SGD(params, momentum=0.9, weight_decay=0.0, nesterov=nesterov, route=route)
         seen = []
         for _ in range(2):
             opt.step(params, {"w": np.array([1.0])}, lr=0.1)

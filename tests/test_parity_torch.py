@@ -364,8 +364,8 @@ def record_dropout_masks(model):
     return masks
 
 
-def compare_model_with_torch(name, batch, dtype, impl, init="torch", train=True):
-    model = build_model(name, dtype=dtype, init=init, seed=1, impl=impl)
+def compare_model_with_torch(name, batch, dtype, route, init="torch", train=True):
+    model = build_model(name, dtype=dtype, init=init, seed=1, route=route)
     check_architecture_against_the_table(name, model.params)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch,) + tuple(model.input_shape)).astype(dtype)
@@ -406,22 +406,22 @@ def compare_model_with_torch(name, batch, dtype, impl, init="torch", train=True)
     assert_close(dx, xt.grad, dtype, f"{name} train dx")
 
 
-IMPLS = ["readable", "fast"]
+ROUTE_NAMES = ["readable", "fast"]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("route", ROUTE_NAMES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("init", ["torch", "he"])
-def test_tiny_model_matches_torch(dtype, init, impl):
-    compare_model_with_torch("tiny", 4, dtype, impl, init=init)
+def test_tiny_model_matches_torch(dtype, init, route):
+    compare_model_with_torch("tiny", 4, dtype, route, init=init)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_cifar_model_matches_torch(impl):
-    compare_model_with_torch("cifar", 2, np.float64, impl)
+@pytest.mark.parametrize("route", ROUTE_NAMES)
+def test_cifar_model_matches_torch(route):
+    compare_model_with_torch("cifar", 2, np.float64, route)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_paper_model_matches_torch(impl):
+@pytest.mark.parametrize("route", ROUTE_NAMES)
+def test_paper_model_matches_torch(route):
     # one image, evaluation mode only (~5 s): dropout masks are covered by tiny and cifar
-    compare_model_with_torch("paper", 1, np.float64, impl, train=False)
+    compare_model_with_torch("paper", 1, np.float64, route, train=False)

@@ -190,8 +190,8 @@ def test_both_routes_export_the_same_functions_with_the_same_signatures():
 def test_models_on_both_routes_agree(name, batch, dtype):
     """The whole training step: loss, every parameter's gradient, the input's gradient and the
     logits, with the same dropout masks (the same generator seed)."""
-    readable = build_model(name, seed=1, dtype=dtype, impl="readable")
-    quick = build_model(name, seed=1, dtype=dtype, impl="fast")
+    readable = build_model(name, seed=1, dtype=dtype, route="readable")
+    quick = build_model(name, seed=1, dtype=dtype, route="fast")
     rng = np.random.default_rng(8)
     x = rng.standard_normal((batch,) + readable.input_shape).astype(dtype)
     y = rng.integers(0, 10, size=batch)

@@ -153,7 +153,7 @@ def _layer_results():
 
 def _training_step(model_name):
     """The loss and every gradient of one training step of a model, on the fast route."""
-    model = build_model(model_name, 10, seed=0, impl="fast")
+    model = build_model(model_name, 10, seed=0, route="fast")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4,) + model.arch.input_shape).astype(np.float32)
     y = rng.integers(0, 10, 4)

@@ -336,13 +336,13 @@ def test_limit_draws_a_seeded_sample_across_classes_not_the_first_images():
 
 
 def test_the_readable_route_trains_the_same_run(data, tmp_path):
-    """`--impl readable` trains on layers/ itself: the same maths as the fast route, so the
+    """`--route readable` trains on layers/ itself: the same maths as the fast route, so the
     same run, to float32 rounding, and its choice is recorded in config.json."""
     rows = {}
-    for impl in ("readable", "fast"):
-        out = str(tmp_path / impl)
-        assert train_main(args(data, out, "--epochs", "1", "--impl", impl)) == 0
-        assert json.load(open(os.path.join(out, "config.json")))["impl"] == impl
-        rows[impl] = read_metrics(out)[0]
+    for route in ("readable", "fast"):
+        out = str(tmp_path / route)
+        assert train_main(args(data, out, "--epochs", "1", "--route", route)) == 0
+        assert json.load(open(os.path.join(out, "config.json")))["route"] == route
+        rows[route] = read_metrics(out)[0]
     for field in ("train_loss", "val_loss"):
         assert float(rows["readable"][field]) == pytest.approx(float(rows["fast"][field]), rel=1e-4), field

@@ -46,3 +46,23 @@ def add_threads_argument(parser):
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="CPU threads for the matrix products and kernels (default: all the "
                              "cores this process may use; fewer leaves cores to other programs)")
+
+
+def route_argument(names):
+    """A --route value: one of `names` (tinyalex's routes) or a folder of a student's layers
+    (python -m tinyalex exercise --out DIR), returned as an absolute path."""
+    def parse(text):
+        import os
+        if text in names:
+            return text
+        if os.path.isdir(text):
+            return os.path.abspath(text)
+        raise argparse.ArgumentTypeError(f"{text!r} is neither {', '.join(names)} nor a folder of "
+                                         f"your own layers")
+    return parse
+
+
+def add_route_argument(parser, names, default, help):
+    """--route (also spelt --impl) on a command: tinyalex's routes `names`, or a student's folder."""
+    return parser.add_argument("--route", "--impl", dest="route", type=route_argument(names),
+                               default=default, metavar="{" + ",".join(names) + ",DIR}", help=help)

@@ -1,7 +1,7 @@
 """The benchmark: `python -m tinyalex bench`, tinyalex against PyTorch on the same CPU.
 
     python -m tinyalex bench [--model cifar|paper|tiny] [--batch-size 128] [--threads N]
-                             [--impl fast|readable|both] [--steps 5] [--warmup 1] [--vs-torch]
+                             [--route fast|readable|both] [--steps 5] [--warmup 1] [--vs-torch]
                              [--layers] [--busy N] [--json] [--rss-only tinyalex|torch]
 
 What is timed, on random float32 images of the model's input shape and random labels:
@@ -17,7 +17,7 @@ them from its cache) and kept out of the figures. Then `--warmup` untimed rounds
     tinyalex train, readable train, PyTorch train, tinyalex eval, readable eval, PyTorch eval
 
 ("tinyalex" is the route training runs, `layers/fast/`; "readable" is `layers/` itself, timed
-with --impl both, the default, so the table shows what the fast route buys; PyTorch with
+with --route both, the default, so the table shows what the fast route buys; PyTorch with
 --vs-torch)
 
 so both frameworks see the same machine load, which on a shared machine drifts by the
@@ -96,7 +96,7 @@ def random_batch(model_input_shape, num_classes, batch, seed):
 def tinyalex_tasks(model, x, y, seed):
     """(train, evaluate) closures: one training step with the real SGD, one forward pass."""
     from tinyalex.optim import SGD
-    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, impl=model.impl)
+    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, route=model.route)
     rng = np.random.default_rng(seed)
 
     def train():
@@ -255,22 +255,22 @@ def tinyalex_layer_round(model, x, y, seed):
     gradient) and "update" (SGD.step) have a forward time only."""
     from tinyalex.model import layer_plan
     from tinyalex.optim import SGD
-    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, impl=model.impl)
+    sgd = SGD(model.params, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, route=model.route)
     rng = np.random.default_rng(seed)
     layers = [name for name, kind, _ in layer_plan(model.arch) if kind != "flatten"]
 
     def one_round():
-        route, model.ops = model.ops, TimedRoute(model.ops)
+        untimed, model.ops = model.ops, TimedRoute(model.ops)
         try:
             logits, tape = model.forward_tape(x, train=True, rng=rng)
             fwd = model.ops.per_step(model.plan)
             start = time.perf_counter()
-            _, dlogits = route.softmax_cross_entropy(logits, y)
+            _, dlogits = untimed.softmax_cross_entropy(logits, y)
             loss = time.perf_counter() - start
             grads, _ = model.backward_tape(tape, dlogits)
             bwd = model.ops.per_step(model.plan[::-1])
         finally:
-            model.ops = route
+            model.ops = untimed
         fwd = {name: fwd.get(name, 0.0) for name in layers}
         fwd["loss"] = loss
         fwd["update"] = seconds(lambda: sgd.step(model.params, grads, LR))
@@ -461,7 +461,7 @@ def run_bench(args):
     if args.busy and args.layers:
         raise TinyAlexError("--busy times whole steps, idle and busy: drop --layers")
     if args.rss_only != "torch":   # (PyTorch measured alone: no tinyalex kernels in its memory)
-        warm_up(impl="fast" if args.impl == "both" else args.impl)   # as a training run does: Numba loads its kernels while the model is built
+        warm_up(route="fast" if args.route == "both" else args.route)   # as a training run does: Numba loads its kernels while the model is built
     torch = None
     if args.vs_torch or args.rss_only == "torch":   # (a missing PyTorch is the one line said)
         torch = import_torch()
@@ -484,12 +484,12 @@ def run_bench(args):
     if args.rss_only:
         return _rss_only(args, arch, x, y, threads, result, say)
 
-    impl = "fast" if args.impl == "both" else args.impl
-    model = build_model(args.model, 10, seed=args.seed, impl=impl)
-    result["impl"] = impl
+    route = "fast" if args.route == "both" else args.route
+    model = build_model(args.model, 10, seed=args.seed, route=route)
+    result["route"] = route
     readable = None
-    if args.impl == "both":   # the readable route beside it, on its own copy of the same weights
-        readable = build_model(args.model, 10, seed=args.seed, impl="readable")
+    if args.route == "both":   # the readable route beside it, on its own copy of the same weights
+        readable = build_model(args.model, 10, seed=args.seed, route="readable")
         readable.params = {k: v.copy() for k, v in model.params.items()}
     tasks = OrderedDict()
     tx_train, tx_eval = tinyalex_tasks(model, x, y, args.seed)
@@ -572,8 +572,8 @@ def _rss_only(args, arch, x, y, threads, result, say):
     """Training steps of one framework alone, for a separate peak-RSS measurement."""
     from tinyalex.model import build_model
     if args.rss_only == "tinyalex":
-        impl = "fast" if args.impl == "both" else args.impl
-        train, _ = tinyalex_tasks(build_model(args.model, 10, seed=args.seed, impl=impl), x, y, args.seed)
+        route = "fast" if args.route == "both" else args.route
+        train, _ = tinyalex_tasks(build_model(args.model, 10, seed=args.seed, route=route), x, y, args.seed)
     else:
         train, _ = torch_tasks(torch_model(arch, 10), x, y)    # PyTorch's own initialisation
     result["only"] = args.rss_only
@@ -602,8 +602,8 @@ def _print_report(result, args):
         print(line)
     print()
     has_rd = "readable_train_img_s" in result
-    route = f"tinyalex {result['impl']}"
-    print(f"{'':12}{route + ' img/s':>22}" + (f"{'readable img/s':>16}" if has_rd else "") +
+    ours = f"tinyalex {result['route']}"
+    print(f"{'':12}{ours + ' img/s':>22}" + (f"{'readable img/s':>16}" if has_rd else "") +
           f"{'PyTorch img/s':>16}{'tinyalex/PyTorch':>18}" + (f"{'fast/readable':>15}" if has_rd else ""))
     for kind, label in (("train", "training"), ("eval", "evaluation")):
         print(f"{label:12}{_cell(result[f'tinyalex_{kind}_img_s'], 22)}" +
@@ -625,7 +625,7 @@ def _print_report(result, args):
 def _print_busy(result, has_rd):
     busy = result["busy"]
     n = busy["processes"]
-    whos = [("tinyalex", f"tinyalex {result['impl']}")] + ([("readable", "readable")] if has_rd else []) + \
+    whos = [("tinyalex", f"tinyalex {result['route']}")] + ([("readable", "readable")] if has_rd else []) + \
         [("torch", "PyTorch")]
     print()
     print(f"The same rounds with {n} other process{'es' * (n > 1)} keeping {'a core' if n == 1 else f'{n} cores'} "
@@ -641,7 +641,7 @@ def _print_busy(result, has_rd):
 
 
 def _print_layers(result):
-    whos = [("tinyalex", f"tinyalex {result['impl']}")]
+    whos = [("tinyalex", f"tinyalex {result['route']}")]
     if "readable_train_img_s" in result:
         whos.append(("readable", "readable"))
     whos.append(("torch", "PyTorch"))
@@ -669,7 +669,7 @@ def _print_layers(result):
 
 def register(subparsers):
     """Add the `bench` command to an argparse subparsers object; its handler is run_bench."""
-    from tinyalex.argtypes import add_threads_argument, non_negative_int, positive_int
+    from tinyalex.argtypes import add_route_argument, add_threads_argument, non_negative_int, positive_int
 
     p = subparsers.add_parser(
         "bench", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -691,10 +691,10 @@ def register(subparsers):
                    help="timed rounds; the figures are their medians (default 5)")
     p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N",
                    help="untimed rounds after the cold first step (default 1)")
-    p.add_argument("--impl", choices=("fast", "readable", "both"), default="both",
-                   help="the layers timed: fast (layers/fast/, what training runs), readable "
-                        "(layers/ itself), or both side by side (default), to show what the fast "
-                        "route buys")
+    add_route_argument(p, ("fast", "readable", "both"), "both",
+                       help="the layers timed: fast (layers/fast/, what training runs), readable "
+                            "(layers/ itself), both side by side (default), to show what the fast "
+                            "route buys, or DIR, your own (python -m tinyalex exercise)")
     p.add_argument("--vs-torch", action="store_true",
                    help="also time the same model in PyTorch, interleaved, and print the ratios")
     p.add_argument("--layers", action="store_true",

@@ -27,9 +27,10 @@ Versions. A checkpoint written by an older tinyalex stays usable: evaluated, and
 exactly as it was trained. ``format_version`` changes only when the layout above changes; an
 option or a record added to ``meta`` later keeps the version, and its absence is read as the
 behaviour before it existed: a config without a later training option resumes with the value
-those runs trained with (``options.OLD_DEFAULTS``), and a checkpoint without the data's
-fingerprint resumes without that check (``trainer.Run._check_same_data``). Neither is dropped
-while such checkpoints may exist; a new format version would be the place to drop both.
+those runs trained with (``options.OLD_DEFAULTS``), an option stored under its older name is
+read under its new one (``options.RENAMED``: "impl" is now "route"), and a checkpoint without the data's
+fingerprint resumes without that check (``trainer.Run._check_same_data``). None is dropped
+while such checkpoints may exist; a new format version would be the place to drop them.
 
 Atomic writes: the file is written to a temporary file in the same directory, flushed to
 disk (fsync), and renamed over the old one with ``os.replace``, which is atomic on POSIX and
@@ -369,7 +370,7 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def load_model(path, impl="fast"):
+def load_model(path, route="fast"):
     """Load a checkpoint and turn it into a model in evaluation-ready form.
 
     The checkpoint is checked by checkpoint.load_model_checkpoint, as for every other use
@@ -384,7 +385,7 @@ def load_model(path, impl="fast"):
     path = os.fspath(path)
     ckpt = load_model_checkpoint(path)
     from tinyalex.model import build_model
-    model = build_model(ckpt.meta["model"], ckpt.meta["num_classes"], impl=impl)
+    model = build_model(ckpt.meta["model"], ckpt.meta["num_classes"], route=route)
     model.params = {key: np.ascontiguousarray(ckpt.params[key], dtype=model.dtype)
                     for key in model.params}
     return model, ckpt

@@ -18,6 +18,7 @@ from .argtypes import add_threads_argument
 
 # command -> the module whose register() adds it (train's parser is options.py's)
 COMMANDS = {"train": None, "evaluate": "evaluate", "predict": "evaluate", "filters": "pictures",
+            "exercise": "exercise",
             "bench": "bench", "torch-train": "torch_train", "neighbours": "neighbours",
             "saliency": "saliency", "export": "export"}
 

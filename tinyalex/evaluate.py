@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from layers.loss import softmax
-from tinyalex.argtypes import add_checkpoint_argument, positive_int
+from tinyalex.argtypes import add_checkpoint_argument, add_route_argument, positive_int
 from tinyalex.checkpoint import load_model, model_labels, normalisation
 from tinyalex.data import load_dataset, load_images, subset
 from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
@@ -158,7 +158,7 @@ def format_report(result, classes):
 # --------------------------------------------------------------------------------------
 
 def run_evaluate(args):
-    model, ckpt = load_model(args.checkpoint, impl=getattr(args, "impl", "fast"))
+    model, ckpt = load_model(args.checkpoint, route=getattr(args, "route", "fast"))
     mean, std = normalisation(ckpt, args.checkpoint)
     if args.confusion_png:
         check_new_file(args.confusion_png)
@@ -193,7 +193,7 @@ def run_evaluate(args):
 
 
 def run_predict(args):
-    model, ckpt = load_model(args.checkpoint, impl=getattr(args, "impl", "fast"))
+    model, ckpt = load_model(args.checkpoint, route=getattr(args, "route", "fast"))
     mean, std = normalisation(ckpt, args.checkpoint)
     classes = ckpt.meta["classes"]
     k = min(args.top, model.num_classes)
@@ -248,8 +248,9 @@ def register(subparsers):
                    help=f"images per forward pass, each --tta view counting as one "
                         f"(default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--impl", choices=("fast", "readable"), default="fast",
-                   help="the layers that compute: fast (layers/fast/, default) or readable (layers/)")
+    add_route_argument(p, ("fast", "readable"), "fast",
+                       help="the layers that compute: fast (layers/fast/, default), readable (layers/) "
+                            "or DIR, your own (python -m tinyalex exercise)")
     p.add_argument("--confusion-png", metavar="FILE", default=None,
                    help="also draw the confusion matrix as a picture (PNG)")
     add_skip_bad_images_argument(p)

@@ -43,9 +43,10 @@ errors pile up through eleven layers, below about 1e-5.
 Usage::
 
     python gradcheck.py                 # every check on both routes; exit 1 if any fails
-    python gradcheck.py --impl readable # only layers/ (fast: only layers/fast/)
+    python gradcheck.py --route readable # only layers/ (fast: only layers/fast/)
     python gradcheck.py --layer lrn     # one family: conv pool lrn dropout dense relu loss net
     python gradcheck.py --seed 3        # another draw of inputs and upstream gradients
+    python gradcheck.py --layers DIR    # your own layers (python -m tinyalex exercise --out DIR)
 
 Both routes are checked by default: the readable layers (``layers``) and the fast route
 (``layers.fast``), each with the same inputs. Every check reads the layer functions from an
@@ -399,11 +400,11 @@ def kink_free_differences(f: Callable[[], float], x: np.ndarray, rng: np.random.
     return np.array(indices, dtype=np.intp), np.array(values), kinks
 
 
-def check_net(rng, ops, impl="readable") -> list[Check]:
+def check_net(rng, ops, route="readable") -> list[Check]:
     """The whole shrunken AlexNet ("tiny", float64): sampled entries of every parameter and
     of the input, against the model's own loss and gradients.
 
-    The model is built on route `impl` and calls the functions of `ops`.
+    The model is built on route `route` and calls the functions of `ops`.
     He initialisation rather than PyTorch's default: with the latter the signal shrinks
     layer by layer and the input gradient is ~1e-7, down in the loss's rounding noise.
     Entries next to a kink are skipped and replaced (see kink_free_differences).
@@ -411,7 +412,7 @@ def check_net(rng, ops, impl="readable") -> list[Check]:
     from tinyalex.model import build_model
 
     model = build_model("tiny", num_classes=10, init="he", seed=int(rng.integers(2**31)),
-                        dtype=np.float64, impl=impl)
+                        dtype=np.float64, route=route)
     model.ops = ops
     x = np.ascontiguousarray(rng.standard_normal((2,) + tuple(model.input_shape)))
     y = rng.integers(0, model.num_classes, size=len(x))
@@ -459,32 +460,32 @@ FAMILIES = {
 }
 
 
-IMPLS = ("readable", "fast")
+ROUTE_NAMES = ("readable", "fast")
 
 
-def default_ops(impl="readable"):
+def default_ops(route="readable"):
     """The layers of a route (`layers` or `layers.fast`), read at call time so a
     monkeypatched function is seen."""
     from tinyalex.model import route_ops
-    return route_ops(impl)
+    return route_ops(route)
 
 
 def run_checks(families: Sequence[str] | None = None, seed: int = 0, ops=None,
-               impl: str = "readable") -> list[Check]:
+               route: str = "readable") -> list[Check]:
     """Run the named families (all by default) on one route and return their rows.
 
     ops: any object with the layer functions as attributes (default: the route's module).
     Each family draws from its own generator, so `--layer X` gives the same rows as the
     full run, and both routes see the same inputs.
     """
-    ops = default_ops(impl) if ops is None else ops
+    ops = default_ops(route) if ops is None else ops
     families = list(FAMILIES) if not families else list(families)
     rows = []
     for name in families:
         if name not in FAMILIES:
             raise ValueError(f"unknown layer family {name!r}; choose from {', '.join(FAMILIES)}")
         rng = np.random.default_rng([seed, list(FAMILIES).index(name)])
-        rows += check_net(rng, ops, impl) if name == "net" else FAMILIES[name](rng, ops)
+        rows += check_net(rng, ops, route) if name == "net" else FAMILIES[name](rng, ops)
     return rows
 
 
@@ -528,19 +529,25 @@ def main(argv: Sequence[str] | None = None, ops=None) -> int:
     parser.add_argument("--layer", action="append", choices=list(FAMILIES), metavar="NAME",
                         help=f"check one family (repeatable): {', '.join(FAMILIES)}; "
                              "default: all")
-    parser.add_argument("--impl", choices=IMPLS + ("both",), default="both",
+    parser.add_argument("--route", "--impl", dest="route", choices=ROUTE_NAMES + ("both",), default="both",
                         help="the route checked: readable (layers/), fast (layers/fast/), or "
                              "both (default)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for inputs, upstream gradients and sampled entries")
+    parser.add_argument("--layers", metavar="DIR",
+                        help="check your own layers in DIR instead (python -m tinyalex exercise "
+                             "--out DIR writes them to fill in): layer by layer, against finite "
+                             "differences and against tinyalex's")
     args = parser.parse_args(argv)
+    if args.layers:
+        return _check_student(args.layers, args.seed)
 
     start = time.perf_counter()
     rows = []
     with single_threaded():
-        for impl in IMPLS if args.impl == "both" else (args.impl,):
-            rows += [r._replace(name=f"{impl}: {r.name}")
-                     for r in run_checks(args.layer, seed=args.seed, ops=ops, impl=impl)]
+        for route in ROUTE_NAMES if args.route == "both" else (args.route,):
+            rows += [r._replace(name=f"{route}: {r.name}")
+                     for r in run_checks(args.layer, seed=args.seed, ops=ops, route=route)]
     elapsed = time.perf_counter() - start
     print(format_table(rows))
     failed = [r for r in rows if not r.passed]
@@ -548,6 +555,26 @@ def main(argv: Sequence[str] | None = None, ops=None) -> int:
           f"(seed {args.seed}, {elapsed:.1f} s)")
     if failed:
         print("FAILED: " + "; ".join(f"{r.name} {r.what.split()[0]}" for r in failed))
+    return 1 if failed else 0
+
+
+def _check_student(folder, seed):
+    """`--layers DIR`: the student's layers (tinyalex/student.py); exit 1 if any written one fails."""
+    from tinyalex.errors import TinyAlexError
+    from tinyalex.student import check_student, format_reports
+    start = time.perf_counter()
+    try:
+        with single_threaded():
+            reports = check_student(folder, FAMILIES, check_net, seed=seed)
+    except TinyAlexError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_reports(reports))
+    done = [r for r in reports if r.status != "not written yet" and r.name != "net"]
+    failed = [r.name for r in reports if r.status == "failed"]
+    print(f"\n{len(done)} of {len(reports) - (reports[-1].name == 'net')} layers written, "
+          f"{len(failed)} failing{': ' + ', '.join(failed) if failed else ''} "
+          f"(seed {seed}, {time.perf_counter() - start:.1f} s)")
     return 1 if failed else 0
 
 

@@ -24,7 +24,7 @@ layouts: conv (F, C/groups, KH, KW), dense (out, in)); `loss` returns gradients 
 keys, and an optimizer loops over them. Nothing here updates a parameter.
 
 `layer_plan(arch)` lists the layers in order. A model calls the functions of one route,
-`layers.fast` (impl "fast", the default) or `layers` itself (impl "readable", the definition:
+`layers.fast` (route "fast", the default) or `layers` itself (route "readable", the definition:
 same answers, slower), and walks its plan: forward_tape runs each step with the function
 `forward_steps` names for its kind, backward_tape the tape in reverse with `backward_steps`.
 Where a route fuses a convolution and its ReLU (ROUTES), the plan has one conv_relu step for
@@ -191,11 +191,16 @@ def init_params(arch, num_classes, init="torch", seed=0, dtype=np.float32):
     return params
 
 
-def route_ops(impl):
-    """The module whose functions a model on this route calls: layers.fast or layers."""
-    if impl not in ROUTES:
-        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(ROUTES)}")
-    return importlib.import_module(ROUTES[impl].module)
+def route_ops(route):
+    """The functions a model on this route calls: the module layers.fast or layers, or, for a
+    folder, a student's own layers (tinyalex/student.py; tinyalex's readable ones where theirs
+    are not written yet)."""
+    if route in ROUTES:
+        return importlib.import_module(ROUTES[route].module)
+    from .student import is_student_route, load_student_route
+    if is_student_route(route):
+        return load_student_route(route)
+    raise ValueError(f"unknown route {route!r}; choose one of {', '.join(ROUTES)} or a folder of your layers")
 
 
 # Every weight layer's backward step returns (dx, dw, db); every other step returns dx.
@@ -214,18 +219,18 @@ class LossResult:
 
 class AlexNet:
     """An AlexNet: parameters plus the forward and backward passes, walking its plan through
-    the functions of one route, `layers/fast/` (impl "fast", the default) or `layers/`
-    (impl "readable")."""
+    the functions of one route, `layers/fast/` (route "fast", the default) or `layers/`
+    (route "readable")."""
 
-    def __init__(self, arch, num_classes=10, *, init="torch", seed=0, dtype=np.float32, impl="fast"):
+    def __init__(self, arch, num_classes=10, *, init="torch", seed=0, dtype=np.float32, route="fast"):
         self.arch = arch
         self.name = arch.name
         self.input_shape = arch.input_shape
         self.num_classes = int(num_classes)
         self.dtype = np.dtype(dtype)
-        self.impl = impl
-        self.ops = route_ops(impl)
-        self.plan = layer_plan(arch, fuse_conv_relu=ROUTES[impl].fuses_conv_relu)
+        self.route = route
+        self.ops = route_ops(route)
+        self.plan = layer_plan(arch, fuse_conv_relu=route in ROUTES and ROUTES[route].fuses_conv_relu)
         self.params = init_params(arch, self.num_classes, init, seed, dtype)
 
     def forward_steps(self, train, rng):
@@ -317,17 +322,17 @@ class AlexNet:
             raise ValueError(f"the {self.name} model takes input of shape (N, {', '.join(map(str, self.input_shape))}), "
                              f"got {x.shape}")
         if upto is not None and upto not in (name for name, _, _ in self.plan):
-            raise ValueError(f"upto={upto!r} is not a step of the {self.impl} route's plan")
+            raise ValueError(f"upto={upto!r} is not a step of the {self.route} route's plan")
 
 
-def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.float32, impl="fast"):
+def build_model(name="cifar", num_classes=10, *, init="torch", seed=0, dtype=np.float32, route="fast"):
     """An AlexNet by name: "paper" (224x224), "cifar" (32x32) or "tiny" (32x32, few channels: for
-    checks and tests), on the fast route (impl "fast") or the readable one ("readable")."""
+    checks and tests), on the fast route (route "fast") or the readable one ("readable")."""
     if name not in ARCHS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(ARCHS)}")
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise ValueError(f"models compute in float32 or float64, not {np.dtype(dtype)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    route_ops(impl)   # an unknown route: ValueError before any weight is drawn
-    return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype, impl=impl)
+    route_ops(route)   # an unknown route: ValueError before any weight is drawn
+    return AlexNet(ARCHS[name], num_classes, init=init, seed=seed, dtype=dtype, route=route)

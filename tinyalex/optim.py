@@ -83,12 +83,13 @@ def sgd_update(w, g, v, lr, *, momentum, weight_decay, nesterov):
         w += v                                             # w <- w + v
 
 
-def route_update(impl):
-    """The update function of a route: sgd_update above (readable) or its Numba twin
-    layers.fast.sgd_update (fast), imported only then (it loads Numba)."""
-    if impl not in ROUTES:
-        raise ValueError(f"unknown impl {impl!r}; choose one of {', '.join(ROUTES)}")
-    if impl == "readable":
+def route_update(route):
+    """The update function of a route: sgd_update above (readable, and a student's own layers)
+    or its Numba twin layers.fast.sgd_update (fast), imported only then (it loads Numba)."""
+    from .student import is_student_route
+    if route not in ROUTES and not is_student_route(route):
+        raise ValueError(f"unknown route {route!r}; choose one of {', '.join(ROUTES)}")
+    if route != "fast":
         return sgd_update
     from layers.fast.sgd import sgd_update as fast_update
     return fast_update
@@ -105,12 +106,12 @@ class SGD:
       PyTorch's ``weight_decay`` does; paper: 5e-4) except those named in ``no_decay``.
     - nesterov: Nesterov momentum (module docstring); the paper's rule when False.
     - no_decay: names of parameters that get no weight decay (e.g. the biases).
-    - impl: the route whose update runs, "fast" (a Numba kernel) or "readable" (sgd_update).
+    - route: the route whose update runs, "fast" (a Numba kernel) or "readable" (sgd_update).
     """
 
     def __init__(self, params: dict[str, np.ndarray], *, momentum: float = 0.9,
                  weight_decay: float = 5e-4, nesterov: bool = False, no_decay=(),
-                 impl: str = "fast"):
+                 route: str = "fast"):
         if not (0.0 <= momentum < 1.0):
             raise TinyAlexError(f"momentum must be in [0, 1), got {momentum}")
         if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
@@ -122,7 +123,7 @@ class SGD:
         self.weight_decay = float(weight_decay)
         self.nesterov = bool(nesterov)
         self.no_decay = frozenset(no_decay)
-        self.update = route_update(impl)
+        self.update = route_update(route)
         self.velocity = {name: np.zeros_like(w) for name, w in params.items()}
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],

@@ -6,19 +6,21 @@ may change, and how a checkpoint's stored options are checked). Imports no comma
 import argparse
 import os
 
-from .argtypes import add_threads_argument, non_negative_int, number_in, positive_int
+from .argtypes import add_route_argument, add_threads_argument, non_negative_int, number_in, positive_int
 from .data import add_data_arguments
 from .errors import CheckpointError, TinyAlexError
 from .model import INITS, MODELS, ROUTES
 from .optim import SCHEDULES
 
 # options that may differ when resuming: they do not change what the run computes
-RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "impl", "towers"}
+RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "route", "towers"}
 # options a resume may change: the rest of the run follows the new value (config.json says so)
 RESUME_CHANGES = {"lr"}
 # options added after runs were already being saved: a checkpoint without one trained as this
 # (the versions policy: tinyalex/checkpoint.py)
 OLD_DEFAULTS = {"nesterov": False, "bias_decay": True, "label_smoothing": 0.0}
+# options stored under an older name: old -> new
+RENAMED = {"impl": "route"}
 
 
 def add_recipe_arguments(g):
@@ -57,9 +59,11 @@ def add_train_arguments(parser):
                         "decay to lr/25e4, every step (default); step: x0.1 after epochs 5 and 8; "
                         "plateau: /10 when validation accuracy stalls for --patience epochs")
     g.add_argument("--patience", type=positive_int, default=2, help="epochs without improvement for plateau (default 2)")
-    g.add_argument("--impl", choices=tuple(ROUTES), default="fast",
-                   help="fast: the layers of layers/fast/ (default); readable: layers/ itself, the "
-                        "definition (same maths, several times slower)")
+    add_route_argument(g, tuple(ROUTES), "fast",
+                       help="the layers that compute: fast, layers/fast/ (default); readable, layers/ "
+                            "itself, the definition (same maths, several times slower); or DIR, "
+                            "your own (python -m tinyalex exercise), tinyalex's readable ones where "
+                            "yours are not written yet")
     add_recipe_arguments(g)
     add_data_arguments(parser)
     r = parser.add_argument_group("run")
@@ -128,6 +132,9 @@ def resume_config(args, parser, explicit):
 def _checked_config(config, parser, path):
     """The options stored in a checkpoint, each checked as its command-line option would be."""
     config = dict(config)
+    for old, new in RENAMED.items():
+        if old in config and new not in config:
+            config[new] = config.pop(old)
     for action in parser._actions:
         if not action.option_strings or action.dest in ("help", "resume"):
             continue
@@ -154,6 +161,11 @@ def _valid_option(action, value):
         return value in action.choices
     if action.type is None:
         return isinstance(value, str)
+    if isinstance(value, str):                     # --route: a name or a folder
+        try:
+            return action.type(value) == value
+        except (argparse.ArgumentTypeError, ValueError):
+            return False
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:

@@ -448,7 +448,7 @@ def filters_verdict(scores):
 def run_filters(args):
     from tinyalex.checkpoint import load_model
     from tinyalex.outfiles import check_new_file, writing
-    model, _ = load_model(args.checkpoint, impl=getattr(args, "impl", "fast"))
+    model, _ = load_model(args.checkpoint, route=getattr(args, "route", "fast"))
     check_new_file(args.out)
     w = model.params["conv1.w"]                                       # (F, 3, KH, KW)
     with writing(args.out):

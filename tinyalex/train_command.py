@@ -56,7 +56,7 @@ def run_train(args, parser, argv, processes=None):
 def _train(config, out, ckpt_path, signals, processes):
     root = processes.is_root
     log = print
-    warm_up(impl=config.get("impl", "fast"))   # Numba loads the kernels while the data are read
+    warm_up(route=config.get("route", "fast"))   # Numba loads the kernels while the data are read
     run = Run(config, out, resume_from=ckpt_path, log=log, processes=processes)
     log(f"data: {run.data.summary()}")
     if config["limit_train"] or config["limit_val"]:
@@ -65,6 +65,9 @@ def _train(config, out, ckpt_path, signals, processes):
     log(f"model: {config['model']} ({sum(p.size for p in run.model.params.values()):,} parameters), "
         f"{config['epochs']} epochs of {len(run.train_loader)} steps, batch {config['batch_size']}, "
         f"{run.schedule.name} schedule; run directory {out}")
+    ops = getattr(run.model, "ops", None)
+    if hasattr(ops, "theirs"):                       # a student's folder (tinyalex/student.py)
+        log(ops.describe())
     if ckpt_path:
         log(f"resuming {ckpt_path} at epoch {run.progress.epoch + 1}, batch {run.progress.batch}")
     if root:

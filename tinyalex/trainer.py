@@ -147,14 +147,14 @@ class Run:
                   f"{data.classes[present[0]]!r}: the model can only learn to answer that, and "
                   f"its accuracy of 100% says nothing", file=sys.stderr)
 
-        impl = config.get("impl", "fast")
+        route = config.get("route", "fast")
         self.model = self.processes.wrap(build_model(config["model"], data.num_classes,
                                                      init=config["init"], seed=config["seed"],
-                                                     impl=impl))
+                                                     route=route))
         biases = [k for k in self.model.params if k.endswith(".b")]
         self.sgd = SGD(self.model.params, momentum=config["momentum"],
                        weight_decay=config["weight_decay"], nesterov=config["nesterov"],
-                       no_decay=() if config["bias_decay"] else biases, impl=impl)
+                       no_decay=() if config["bias_decay"] else biases, route=route)
         self.schedule = make_schedule(config["schedule"], lr=config["lr"], epochs=config["epochs"],
                                       steps_per_epoch=len(self.train_loader),
                                       patience=config["patience"], model=config["model"])

@@ -9,7 +9,7 @@ from .model import build_model
 from .optim import SGD
 
 
-def warm_up(dtype=np.float32, impl="fast"):
+def warm_up(dtype=np.float32, route="fast"):
     """Start loading every Numba kernel of a training step on a background thread; returns the
     thread (a daemon: nothing waits for it).
 
@@ -23,12 +23,13 @@ def warm_up(dtype=np.float32, impl="fast"):
     takes a lock), so nothing is loaded or compiled twice. Errors are ignored here: the real
     step meets and reports them.
     """
+    route = route if route in ("fast", "readable") else "readable"   # a student's: theirs load on use
     def step():
         try:
-            model = build_model("tiny", dtype=dtype, impl=impl)
+            model = build_model("tiny", dtype=dtype, route=route)
             x = np.ones((2,) + model.input_shape, dtype)
             grads = model.loss(x, np.zeros(2, np.int64), rng=np.random.default_rng(0)).grads
-            SGD(model.params, impl=impl).step(model.params, grads, 0.0)
+            SGD(model.params, route=route).step(model.params, grads, 0.0)
         except Exception:  # noqa: BLE001 (a warm-up only)
             pass
     thread = threading.Thread(target=step, name="tinyalex-warm-up", daemon=True)

@@ -1,5 +1,5 @@
 """The fast route: the same layers as `layers/`, with the same call signatures and answers,
-rewritten for speed. The models run this route by default (`--impl fast`); `--impl readable`
+rewritten for speed. The models run this route by default (`--route fast`); `--route readable`
 runs `layers/` itself. Read `layers/` first: it is the definition, and the tests hold every
 function here equal to its readable twin, values and gradients.
 

@@ -79,7 +79,7 @@ class DataParallelAlexNet:
         self.comm = ranks.comm
         self.params = model.params                       # the same arrays: SGD updates them
         self.arch, self.name, self.input_shape = model.arch, model.name, model.input_shape
-        self.num_classes, self.dtype, self.impl = model.num_classes, model.dtype, model.impl
+        self.num_classes, self.dtype, self.route = model.num_classes, model.dtype, model.route
 
     def _gather_logits(self, logits, n, name):
         """Every rank's logits, in rank order: (n_r, M) here -> (n, M) on every rank."""

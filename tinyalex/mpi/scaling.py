@@ -74,7 +74,7 @@ def parse(argv):
     p.add_argument("--threads", type=int, default=None, help="per process (default: cores / ranks here)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--impl", choices=("fast", "readable"), default="fast")
+    p.add_argument("--route", "--impl", dest="route", choices=("fast", "readable"), default="fast")
     p.add_argument("--json", action="store_true")
     p.add_argument("--scaling", action="store_true", help="print the scaling model, run nothing")
     p.add_argument("--compute-s", type=float, default=None, help="--scaling: one machine's step")
@@ -104,7 +104,7 @@ def main(argv=None):
     from ..model import build_model
     from ..optim import SGD
 
-    model = build_model(args.model, init="torch", seed=0, impl=args.impl)
+    model = build_model(args.model, init="torch", seed=0, route=args.route)
     parallel = None
     if args.mode == "towers":
         from .towers import Towers
@@ -114,7 +114,7 @@ def main(argv=None):
         parallel = DataParallel(comm)
     if parallel:
         model = parallel.wrap(model)
-    sgd = SGD(model.params, impl=args.impl)
+    sgd = SGD(model.params, route=args.route)
     data = np.random.default_rng(0)
     B = args.batch_size
     x = data.standard_normal((B,) + model.input_shape, dtype=np.float32)
@@ -129,7 +129,7 @@ def main(argv=None):
         sgd.step(model.params, model.loss(x, y, rng=np.random.default_rng([0, i])).grads, 0.01)
         times.append(time.perf_counter() - start)
     step = float(np.median(times[args.warmup:]))
-    report = {"mode": args.mode, "model": args.model, "batch": B, "impl": args.impl,
+    report = {"mode": args.mode, "model": args.model, "batch": B, "route": args.route,
               "ranks": 1 if comm is None else comm.Get_size(), "threads_per_rank": threads,
               "step_s": round(step, 4), "img_per_s": round(B / step, 2)}
     if parallel:

@@ -297,11 +297,11 @@ class TowerAlexNet(AlexNet):
 
     def __init__(self, model, link):
         self.arch, self.name, self.input_shape = model.arch, model.name, model.input_shape
-        self.num_classes, self.dtype, self.impl, self.ops = (model.num_classes, model.dtype,
-                                                             model.impl, model.ops)
+        self.num_classes, self.dtype, self.route, self.ops = (model.num_classes, model.dtype,
+                                                             model.route, model.ops)
         self.link = link
         self.tower = link.tower
-        self.plan = tower_plan(model.arch, ROUTES[model.impl].fuses_conv_relu)
+        self.plan = tower_plan(model.arch, ROUTES[model.route].fuses_conv_relu)
         # this tower's rows of the full initial weights (copies: the full model is dropped)
         self.params = {name: np.array(value[own_rows(len(value), self.tower)])
                        for name, value in model.params.items()}
