@@ -172,18 +172,24 @@ def test_loading_a_folder_runs_only_its_layer_files(tmp_path):
     assert route.theirs == [] and route.unwritten == {"relu": ["relu_forward", "relu_backward"]}
 
 
-def test_train_on_the_students_layers_says_whose_they_are(data, tmp_path, capsys):
+@pytest.mark.parametrize("written, said", [
+    (("relu", "dense", "loss"), "relu, dense, loss; tinyalex's readable ones: dropout, pool, lrn, conv"),
+    (tuple(EXERCISES), "relu, dense, loss, dropout, pool, lrn, conv; tinyalex's readable ones: none"),
+], ids=["some", "all"])
+def test_train_on_the_students_layers_says_whose_they_are(data, tmp_path, capsys, written, said):
     folder = exercise_folder(tmp_path / "mine")
-    finished(folder, ("relu", "dense", "loss"))
+    finished(folder, written)
     out = str(tmp_path / "run")
     assert train_main(["--model", "tiny", "--data", data, "--data-dir", str(tmp_path / "cache"),
                        "--val-size", "30", "--batch-size", "15", "--out", out, "--no-progress",
-                       "--epochs", "1", "--route", folder]) == 0
+                       "--init", "he", "--lr", "0.02", "--epochs", "2", "--route", folder]) == 0
     text = capsys.readouterr().out
-    assert (f"layers: yours ({os.path.realpath(folder)}): relu, dense, loss; tinyalex's readable "
-            f"ones: dropout, pool, lrn, conv") in text
+    assert f"layers: yours ({os.path.realpath(folder)}): {said}" in text
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["route"] == os.path.realpath(folder)
+    with open(os.path.join(out, "metrics.csv")) as f:
+        losses = [float(line.split(",")[1]) for line in f.readlines()[1:]]
+    assert losses[1] < losses[0]                     # it learns
 
 
 def test_a_run_whose_config_says_impl_resumes_on_that_route(data, tmp_path, capsys):
