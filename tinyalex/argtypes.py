@@ -66,3 +66,9 @@ def add_route_argument(parser, names, default, help):
     """--route (also spelt --impl) on a command: tinyalex's routes `names`, or a student's folder."""
     return parser.add_argument("--route", "--impl", dest="route", type=route_argument(names),
                                default=default, metavar="{" + ",".join(names) + ",DIR}", help=help)
+
+
+def add_seed_argument(parser, draws="every random draw"):
+    """--seed N, a whole number >= 0 (NumPy's generators take no negative seed)."""
+    return parser.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
+                               help=f"seed of {draws} (default 0)")

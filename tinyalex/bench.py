@@ -669,7 +669,7 @@ def _print_layers(result):
 
 def register(subparsers):
     """Add the `bench` command to an argparse subparsers object; its handler is run_bench."""
-    from tinyalex.argtypes import add_route_argument, add_threads_argument, non_negative_int, positive_int
+    from tinyalex.argtypes import add_route_argument, add_seed_argument, add_threads_argument, non_negative_int, positive_int
 
     p = subparsers.add_parser(
         "bench", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -707,5 +707,5 @@ def register(subparsers):
     p.add_argument("--rss-only", choices=("tinyalex", "torch"), default=None,
                    help="train with one framework only (nothing else loaded), to measure its "
                         "peak memory alone, e.g. under /usr/bin/time -v")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random data and weights (default 0)")
+    add_seed_argument(p, "the random data and weights")
     p.set_defaults(func=run_bench)

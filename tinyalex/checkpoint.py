@@ -52,6 +52,7 @@ import numpy as np
 
 from tinyalex import __version__
 from tinyalex.errors import CheckpointError, DataError
+from tinyalex.outfiles import check_replaceable
 
 FORMAT_VERSION = 1
 
@@ -88,6 +89,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        check_replaceable(path)            # never a device, FIFO or link replaced by a file
         os.replace(tmp, path)
     except BaseException:
         try:

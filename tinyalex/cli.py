@@ -11,6 +11,7 @@ training saves and exits with 130.
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import _runtime
@@ -32,6 +33,12 @@ def _pre_threads(argv):
     known, _ = pre.parse_known_args(argv)
     if known.threads and known.threads > 0:
         _runtime.set_threads(known.threads)
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value and not (value.isdigit() and int(value) > 0):   # the libraries would warn or fail
+            print(f"error: {var}={value!r} is not a number of threads; unset it or use --threads N",
+                  file=sys.stderr)
+            raise SystemExit(2)
     import signal
     held = []
     try:

@@ -161,7 +161,7 @@ def run_evaluate(args):
     model, ckpt = load_model(args.checkpoint, route=getattr(args, "route", "fast"))
     mean, std = normalisation(ckpt, args.checkpoint)
     if args.confusion_png:
-        check_new_file(args.confusion_png)
+        check_new_file(args.confusion_png, inputs=[args.checkpoint])
     images, labels, where = load_split(ckpt, args.checkpoint, data=args.data,
                                        data_dir=args.data_dir, split=args.split,
                                        skip_bad_images=args.skip_bad_images)

@@ -264,7 +264,7 @@ def run_export(args):
     if args.softmax and args.format == "torch":
         raise TinyAlexError("--softmax applies to --format onnx only (the PyTorch twin "
                             "returns logits)")
-    check_new_file(args.out)
+    check_new_file(args.out, inputs=[args.checkpoint])
     model, ckpt = load_model(args.checkpoint)
     mean, std = normalisation(ckpt, args.checkpoint)
     classes = ckpt.meta["classes"]

@@ -294,7 +294,7 @@ def run_neighbours(args):
     model, ckpt = load_model(args.checkpoint)
     mean, std = normalisation(ckpt, args.checkpoint)
     if args.out:
-        check_new_file(args.out)
+        check_new_file(args.out, inputs=[args.checkpoint])
     classes = ckpt.meta["classes"]
     query_x, query_y, train_x, train_y, where = load_images_for(
         ckpt, args.checkpoint, data=args.data, data_dir=args.data_dir, split=args.split,
@@ -354,7 +354,7 @@ def run_neighbours(args):
 
 def register(subparsers):
     """Add the `neighbours` command to an argparse subparsers object."""
-    from tinyalex.argtypes import add_checkpoint_argument, positive_int
+    from tinyalex.argtypes import add_checkpoint_argument, add_seed_argument, positive_int
     from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
     p = subparsers.add_parser(
         "neighbours", allow_abbrev=False,
@@ -372,7 +372,7 @@ def register(subparsers):
                         "training, carved out with the checkpoint's val_size and seed)")
     p.add_argument("--count", type=positive_int, default=DEFAULT_COUNT, metavar="N",
                    help=f"query images, drawn at random (default {DEFAULT_COUNT})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random draw (default 0)")
+    add_seed_argument(p, "the random draw")
     p.add_argument("--indices", type=index_list, default=None, metavar="I,J,...",
                    help="these query images (indices into the split) instead of a random draw")
     p.add_argument("--limit-train", type=positive_int, default=None, metavar="N",

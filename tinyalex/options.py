@@ -6,7 +6,7 @@ may change, and how a checkpoint's stored options are checked). Imports no comma
 import argparse
 import os
 
-from .argtypes import add_route_argument, add_threads_argument, non_negative_int, number_in, positive_int
+from .argtypes import add_route_argument, add_seed_argument, add_threads_argument, number_in, positive_int
 from .data import add_data_arguments
 from .errors import CheckpointError, TinyAlexError
 from .model import INITS, MODELS, ROUTES
@@ -73,7 +73,7 @@ def add_train_arguments(parser):
                    help="continue a run from its directory or a checkpoint file, exactly where it "
                         "stopped (with --lr: at another learning rate; with a new --out: in a new "
                         "run directory)")
-    r.add_argument("--seed", type=non_negative_int, default=0, help="seed of every random draw (default 0)")
+    add_seed_argument(r)
     add_threads_argument(r)
     r.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on N training images only, a seeded random sample (quick runs)")

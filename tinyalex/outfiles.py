@@ -4,23 +4,53 @@ A command that takes minutes (features of 45,000 images, a 228 MB export) checks
 it will be able to write its result, so that a typing mistake in `--out` costs a second,
 not the whole run. Each problem is a one-line TinyAlexError.
 
-    check_new_file(path)     its directory exists and is writable, and path is not a directory
+    check_new_file(path, inputs=())
+                             its directory exists and is writable; path is missing or a regular
+                             file (never a directory, device, FIFO or symbolic link, which
+                             would be replaced) and is none of the command's input files
+    check_replaceable(path)  the last check, just before a file is renamed onto path
     make_out_dir(path)       a directory, created if missing (with its parents), writable
     writing(path)            a context: an OSError while writing becomes a one-line error
 """
 
 import contextlib
 import os
+import stat
 
 from tinyalex.errors import TinyAlexError
 
 
-def check_new_file(path):
-    """Fail early (before the expensive work) if `path` cannot become a file."""
+def check_replaceable(path):
+    """Refuse to replace anything but a regular file: an output never replaces a device node,
+    a FIFO or a symbolic link (renaming onto it would put a file where a device was)."""
+    path = os.fspath(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise TinyAlexError(f"cannot write {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise TinyAlexError(f"cannot write {path}: it is a directory")
+    if stat.S_ISLNK(mode):
+        raise TinyAlexError(f"cannot write {path}: it is a symbolic link (to "
+                            f"{os.readlink(path)}); name the file itself, or another path")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+                stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise TinyAlexError(f"cannot write {path}: it is {kind}, which tinyalex never replaces")
+
+
+def check_new_file(path, inputs=()):
+    """Fail early (before the expensive work) if `path` cannot become a file, or is one of
+    the files the command reads (`inputs`)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise TinyAlexError(f"cannot write {path}: it is a directory")
+    check_replaceable(path)
+    for source in inputs:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise TinyAlexError(f"cannot write {path}: it is the input {os.fspath(source)}; "
+                                f"choose another output")
     if not os.path.isdir(directory):
         raise TinyAlexError(f"cannot write {path}: directory {directory} does not exist")
     if not os.access(directory, os.W_OK):

@@ -449,7 +449,7 @@ def run_filters(args):
     from tinyalex.checkpoint import load_model
     from tinyalex.outfiles import check_new_file, writing
     model, _ = load_model(args.checkpoint, route=getattr(args, "route", "fast"))
-    check_new_file(args.out)
+    check_new_file(args.out, inputs=[args.checkpoint])
     w = model.params["conv1.w"]                                       # (F, 3, KH, KW)
     with writing(args.out):
         scores = filter_grid(w, args.out, towers=TOWERS)

@@ -196,7 +196,7 @@ def run_saliency(args):
     from tinyalex.errors import TinyAlexError
     from layers.loss import softmax
     from tinyalex.checkpoint import load_model, normalisation
-    from tinyalex.outfiles import make_out_dir, writing
+    from tinyalex.outfiles import check_new_file, make_out_dir, writing
 
     model, ckpt = load_model(args.checkpoint)
     mean, std = normalisation(ckpt, args.checkpoint)
@@ -209,9 +209,14 @@ def run_saliency(args):
     stride = args.stride or max(1, side // 16)
     if patch > side:
         raise TinyAlexError(f"--patch {patch} is larger than the {side}x{side} input")
+    if stride > patch:
+        raise TinyAlexError(f"--stride {stride} is larger than --patch {patch}: some pixels would "
+                            f"be covered by no patch (use a stride of at most {patch})")
     images = [read_image(path) for path in args.images]      # all readable, before any work
     make_out_dir(args.out)
     outputs = output_names(args.images, args.out)
+    for out in outputs:
+        check_new_file(out, inputs=[args.checkpoint, *args.images])
 
     results = []
     for path, pixels, out in zip(args.images, images, outputs):

@@ -41,7 +41,7 @@ from .errors import TinyAlexError
 
 def register(subparsers):
     """Add the `torch-train` command to an argparse subparsers object."""
-    from .argtypes import add_threads_argument, number_in, positive_int
+    from .argtypes import add_seed_argument, add_threads_argument, number_in, positive_int
     from .optim import SCHEDULES
     from .options import add_recipe_arguments
     from .model import MODELS
@@ -62,8 +62,7 @@ def register(subparsers):
     r = p.add_argument_group("run")
     r.add_argument("--out", metavar="DIR", default=None,
                    help="where metrics.csv and curves.png go (default runs/torch-MODEL-TIME)")
-    r.add_argument("--seed", type=int, default=0,
-                   help="seed of the split, the batches and PyTorch's random numbers (default 0)")
+    add_seed_argument(r, "the split, the batches and PyTorch's random numbers")
     add_threads_argument(r)
     r.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                    help="train on N images drawn from the training split (quick runs)")
