@@ -121,3 +121,38 @@ def test_a_thread_variable_that_is_not_a_number_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: NUMBA_NUM_THREADS='abc' is not a number of threads; "
                                      "unset it or use --threads N")
+
+
+def test_a_failed_best_save_is_redone_when_the_run_resumes(data, tmp_path, monkeypatch, capsys):
+    """The disk fills while best.npz is written: the run stops; after a resume to the end,
+    the best.npz the run names exists and holds the best accuracy it reports."""
+    import errno
+    import json as json_
+    from tinyalex.checkpoint import load_checkpoint
+    from tinyalex.cli import train_main
+    from tinyalex import trainer
+    out = str(tmp_path / "run")
+    argv = ["--model", "tiny", "--data", data, "--data-dir", str(tmp_path / "cache"),
+            "--val-size", "30", "--batch-size", "15", "--init", "he", "--lr", "0.02",
+            "--epochs", "2", "--out", out, "--no-progress"]
+    real_save = trainer.save_checkpoint
+    scores = iter([0.2, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])   # epoch 2 improves on epoch 1
+    monkeypatch.setattr(trainer, "score_loader", lambda model, loader, tta="none": (1.0, next(scores), 0.9))
+
+    def full_disk(path, **kwargs):      # the disk is full from epoch 2 on, when best.npz is due
+        if os.path.basename(path) == "best.npz" and os.path.exists(os.path.join(out, "last.npz")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, **kwargs)
+    monkeypatch.setattr(trainer, "save_checkpoint", full_disk)
+    assert train_main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith("best.npz: No space left on device")
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    assert load_checkpoint(os.path.join(out, "best.npz")).meta["best_val_acc"] == 0.2   # epoch 1's
+    capsys.readouterr()
+    assert train_main(["--resume", out, "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    best = load_checkpoint(os.path.join(out, "best.npz")).meta["best_val_acc"]
+    assert f"best validation accuracy {100 * best:.2f}% ({os.path.join(out, 'best.npz')})" in said
+    with open(os.path.join(out, "metrics.csv")) as f:
+        accs = [float(line.split(",")[4]) for line in f.readlines()[1:]]
+    assert best == max(accs) == 0.5 and len(accs) == 2

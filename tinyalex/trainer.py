@@ -44,6 +44,7 @@ from .checkpoint import (atomic_write, describe_position, load_model_checkpoint,
                          save_checkpoint)
 from .data import BatchLoader, load_dataset, subset
 from .errors import TinyAlexError
+from .outfiles import writing
 from .model import ARCHS, build_model
 from .optim import DEFAULT_LR, ONECYCLE_PEAK, SGD, make_schedule
 from .pictures import plot_curves
@@ -187,10 +188,12 @@ class Run:
         params, optimizer = self.processes.full_state(params, optimizer)   # every process calls it
         if not self.processes.is_root:
             return
-        save_checkpoint(os.path.join(self.out_dir, name), params=params, optimizer=optimizer,
-                        arrays={"mean": data.mean, "std": data.std, "pca_eigval": data.pca_eigval,
-                                "pca_eigvec": data.pca_eigvec},
-                        meta=self._meta())
+        path = os.path.join(self.out_dir, name)
+        with writing(path):                     # a full disk: one line, and the run resumes
+            save_checkpoint(path, params=params, optimizer=optimizer,
+                            arrays={"mean": data.mean, "std": data.std, "pca_eigval": data.pca_eigval,
+                                    "pca_eigvec": data.pca_eigvec},
+                            meta=self._meta())
 
     def _restore(self, path):
         ckpt = load_model_checkpoint(path, model_name=self.config["model"], training=True)
@@ -347,9 +350,9 @@ class Run:
             progress.best_val_acc = val_acc
         progress.epoch, progress.batch = epoch + 1, 0
         progress.loss_sum, progress.correct, progress.seen, progress.seconds = 0.0, 0, 0, 0.0
-        self.save("last.npz")
-        if improved or self.val_loader is None:
+        if improved or self.val_loader is None:   # best first: a failed save is redone on resume
             self.save("best.npz")
+        self.save("last.npz")
         self.write_metrics()
         val = f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}%" if val_acc is not None else "no validation split"
         self.log(f"epoch {epoch + 1:3d}/{self.config['epochs']}  train loss {row['train_loss']:.4f} "
