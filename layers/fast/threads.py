@@ -12,7 +12,7 @@ workers each take the next number, run that piece, and come back for another, un
 left. A thread that the operating system does not schedule for a while (another program
 wants the core) takes fewer pieces, and the others take the rest: it holds the work up by at
 most the piece it is running, where a fixed split into one slice per thread would wait for
-its whole slice. On an idle machine the threads take about equal shares, as before.
+its whole slice. On an idle machine the threads take about equal shares.
 
 How an array is cut into pieces is decided by its size alone, never by the thread count or by
 which thread runs a piece, so the results are the same bits on one thread or several, idle or
@@ -24,7 +24,7 @@ product. The fast route therefore cuts its large products into pieces itself (`g
 runs each piece on one BLAS thread: `single_threaded_blas()` sets OpenBLAS to one thread while
 the pieces run (and back after), through OpenBLAS's own `openblas_set_num_threads`. Where
 that function cannot be found (another BLAS), the products are not cut and BLAS keeps its
-own threads: the same answers, the old behaviour under load.
+own threads: the same answers, but a descheduled BLAS thread stalls each product again.
 
 The workers are plain Python threads, started on first use; the pieces release the GIL
 (Numba's `nogil=True`, NumPy's BLAS calls), and an idle worker sleeps on a queue.
