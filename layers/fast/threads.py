@@ -24,7 +24,7 @@ product. The fast route therefore cuts its large products into pieces itself (`g
 runs each piece on one BLAS thread: `single_threaded_blas()` sets OpenBLAS to one thread while
 the pieces run (and back after), through OpenBLAS's own `openblas_set_num_threads`. Where
 that function cannot be found (another BLAS), the products are not cut and BLAS keeps its
-own threads: the same answers, but a descheduled BLAS thread stalls each product again.
+own threads: the same answers, but one descheduled BLAS thread stalls a whole product.
 
 The workers are plain Python threads, started on first use; the pieces release the GIL
 (Numba's `nogil=True`, NumPy's BLAS calls), and an idle worker sleeps on a queue.
