@@ -156,3 +156,19 @@ def test_a_failed_best_save_is_redone_when_the_run_resumes(data, tmp_path, monke
     with open(os.path.join(out, "metrics.csv")) as f:
         accs = [float(line.split(",")[4]) for line in f.readlines()[1:]]
     assert best == max(accs) == 0.5 and len(accs) == 2
+
+
+def test_a_full_disk_while_config_json_is_written_is_one_line(data, tmp_path, monkeypatch, capsys):
+    import errno
+    from tinyalex import trainer
+    from tinyalex.cli import train_main
+
+    def full_disk(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(trainer, "atomic_write", full_disk)
+    out = str(tmp_path / "run")
+    assert train_main(["--model", "tiny", "--data", data, "--data-dir", str(tmp_path / "cache"),
+                       "--val-size", "30", "--batch-size", "15", "--epochs", "1", "--out", out,
+                       "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: cannot write {os.path.join(out, 'config.json')}: No space left on device"

@@ -375,4 +375,6 @@ class Run:
 
 def write_config(out_dir, config):
     text = json.dumps({**config, "tinyalex_version": __version__}, indent=2) + "\n"
-    atomic_write(os.path.join(out_dir, "config.json"), lambda f: f.write(text.encode()))
+    path = os.path.join(out_dir, "config.json")
+    with writing(path):                         # a full disk: one line
+        atomic_write(path, lambda f: f.write(text.encode()))
