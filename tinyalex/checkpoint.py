@@ -43,16 +43,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 
 from tinyalex import __version__
 from tinyalex.errors import CheckpointError, DataError
-from tinyalex.outfiles import check_replaceable
+from tinyalex.outfiles import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -66,48 +65,6 @@ class Checkpoint:
     optimizer: dict[str, np.ndarray]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    The temporary file is fsynced before the rename, so ``path`` always holds either the old
-    complete file or the new complete file. If ``write`` raises (or the process is
-    interrupted with Ctrl-C), the temporary file is removed, ``path`` is untouched, and the
-    exception propagates.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        check_replaceable(path)            # never a device, FIFO or link replaced by a file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    # Make the rename itself durable (POSIX only; a directory cannot be opened on Windows).
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: str | os.PathLike, *, params: dict[str, np.ndarray],

@@ -13,6 +13,7 @@ import ast
 import os
 
 from .errors import TinyAlexError
+from .outfiles import atomic_write, make_out_dir, writing
 
 # The exercises in the order they build up, each a file of `layers/` and the functions a student
 # writes in it. conv also needs im2col and col2im (written in im2col.py, which comes with it).
@@ -129,13 +130,11 @@ def write_exercises(layers, out_dir):
     if taken:
         raise TinyAlexError(f"{taken[0]} exists: exercise never overwrites a student's work "
                             f"(choose another --out, or move the file away)")
-    os.makedirs(out_dir, exist_ok=True)
+    make_out_dir(out_dir)
     for name, path in zip(names, paths):
-        text = exercise_source(name)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        text = exercise_source(name).encode()
+        with writing(path):
+            atomic_write(path, lambda f: f.write(text))
     return paths
 
 

@@ -247,7 +247,7 @@ def run_torch_twin(state_bytes, model, x):
 def run_export(args):
     from tinyalex.checkpoint import load_model, normalisation
     from tinyalex.outfiles import check_new_file, writing
-    from tinyalex.checkpoint import atomic_write
+    from tinyalex.outfiles import atomic_write
 
     # the cheap failures first: a missing package, an unwritable path, a bad checkpoint
     if args.format == "onnx":

@@ -9,6 +9,7 @@ not the whole run. Each problem is a one-line TinyAlexError.
                              file (never a directory, device, FIFO or symbolic link, which
                              would be replaced) and is none of the command's input files
     check_replaceable(path)  the last check, just before a file is renamed onto path
+    atomic_write(path, write) a file written beside path, fsynced and renamed onto it
     make_out_dir(path)       a directory, created if missing (with its parents), writable
     writing(path)            a context: an OSError while writing becomes a one-line error
 """
@@ -16,6 +17,8 @@ not the whole run. Each problem is a one-line TinyAlexError.
 import contextlib
 import os
 import stat
+import tempfile
+from typing import BinaryIO, Callable
 
 from tinyalex.errors import TinyAlexError
 
@@ -77,3 +80,45 @@ def writing(path):
         yield
     except OSError as e:
         raise TinyAlexError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary file is fsynced before the rename, so ``path`` always holds either the old
+    complete file or the new complete file. If ``write`` raises (or the process is
+    interrupted with Ctrl-C), the temporary file is removed, ``path`` is untouched, and the
+    exception propagates.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=directory)
+    try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        check_replaceable(path)            # never a device, FIFO or link replaced by a file
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    # Make the rename itself durable (POSIX only; a directory cannot be opened on Windows).
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)

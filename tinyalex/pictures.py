@@ -18,7 +18,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tinyalex.checkpoint import atomic_write
+from tinyalex.outfiles import atomic_write
 
 # matplotlib's first two default colours, so the curves look like what readers expect.
 TRAIN_COLOUR = (31, 119, 180)

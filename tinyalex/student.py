@@ -73,12 +73,12 @@ def load_student_route(folder):
                             f"({', '.join(f for f, _ in EXERCISES.values())}); "
                             f"python -m tinyalex exercise --out {folder} writes them")
     package = _package_name(folder)
-    if package not in sys.modules:
-        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
-        spec.submodule_search_locations = [folder]
-        sys.modules[package] = importlib.util.module_from_spec(spec)
-    ops = {name: getattr(readable, name) for name in readable.__all__} if hasattr(readable, "__all__") \
-        else {name: value for name, value in vars(readable).items() if not name.startswith("_")}
+    for loaded in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[loaded]                  # the files as they are now, not as first loaded
+    spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
+    spec.submodule_search_locations = [folder]
+    sys.modules[package] = importlib.util.module_from_spec(spec)
+    ops = {name: getattr(readable, name) for name in readable.__all__}
     theirs, unwritten = [], {}
     for name in present:                         # im2col before conv: conv imports it
         filename, functions = EXERCISES[name]
@@ -121,20 +121,13 @@ def _written_functions(path, functions):
 
 def _import_student_file(package, name, path):
     qualified = f"{package}.{name}"
-    if qualified in sys.modules:
-        return sys.modules[qualified]
     try:
         return importlib.import_module(qualified)
     except Exception as e:           # the student's code: one line naming their file and line
         sys.modules.pop(qualified, None)
-        raise TinyAlexError(f"{path}: importing it failed: {type(e).__name__}: {e}"
-                            f"{_student_line(e, path)}") from None
-
-
-def _student_line(error, path):
-    """' (line N)' of the deepest frame of `error` in `path`, or ''."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.realpath(f.filename) == path]
-    return f" (line {frames[-1].lineno})" if frames else ""
+        frame = _frame(e, [path])
+        line = f" (line {frame.lineno})" if frame else ""
+        raise TinyAlexError(f"{path}: importing it failed: {type(e).__name__}: {e}{line}") from None
 
 
 def is_student_route(route):
@@ -168,8 +161,6 @@ CAUSES = {
              "`=` instead of `+=` in col2im, or the products transposed or in the wrong order "
              "(dw_g = dout_g @ cols_g.T, dcols_g = w_g.T @ dout_g)"),
 }
-FAMILY = {"relu": "relu", "dense": "dense", "loss": "loss", "dropout": "dropout", "pool": "pool",
-          "lrn": "lrn", "conv": "conv"}
 AGREE = 1e-7          # relative difference allowed against tinyalex's layer (float64)
 
 
@@ -277,12 +268,12 @@ def check_student(folder, families, check_net, seed=0):
         rng = np.random.default_rng([seed, LAYERS.index(layer)])
         problems = []
         try:
-            rows = families[FAMILY[layer]](rng, twin)
+            rows = families[layer](rng, twin)   # gradcheck's family of that name
             if layer == "loss":
                 problems += _large_logits_case(route, readable, rng)
         except Exception as e:
             rows = []
-            problems.append(f"raised {type(e).__name__}: {e}{_where(e, route)}")
+            problems.append(f"raised {type(e).__name__}: {e}{_where(e, route.files.values())}")
         problems += list(dict.fromkeys(twin.differences))[:4]
         failed = problems or any(not r.passed for r in rows)
         reports.append(LayerReport(name=layer, status="failed" if failed else "passed", rows=rows,
@@ -292,18 +283,24 @@ def check_student(folder, families, check_net, seed=0):
         try:
             rows, problems = check_net(rng, route), []
         except Exception as e:
-            rows, problems = [], [f"raised {type(e).__name__}: {e}{_where(e, route)}"]
+            rows, problems = [], [f"raised {type(e).__name__}: {e}{_where(e, route.files.values())}"]
         failed = problems or any(not r.passed for r in rows)
         reports.append(LayerReport(name="net", status="failed" if failed else "passed", rows=rows,
                                    problems=problems, unwritten=[]))
     return reports
 
 
-def _where(error, route):
-    """' (file, line N)' of the deepest frame of `error` in the student's files, or ''."""
-    files = {os.path.realpath(p) for p in route.files.values()}
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.realpath(f.filename) in files]
-    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+def _frame(error, paths):
+    """The deepest frame of `error` in one of `paths` (the student's files), or None."""
+    paths = {os.path.realpath(p) for p in paths}
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if os.path.realpath(f.filename) in paths]
+    return frames[-1] if frames else None
+
+
+def _where(error, paths):
+    """' (FILE, line N)' of the student's line that raised `error`, or ''."""
+    frame = _frame(error, paths)
+    return f" ({frame.filename}, line {frame.lineno})" if frame else ""
 
 
 def format_reports(reports):

@@ -8,7 +8,8 @@ import sys
 import time
 import uuid
 
-from .checkpoint import atomic_write, describe_position, read_meta
+from .checkpoint import describe_position, read_meta
+from .outfiles import atomic_write
 from .errors import TinyAlexError
 from .options import explicit_options, raise_error, resume_config
 from .processes import OneProcess

@@ -40,11 +40,11 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import (atomic_write, describe_position, load_model_checkpoint, read_meta,
+from .checkpoint import (describe_position, load_model_checkpoint, read_meta,
                          save_checkpoint)
 from .data import BatchLoader, load_dataset, subset
 from .errors import TinyAlexError
-from .outfiles import writing
+from .outfiles import atomic_write, writing
 from .model import ARCHS, build_model
 from .optim import DEFAULT_LR, ONECYCLE_PEAK, SGD, make_schedule
 from .pictures import plot_curves
