@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinyalex.checkpoint import atomic_write
+from tinyalex.outfiles import atomic_write
 from tinyalex.cli import main
 from tinyalex.errors import TinyAlexError
 from tinyalex.outfiles import check_new_file
