@@ -561,15 +561,17 @@ def main(argv: Sequence[str] | None = None, ops=None) -> int:
 def _check_student(folder, seed):
     """`--layers DIR`: the student's layers (tinyalex/student.py); exit 1 if any written one fails."""
     from tinyalex.errors import TinyAlexError
-    from tinyalex.student import check_student, format_reports
+    from tinyalex.student import check_student, format_report
     start = time.perf_counter()
+
+    def show(reports):              # each layer as it is checked: a slow one can take minutes
+        print(format_report(reports[-1], reports[:-1]), flush=True)
     try:
         with single_threaded():
-            reports = check_student(folder, FAMILIES, check_net, seed=seed)
+            reports = check_student(folder, FAMILIES, check_net, seed=seed, on_report=show)
     except TinyAlexError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_reports(reports))
     done = [r for r in reports if r.status != "not written yet" and r.name != "net"]
     failed = [r.name for r in reports if r.status == "failed"]
     print(f"\n{len(done)} of {len(reports) - (reports[-1].name == 'net')} layers written, "

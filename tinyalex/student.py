@@ -249,13 +249,14 @@ class LayerReport(types.SimpleNamespace):
     problems (lines); unwritten (function names)."""
 
 
-def check_student(folder, families, check_net, seed=0):
+def check_student(folder, families, check_net, seed=0, on_report=None):
     """Check the student's layers in `folder`, one at a time in LAYERS' order, then the net.
-    families: gradcheck's {family: check(rng, ops)}; check_net: its whole-network check.
+    families: gradcheck's {family: check(rng, ops)}; check_net: its whole-network check;
+    on_report(reports): called after each layer (a student's slow layer takes minutes).
     Returns [LayerReport]."""
     import layers as readable
     route = load_student_route(folder)
-    reports = []
+    reports = _Reports(on_report)
     for layer in LAYERS:
         exercises = [layer] + (["im2col"] if layer == "conv" else [])
         unwritten = [f for e in exercises for f in route.unwritten.get(e, [])]
@@ -303,28 +304,42 @@ def _where(error, paths):
     return f" ({frame.filename}, line {frame.lineno})" if frame else ""
 
 
+class _Reports(list):
+    """A list of LayerReports that tells `on_report` of each one as it is added."""
+
+    def __init__(self, on_report):
+        super().__init__()
+        self.on_report = on_report
+
+    def append(self, report):
+        super().append(report)
+        if self.on_report:
+            self.on_report(list(self))
+
+
 def format_reports(reports):
     """The checker's report: a line per layer, and for a failure what failed and why it may."""
-    lines = []
-    for r in reports:
-        if r.status == "not written yet":
-            lines.append(f"{r.name:<8} not written yet ({', '.join(r.unwritten)})")
-            continue
-        checks = f"{sum(c.passed for c in r.rows)}/{len(r.rows)} gradient checks"
-        if r.name == "net":
-            lines.append(f"{r.name:<8} {r.status.upper():<6}  {checks}: the tiny AlexNet on your "
-                         f"layers (tinyalex's where yours are not written)"
-                         + ("; fix the layers above first" if r.status == "failed" and
-                            any(other.status == "failed" for other in reports[:-1]) else ""))
-        else:
-            lines.append(f"{r.name:<8} {r.status.upper():<6}  {checks}, "
-                         f"{'the same as' if not r.problems else 'compared with'} tinyalex's layer")
-        for c in r.rows:
-            if not c.passed:
-                lines.append(f"         {c.name}: {c.what} is {c.error:.1e} off the finite "
-                             f"differences (allowed {c.threshold:.0e})")
-        for p in r.problems:
-            lines.append(f"         {p}")
-        if r.status == "failed" and r.name in CAUSES:
-            lines.append("         the usual causes: " + "; or ".join(CAUSES[r.name]))
+    return "\n".join(format_report(r, reports[:i]) for i, r in enumerate(reports))
+
+
+def format_report(r, earlier):
+    """One layer's lines; `earlier`: the reports before it (the net points at their failures)."""
+    if r.status == "not written yet":
+        return f"{r.name:<8} not written yet ({', '.join(r.unwritten)})"
+    checks = f"{sum(c.passed for c in r.rows)}/{len(r.rows)} gradient checks"
+    if r.name == "net":
+        lines = [f"{r.name:<8} {r.status.upper():<6}  {checks}: the tiny AlexNet on your layers "
+                 f"(tinyalex's where yours are not written)"
+                 + ("; fix the layers above first" if r.status == "failed" and
+                    any(other.status == "failed" for other in earlier) else "")]
+    else:
+        lines = [f"{r.name:<8} {r.status.upper():<6}  {checks}, "
+                 f"{'the same as' if not r.problems else 'compared with'} tinyalex's layer"]
+    for c in r.rows:
+        if not c.passed:
+            lines.append(f"         {c.name}: {c.what} is {c.error:.1e} off the finite "
+                         f"differences (allowed {c.threshold:.0e})")
+    lines += [f"         {p}" for p in r.problems]
+    if r.status == "failed" and r.name in CAUSES:
+        lines.append("         the usual causes: " + "; or ".join(CAUSES[r.name]))
     return "\n".join(lines)
