@@ -35,9 +35,17 @@ def number_in(low, high=float("inf"), low_open=False):
     return parse
 
 
+def non_empty_path(text):
+    """An argparse type: a file or directory name, never empty (an empty --out would
+    otherwise be taken as "not given")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a file or a directory")
+    return text
+
+
 def add_checkpoint_argument(parser):
     """CKPT, the checkpoint every command on a trained model reads."""
-    parser.add_argument("checkpoint", metavar="CKPT", help="a checkpoint (.npz) written by train.py")
+    parser.add_argument("checkpoint", metavar="CKPT", type=non_empty_path, help="a checkpoint (.npz) written by train.py")
 
 
 def add_threads_argument(parser):

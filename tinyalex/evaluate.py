@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from layers.loss import softmax
-from tinyalex.argtypes import add_checkpoint_argument, add_route_argument, positive_int
+from tinyalex.argtypes import add_checkpoint_argument, add_route_argument, non_empty_path, positive_int
 from tinyalex.checkpoint import load_model, model_labels, normalisation
 from tinyalex.data import load_dataset, load_images, subset
 from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
@@ -251,7 +251,7 @@ def register(subparsers):
     add_route_argument(p, ("fast", "readable"), "fast",
                        help="the layers that compute: fast (layers/fast/, default), readable (layers/) "
                             "or DIR, your own (python -m tinyalex exercise)")
-    p.add_argument("--confusion-png", metavar="FILE", default=None,
+    p.add_argument("--confusion-png", metavar="FILE", type=non_empty_path, default=None,
                    help="also draw the confusion matrix as a picture (PNG)")
     add_skip_bad_images_argument(p)
     p.set_defaults(func=run_evaluate)

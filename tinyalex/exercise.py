@@ -159,7 +159,8 @@ DESCRIPTION = ("Copy the readable layers into DIR with every forward and backwar
 def register(subparsers):
     """Add the `exercise` command to an argparse subparsers object."""
     p = subparsers.add_parser("exercise", help=HELP, description=DESCRIPTION, allow_abbrev=False)
+    from .argtypes import non_empty_path
     p.add_argument("layers", nargs="*", metavar="LAYER",
                    help=f"the layers to write ({', '.join(LAYERS)}; default all; conv brings im2col.py)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write them into")
+    p.add_argument("--out", required=True, type=non_empty_path, metavar="DIR", help="the folder to write them into")
     p.set_defaults(func=run_exercise)

@@ -354,7 +354,7 @@ def run_neighbours(args):
 
 def register(subparsers):
     """Add the `neighbours` command to an argparse subparsers object."""
-    from tinyalex.argtypes import add_checkpoint_argument, add_seed_argument, positive_int
+    from tinyalex.argtypes import add_checkpoint_argument, add_seed_argument, non_empty_path, positive_int
     from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
     p = subparsers.add_parser(
         "neighbours", allow_abbrev=False,
@@ -379,7 +379,7 @@ def register(subparsers):
                    help="search only N training images, a seeded random sample (quick runs)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"images per forward pass (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--out", metavar="PNG", default=None, help="draw the figure to this PNG")
+    p.add_argument("--out", metavar="PNG", type=non_empty_path, default=None, help="draw the figure to this PNG")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: indices, labels, top-5 and distances")
     add_skip_bad_images_argument(p)

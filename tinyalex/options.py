@@ -6,7 +6,7 @@ may change, and how a checkpoint's stored options are checked). Imports no comma
 import argparse
 import os
 
-from .argtypes import add_route_argument, add_seed_argument, add_threads_argument, number_in, positive_int
+from .argtypes import add_route_argument, add_seed_argument, add_threads_argument, number_in, non_empty_path, positive_int
 from .data import add_data_arguments
 from .errors import CheckpointError, TinyAlexError
 from .model import INITS, MODELS, ROUTES
@@ -67,9 +67,9 @@ def add_train_arguments(parser):
     add_recipe_arguments(g)
     add_data_arguments(parser)
     r = parser.add_argument_group("run")
-    r.add_argument("--out", metavar="DIR", default=None,
+    r.add_argument("--out", metavar="DIR", type=non_empty_path, default=None,
                    help="run directory (default runs/<model>-<date>-<time>)")
-    r.add_argument("--resume", metavar="PATH", default=None,
+    r.add_argument("--resume", metavar="PATH", type=non_empty_path, default=None,
                    help="continue a run from its directory or a checkpoint file, exactly where it "
                         "stopped (with --lr: at another learning rate; with a new --out: in a new "
                         "run directory)")
@@ -112,6 +112,13 @@ def resume_config(args, parser, explicit):
     from .checkpoint import load_model_checkpoint   # (NumPy: only when resuming)
     path = args.resume
     ckpt_path = os.path.join(path, "last.npz") if os.path.isdir(path) else path
+    if os.path.isdir(path) and not os.path.exists(ckpt_path):
+        if os.path.exists(os.path.join(path, "config.json")):
+            raise_error(f"--resume {path}: its run stopped before its first checkpoint, so "
+                        f"there is nothing to continue; start it again with --out {path}",
+                        checkpoint=True)
+        raise_error(f"--resume {path}: the directory holds no last.npz to continue",
+                    checkpoint=True)
     # the whole checkpoint is checked here, before minutes of data loading; Run reads it again
     meta = load_model_checkpoint(ckpt_path, training=True).meta
     config = _checked_config(meta["config"], parser, ckpt_path)

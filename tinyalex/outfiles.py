@@ -92,8 +92,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                                   dir=directory)
+    except OSError as e:                   # an unwritable directory: name the file asked for
+        e.filename = path
+        raise
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would.
         umask = os.umask(0)
@@ -105,11 +109,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             os.fsync(f.fileno())
         check_replaceable(path)            # never a device, FIFO or link replaced by a file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename == tmp:
+            e.filename = path              # name the file the user knows, not its temporary
         raise
     # Make the rename itself durable (POSIX only; a directory cannot be opened on Windows).
     try:

@@ -465,7 +465,7 @@ def run_filters(args):
 
 def register(subparsers):
     """Add the `filters` command to an argparse subparsers object."""
-    from tinyalex.argtypes import add_checkpoint_argument
+    from tinyalex.argtypes import add_checkpoint_argument, non_empty_path
     p = subparsers.add_parser(
         "filters", help="draw the conv1 kernels, tower by tower, and score their colour",
         description="Draw the conv1 kernels as an image grid, tower 0 (the first half) above "
@@ -474,5 +474,5 @@ def register(subparsers):
                     "paper saw one tower's kernels colour-agnostic and the other's "
                     "colour-specific.")
     add_checkpoint_argument(p)
-    p.add_argument("--out", metavar="PNG", required=True, help="the picture to write")
+    p.add_argument("--out", metavar="PNG", type=non_empty_path, required=True, help="the picture to write")
     p.set_defaults(func=run_filters)

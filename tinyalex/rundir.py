@@ -17,7 +17,11 @@ The rules (docs/runs.md says them for users):
 - With the lock held, the temporary files of saves cut short by kill -9 (.last.npz.*.tmp,
   each as big as a checkpoint) are removed.
 - A run that fails or is stopped before it saved a checkpoint removes what it wrote (its
-  config.json), and the directory itself if it made it.
+  config.json), and the directories it made (OUT and any missing parents, when empty).
+  Only the process holding the lock removes anything: of two runs started at the same
+  moment on one new OUT, the one that lost the lock leaves the directory alone.
+- A config.json alone (a run killed with kill -9 before its first checkpoint) holds
+  nothing to continue: a new run in that directory removes it and says so.
 """
 
 import csv
@@ -46,13 +50,17 @@ class RunDir:
 
     Then `run_dir.check_new()` or `run_dir.check_resume(...)` applies the rules of the module
     docstring. Leaving the block releases the lock; leaving it with an exception before
-    OUT/last.npz exists removes the files the run wrote (and the directory if it made it).
+    OUT/`keeps` exists (last.npz for train.py; metrics.csv for torch-train, which keeps no
+    checkpoint) removes the files the run wrote, and the directories it made. Only the
+    process that holds the lock removes anything: a run that lost the race for the lock
+    leaves the directory to the one that won it.
     """
 
-    def __init__(self, path, log=print):
+    def __init__(self, path, log=print, keeps="last.npz"):
         self.path = path
         self.log = log
-        self.made = False
+        self.keeps = keeps
+        self.made = []               # the directories this run made, outermost first
         self._lock = None
         self._before = set()
 
@@ -62,31 +70,43 @@ class RunDir:
         if os.path.exists(path) and not os.path.isdir(path):
             raise RunDirError(f"--out {path} is a file, not a directory; choose another --out")
         try:
-            if not os.path.isdir(path):
+            for attempt in range(3):
+                self._make_dirs()
+                self._before = set(os.listdir(path))
                 try:
-                    os.makedirs(path)
-                    self.made = True
-                except FileExistsError:   # another run, started at the same moment, made it
-                    if not os.path.isdir(path):
+                    self._acquire()
+                    break
+                except FileNotFoundError:   # a run that failed at this moment removed its
+                    if attempt == 2:        # empty directory: make it again
                         raise
-            self._before = set(os.listdir(path))
-            self._acquire()
+        except RunDirError:
+            raise                          # another run holds the directory: leave it alone
         except OSError as e:
-            self._remove_made_dir()
+            self._clean_up_unlocked()
             raise RunDirError(f"cannot write to --out {path}: {e.strerror or e}; choose "
                               f"another --out") from None
         except BaseException:              # Ctrl-C or SIGTERM while the directory is set up
             if self._lock is not None:
                 self.__exit__(KeyboardInterrupt, None, None)
-            elif self.made:
-                try:
-                    os.unlink(os.path.join(path, LOCK))
-                except OSError:
-                    pass
-                self._remove_made_dir()
+            else:
+                self._clean_up_unlocked()
             raise
         self._remove_stale_temporaries()
         return self
+
+    def _make_dirs(self):
+        """Make the directory and its missing parents, remembering which this run made."""
+        missing, parent = [], os.path.abspath(self.path)
+        while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory)
+                self.made.append(directory)
+            except FileExistsError:   # another run, started at the same moment, made it
+                if not os.path.isdir(directory):
+                    raise
 
     def _acquire(self):
         path = os.path.join(self.path, LOCK)
@@ -109,30 +129,51 @@ class RunDir:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._lock = fd
+        try:                              # who holds it, for the message of the next run
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:                   # a full disk: the lock holds all the same
+            pass
 
     def __exit__(self, kind, error, tb):
         failed = kind is not None
         try:
-            if failed and not os.path.exists(os.path.join(self.path, "last.npz")):
+            if failed and not os.path.exists(os.path.join(self.path, self.keeps)):
                 for name in (set(os.listdir(self.path)) - self._before) & set(RUN_FILES):
                     os.unlink(os.path.join(self.path, name))   # only what this run wrote
             os.unlink(os.path.join(self.path, LOCK))            # while still holding it
         except OSError:
             pass
         os.close(self._lock)              # releases the lock
+        self._lock = None
         if failed:
-            self._remove_made_dir()
+            self._remove_made_dirs()
         return False
 
-    def _remove_made_dir(self):
-        if self.made:
+    def _clean_up_unlocked(self):
+        """A failure before the lock was taken: remove the lock file and the directories this
+        run made only if the lock can be had now (then no other run is using the directory);
+        otherwise leave everything to the run that holds it."""
+        if os.path.exists(os.path.join(self.path, LOCK)):
             try:
-                os.rmdir(self.path)       # only if empty
+                self._acquire()
+            except (RunDirError, OSError):
+                return
+            try:
+                os.unlink(os.path.join(self.path, LOCK))
             except OSError:
                 pass
+            os.close(self._lock)
+            self._lock = None
+        self._remove_made_dirs()
+
+    def _remove_made_dirs(self):
+        for directory in reversed(self.made):
+            try:
+                os.rmdir(directory)       # only if empty
+            except OSError:
+                return
 
     def _remove_stale_temporaries(self):
         stale = [p for name in RUN_FILES for p in glob.glob(os.path.join(self.path, f".{name}.*.tmp"))]
@@ -152,6 +193,12 @@ class RunDir:
     def check_new(self):
         """A new run: the directory must hold no run."""
         found = self.run_files()
+        if found == ["config.json"]:          # its run died before its first save
+            os.unlink(os.path.join(self.path, "config.json"))
+            self._before.discard("config.json")
+            self.log(f"removed {self.path}/config.json, left by a run stopped before its "
+                     f"first checkpoint")
+            return
         if not found:
             return
         if "last.npz" in found:

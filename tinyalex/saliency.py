@@ -253,7 +253,7 @@ def run_saliency(args):
 
 def register(subparsers):
     """Add the `saliency` command to an argparse subparsers object."""
-    from tinyalex.argtypes import add_checkpoint_argument, positive_int
+    from tinyalex.argtypes import add_checkpoint_argument, non_empty_path, positive_int
     p = subparsers.add_parser(
         "saliency", allow_abbrev=False,
         help="heat maps of where in an image a class comes from (input gradient, occlusion)",
@@ -263,7 +263,7 @@ def register(subparsers):
                     "beside the image.")
     add_checkpoint_argument(p)
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--out", metavar="DIR", required=True,
+    p.add_argument("--out", metavar="DIR", type=non_empty_path, required=True,
                    help="directory for the pictures, DIR/<image name>.png (created if missing)")
     p.add_argument("--class", dest="class_name", metavar="NAME", default=None,
                    help="explain this class (default: each image's predicted class)")

@@ -23,6 +23,7 @@ The options and their defaults are train.py's, so `torch-train` with no options 
 train.py's default recipe.
 
 It writes OUT/metrics.csv (the columns of train.py's) and OUT/curves.png after every epoch,
+into a run directory kept by train.py's rules (a new directory, locked while the run lives),
 and prints test top-1 and top-5 at the end when the data has a test split. It keeps no
 checkpoints: it is a measurement, not a model to keep. PyTorch is imported only here.
 """
@@ -36,12 +37,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import TinyAlexError
+from .outfiles import writing
 
 
 
 def register(subparsers):
     """Add the `torch-train` command to an argparse subparsers object."""
-    from .argtypes import add_seed_argument, add_threads_argument, number_in, positive_int
+    from .argtypes import add_seed_argument, add_threads_argument, number_in, non_empty_path, positive_int
     from .optim import SCHEDULES
     from .options import add_recipe_arguments
     from .model import MODELS
@@ -60,7 +62,7 @@ def register(subparsers):
     add_recipe_arguments(p)
     add_data_arguments(p)
     r = p.add_argument_group("run")
-    r.add_argument("--out", metavar="DIR", default=None,
+    r.add_argument("--out", metavar="DIR", type=non_empty_path, default=None,
                    help="where metrics.csv and curves.png go (default runs/torch-MODEL-TIME)")
     add_seed_argument(r, "the split, the batches and PyTorch's random numbers")
     add_threads_argument(r)
@@ -113,14 +115,25 @@ def numpy_model(torch, net):
 
 
 def run_torch_train(args):
+    """The run directory is train.py's kind (tinyalex/rundir.py): a new one, locked while the
+    run lives, and removed again if the run ends before its first epoch was written."""
+    from .rundir import RunDir
+    from .torch_twin import import_torch
+    torch = import_torch()
+    out = args.out or os.path.join("runs", f"torch-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    with RunDir(out, keeps="metrics.csv") as run_dir:
+        run_dir.check_new()
+        return _train(torch, args, out)
+
+
+def _train(torch, args, out):
     from tqdm import tqdm
 
-    from .torch_twin import import_torch, torch_model
     from .model import ARCHS
     from .optim import DEFAULT_LR, ONECYCLE_PEAK
     from .scoring import score_loader
+    from .torch_twin import torch_model
     from .trainer import build_loaders, write_metrics
-    torch = import_torch()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -138,8 +151,6 @@ def run_torch_train(args):
     opt = torch.optim.SGD(groups, lr=peak, momentum=args.momentum,
                           nesterov=args.nesterov and args.momentum > 0)
     scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train))
-    out = args.out or os.path.join("runs", f"torch-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(out, exist_ok=True)
     print(f"data: {data.summary()}")
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads: {args.model}, "
           f"{args.epochs} epochs of {len(train)} steps, batch {args.batch_size}, {args.schedule} "
@@ -182,7 +193,8 @@ def run_torch_train(args):
                      "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
                      "seconds": round(seconds + time.perf_counter() - t0, 3),
                      "img_per_s": round(seen / seconds, 1)})
-        write_metrics(out, rows)
+        with writing(os.path.join(out, "metrics.csv")):
+            write_metrics(out, rows)
         shown = f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}%" if val is not None else "no validation split"
         print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {loss_sum / seen:.4f} "
               f"acc {100 * correct / seen:.2f}%  {shown}  {rows[-1]['seconds']:.0f}s "

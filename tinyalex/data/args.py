@@ -3,7 +3,7 @@
 group (add_data_arguments)."""
 import argparse
 
-from ..argtypes import non_negative_int
+from ..argtypes import non_negative_int, non_empty_path
 from .transforms import AUGMENTS
 
 
@@ -14,8 +14,8 @@ DATA_HELP = ("an extracted cifar-10-batches-py directory (or a directory holding
 
 def add_source_arguments(parser, data_help=DATA_HELP):
     """--data PATH and --data-dir DIR: where the images come from."""
-    parser.add_argument("--data", metavar="PATH", default=None, help=data_help)
-    parser.add_argument("--data-dir", metavar="DIR", default=None,
+    parser.add_argument("--data", metavar="PATH", type=non_empty_path, default=None, help=data_help)
+    parser.add_argument("--data-dir", metavar="DIR", type=non_empty_path, default=None,
                         help="where downloads, unpacked archives and the image cache go "
                              "(default: $TINYALEX_DATA_DIR, else ./data)")
 
