@@ -502,3 +502,56 @@ def test_a_failed_run_leaves_no_directory_behind(tmp_path, capsys):
     os.makedirs(empty)
     code, _, err = train_quietly(["--model", "tiny", "--data", str(tmp_path / "missing"), "--out", empty], capsys)
     assert code == 2 and os.listdir(empty) == []
+
+
+# --- round 2: what a resume says and records, and the causes of divergence ---------------------
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(data, data_dir, finished, tmp_path, capsys):
+    run = copy_run(finished, str(tmp_path / "done"))
+    before = snapshot(run)
+    code, printed, err = train_quietly(["--resume", run, "--no-progress"], capsys)
+    assert code == 0, err
+    assert f"{run} holds a finished run (2 of 2 epochs; its final scores are in " in printed
+    assert "nothing to resume" in printed and "epoch 3" not in printed
+    assert snapshot(run) == before
+
+
+def test_a_resume_that_diverges_at_once_leaves_config_json_as_it_was(data, data_dir, tmp_path, capsys):
+    out = str(tmp_path / "R")
+    interrupted(data, out, epochs=2, epoch=1, batch=2, data_dir=data_dir)
+    before = snapshot(out)
+    code, _, err = train_quietly(["--resume", out, "--no-progress", "--lr", "1e30"], capsys)
+    one_line_error(code, err, "lower learning rate")
+    assert snapshot(out)["config.json"] == before["config.json"]
+    code, _, err = train_quietly(["--resume", out, "--no-progress", "--lr", "0.01"], capsys)
+    assert code == 0, err                                   # a resume that saves records it
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["lr"] == 0.01 and config["lr_changes"][0]["to"] == 0.01
+
+
+def test_a_resume_names_the_flag_as_typed(data, data_dir, finished, capsys):
+    for typed, theirs in [(["--no-nesterov"], "--nesterov"), (["--bias-decay"], "--no-bias-decay"),
+                          (["--batch-size", "10"], "--batch-size 15")]:
+        code, _, err = train_quietly(["--resume", finished, *typed], capsys)
+        one_line_error(code, err, f"--resume: {' '.join(typed)} differs from the run's {theirs}; "
+                                  f"drop {typed[0]} to continue that run")
+
+
+@pytest.mark.parametrize("option, blamed", [("--lr", "lower --lr than 1e+300"),
+                                            ("--weight-decay", "--weight-decay 1e+300 at lr 0.02")])
+def test_an_absurd_rate_or_decay_is_one_line_naming_it_without_warnings(data, data_dir, tmp_path, capsys,
+                                                                       option, blamed):
+    argv = args(data, str(tmp_path / "x"), "--epochs", "1", data_dir=data_dir)
+    argv[argv.index("--lr") + 1] = "0.02"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = train_quietly([*argv, option, "1e300"], capsys)
+    one_line_error(code, err, blamed)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(data, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = train_quietly(args(data, str(tmp_path / "r"), data_dir=str(tmp_path / "a-file")), capsys)
+    one_line_error(code, err, f"--data-dir {tmp_path / 'a-file'} is a file, not a directory")
+    assert not os.path.exists(tmp_path / "r")

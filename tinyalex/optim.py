@@ -182,6 +182,8 @@ class SGD:
 ONECYCLE_PEAK = {"cifar": 0.05, "paper": 0.02, "tiny": 0.05}
 # The starting rate of the step and plateau schedules (the paper's 0.01).
 DEFAULT_LR = 0.01
+# the default --weight-decay (the paper's)
+DEFAULT_WEIGHT_DECAY = 5e-4
 
 
 def _float_or_none(value):

@@ -10,7 +10,7 @@ from .argtypes import add_route_argument, add_seed_argument, add_threads_argumen
 from .data import add_data_arguments
 from .errors import CheckpointError, TinyAlexError
 from .model import INITS, MODELS, ROUTES
-from .optim import SCHEDULES
+from .optim import DEFAULT_WEIGHT_DECAY, SCHEDULES
 
 # options that may differ when resuming: they do not change what the run computes
 RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "route", "towers"}
@@ -28,7 +28,8 @@ def add_recipe_arguments(g):
     the same recipe in PyTorch): --momentum, --weight-decay, --nesterov, --bias-decay,
     --label-smoothing, --init."""
     g.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=number_in(0), default=5e-4, help="weight decay (default 5e-4)")
+    g.add_argument("--weight-decay", type=number_in(0), default=DEFAULT_WEIGHT_DECAY,
+                   help=f"weight decay (default {DEFAULT_WEIGHT_DECAY:g})")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                    help="Nesterov momentum (default; --no-nesterov: the paper's plain momentum)")
     g.add_argument("--bias-decay", action=argparse.BooleanOptionalAction, default=False,
@@ -127,13 +128,25 @@ def resume_config(args, parser, explicit):
                     f"says {config['model']!r}", checkpoint=True)
     for dest in sorted(explicit - RESUME_FREE - RESUME_CHANGES):
         if getattr(args, dest) != config.get(dest):
-            flag = "--" + dest.replace("_", "-")
-            raise_error(f"--resume: {flag} {getattr(args, dest)} differs from the run's "
-                        f"{config.get(dest)}; drop {flag} to continue that run, or start a new one")
+            typed, theirs = _as_typed(parser, dest, getattr(args, dest)), _as_typed(parser, dest, config.get(dest))
+            raise_error(f"--resume: {typed} differs from the run's {theirs}; drop "
+                        f"{typed.split()[0]} to continue that run, or start a new one")
     for dest in (RESUME_FREE | RESUME_CHANGES) & explicit - {"resume"}:
         config[dest] = getattr(args, dest)
     out = (os.path.dirname(ckpt_path) or ".") if "out" not in explicit else args.out
     return config, out, ckpt_path, meta
+
+
+def _as_typed(parser, dest, value):
+    """The option `dest` with `value` as it is written on a command line: "--batch-size 64",
+    "--no-nesterov", "--bias-decay"."""
+    action = next(a for a in parser._actions if a.dest == dest)
+    flag = action.option_strings[0]
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return flag if value else "--no-" + flag[2:]
+    if action.nargs == 0:                          # a switch (store_true)
+        return flag if value else f"no {flag}"
+    return f"{flag} {value}"
 
 
 def _checked_config(config, parser, path):

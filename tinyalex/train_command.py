@@ -31,6 +31,10 @@ def run_train(args, parser, argv, processes=None):
         config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command")}
         out = args.out or os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     config["out"] = out
+    if meta is not None and _finished(meta, config) and os.path.exists(os.path.join(out, "test.json")):
+        print(f"{out} holds a finished run ({config['epochs']} of {config['epochs']} epochs; "
+              f"its final scores are in {os.path.join(out, 'test.json')}): nothing to resume")
+        return 0
     if config.get("threads"):
         from layers.fast import threads
         threads.set_num_threads(config["threads"])
@@ -48,13 +52,17 @@ def run_train(args, parser, argv, processes=None):
                 else:
                     run_dir.check_resume(ckpt_path, meta)
                     config.setdefault("run_id", uuid.uuid4().hex)
+                    return _train(config, out, ckpt_path, signals, processes, same_run=True)
                 return _train(config, out, ckpt_path, signals, processes)
         except KeyboardInterrupt:
             print(f"{_signal_word(signals)}: stopped at once; {_saved(out)}", file=sys.stderr)
             return signals.exit_code
 
 
-def _train(config, out, ckpt_path, signals, processes):
+def _train(config, out, ckpt_path, signals, processes, same_run=False):
+    """Train; `same_run`: resuming in the run's own directory, whose config.json is then
+    rewritten (with any new --lr) only at the first save, so that a resume that fails at
+    once leaves the run as it was."""
     root = processes.is_root
     log = print
     warm_up(route=config.get("route", "fast"))   # Numba loads the kernels while the data are read
@@ -69,9 +77,14 @@ def _train(config, out, ckpt_path, signals, processes):
     ops = getattr(run.model, "ops", None)
     if hasattr(ops, "theirs"):                       # a student's folder (tinyalex/student.py)
         log(ops.describe())
-    if ckpt_path:
+    if ckpt_path and _finished({"epoch": run.progress.epoch, "batch": run.progress.batch}, config):
+        log(f"resuming {ckpt_path}: all {config['epochs']} epochs are trained; scoring the final "
+            f"parameters")
+    elif ckpt_path:
         log(f"resuming {ckpt_path} at epoch {run.progress.epoch + 1}, batch {run.progress.batch}")
-    if root:
+    if root and same_run:
+        run.config_pending = True
+    elif root:
         write_config(out, config)
     signals.armed = True
     status = run.train(stop_requested=lambda: signals.requested, show_progress=not config["no_progress"])
@@ -96,6 +109,11 @@ def _train(config, out, ckpt_path, signals, processes):
             raise_error(f"cannot write {os.path.join(out, 'test.json')}: {e.strerror or e}; "
                         f"the run's checkpoints are saved in {out}")
     return 0
+
+
+def _finished(meta, config):
+    """Whether a checkpoint's position is the end of the run's last epoch."""
+    return meta["epoch"] >= config["epochs"] and meta["batch"] == 0
 
 
 def _scores_line(scores, split):

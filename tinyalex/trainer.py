@@ -46,7 +46,7 @@ from .data import BatchLoader, load_dataset, subset
 from .errors import TinyAlexError
 from .outfiles import atomic_write, writing
 from .model import ARCHS, build_model
-from .optim import DEFAULT_LR, ONECYCLE_PEAK, SGD, make_schedule
+from .optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, ONECYCLE_PEAK, SGD, make_schedule
 from .pictures import plot_curves
 from .processes import OneProcess
 from .scoring import score_loader
@@ -134,6 +134,7 @@ class Run:
         self.processes = OneProcess() if processes is None else processes
         self.out_dir = out_dir
         self.log = log
+        self.config_pending = False    # True: write config.json with the first save (train_command)
         self.data, self.train_loader, self.val_loader, self.test_loader = build_loaders(config)
         if config["schedule"] == "plateau" and self.val_loader is None:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
@@ -188,6 +189,9 @@ class Run:
         params, optimizer = self.processes.full_state(params, optimizer)   # every process calls it
         if not self.processes.is_root:
             return
+        if self.config_pending:                 # a resumed run's options, with its first save
+            write_config(self.out_dir, self.config)
+            self.config_pending = False
         path = os.path.join(self.out_dir, name)
         with writing(path):                     # a full disk: one line, and the run resumes
             save_checkpoint(path, params=params, optimizer=optimizer,
@@ -266,7 +270,14 @@ class Run:
     def _diverged(self, what):
         """The error that stops a diverged run, naming the file that holds the last good state."""
         last = os.path.join(self.out_dir, "last.npz")
-        lr = base_lr(self.config)
+        lr, decay = base_lr(self.config), self.config["weight_decay"]
+        # lr x decay >= 1: the decay alone flips the weights' sign every step and grows them;
+        # blame the decay if it is further from its default than the rate is from its own
+        if lr * decay >= 1 and decay / DEFAULT_WEIGHT_DECAY > lr / base_lr({**self.config, "lr": None}):
+            return TrainingError(
+                f"{what}; stopped. --weight-decay {decay:g} at lr {lr:g} scales the weights by "
+                f"1 - lr x decay = {1 - lr * decay:.3g} every step: start again with a "
+                f"--weight-decay well below 1/lr = {1 / lr:.3g} (default {DEFAULT_WEIGHT_DECAY:g})")
         try:
             meta = read_meta(last)
             good = (f"{last} holds the last good state ({describe_position(meta)}): continue "
@@ -308,7 +319,8 @@ class Run:
                     if not math.isfinite(loss):
                         raise self._diverged(f"the loss became {loss} at epoch {epoch + 1}, "
                                              f"batch {progress.batch + 1} (lr {lr:.3g})")
-                    self.sgd.step(self.model.params, step.grads, lr)
+                    with np.errstate(over="ignore", invalid="ignore"):   # the next loss tells
+                        self.sgd.step(self.model.params, step.grads, lr)
                     dt, t0 = time.perf_counter() - t0, time.perf_counter()
                     progress.batch += 1
                     progress.loss_sum += loss * len(y)

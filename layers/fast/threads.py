@@ -27,11 +27,14 @@ that function cannot be found (another BLAS), the products are not cut and BLAS 
 own threads: the same answers, but one descheduled BLAS thread stalls a whole product.
 
 The workers are plain Python threads, started on first use; the pieces release the GIL
-(Numba's `nogil=True`, NumPy's BLAS calls), and an idle worker sleeps on a queue.
+(Numba's `nogil=True`, NumPy's BLAS calls), and an idle worker sleeps on a queue. A worker
+runs its pieces in a copy of the caller's context, so that the caller's `np.errstate` holds
+in them too.
 `set_num_threads(n)` sets the number of threads that take pieces (default: NUMBA_NUM_THREADS
 when it is set, else the cores this process may use).
 """
 
+import contextvars
 import ctypes
 import glob
 import itertools
@@ -77,6 +80,8 @@ class _Job:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.error = None
+        # the caller's context (NumPy's np.errstate lives there): the workers run in a copy
+        self.context = contextvars.copy_context()
 
     def work(self):
         _local.inside = True
@@ -104,7 +109,8 @@ _workers_lock = threading.Lock()
 
 def _worker():
     while True:
-        _jobs.get().work()
+        job = _jobs.get()
+        job.context.copy().run(job.work)
 
 
 def _start_workers(n):

@@ -74,6 +74,9 @@ def load_dataset(data=None, *, data_dir=None, val_size=5000, seed=0, skip_bad_im
                  download=True) -> Dataset:
     """Load a source (see the module docstring), split off validation, compute statistics."""
     data_dir = os.path.expanduser(data_dir or default_data_dir())
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir} is a file, not a directory; choose another "
+                        f"--data-dir")
     if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or val_size < 0:
         raise DataError(f"--val-size must be a non-negative integer, got {val_size!r}")
     if data is None:
