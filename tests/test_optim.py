@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tinyalex.errors import CheckpointError, TinyAlexError
-from tinyalex.optim import SGD, make_schedule
+from tinyalex.optim import MIN_WARMUP_STEPS, SGD, make_schedule
 
 # `torch`: the fixture of conftest.py (PyTorch, or the test is skipped)
 
@@ -255,19 +255,39 @@ def _all_lrs(schedule, epochs, steps):
 
 
 def test_onecycle_by_hand():
-    # 4 epochs x 5 steps = 20 iterations, peak 0.05: start 0.002, final 2e-7,
-    # warm-up end e = 0.15*20 - 1 = 2 (3.0000000000000004 - 1 in floats).
-    sched = make_schedule("onecycle", epochs=4, steps_per_epoch=5)
+    # 40 epochs x 25 steps = 1000 iterations, peak 0.05: start 0.002, final 2e-7,
+    # warm-up 15% = 150 iterations, end e = 149.
+    sched = make_schedule("onecycle", epochs=40, steps_per_epoch=25)
     assert sched.name == "onecycle"
-    lrs = _all_lrs(sched, 4, 5)
+    lrs = _all_lrs(sched, 40, 25)
     assert lrs[0] == pytest.approx(0.002, rel=1e-12)
-    assert lrs[1] == pytest.approx(0.002 + 0.048 / 2, rel=1e-12)            # 0.026
-    assert lrs[2] == pytest.approx(0.05, rel=1e-12)                         # the peak
-    # decay: lr = 0.05 + (2e-7 - 0.05) * (i - 2) / 17
-    assert lrs[3] == pytest.approx(0.05 - (0.05 - 2e-7) / 17, rel=1e-12)
-    assert lrs[10] == pytest.approx(0.05 - (0.05 - 2e-7) * 8 / 17, rel=1e-12)
-    assert lrs[19] == pytest.approx(2e-7, rel=1e-9)                         # peak/25/1e4
-    assert max(lrs) == lrs[2]
+    assert lrs[1] == pytest.approx(0.002 + 0.048 / 149, rel=1e-12)
+    assert lrs[149] == pytest.approx(0.05, rel=1e-12)                       # the peak
+    # decay: lr = 0.05 + (2e-7 - 0.05) * (i - 149) / 850
+    assert lrs[150] == pytest.approx(0.05 - (0.05 - 2e-7) / 850, rel=1e-12)
+    assert lrs[999] == pytest.approx(2e-7, rel=1e-9)                        # peak/25/1e4
+    assert max(lrs) == lrs[149]
+
+
+def test_a_short_onecycle_warms_up_for_at_least_min_warmup_steps_or_half_the_run():
+    # 200 iterations: 15% would be 30; the warm-up is MIN_WARMUP_STEPS (100), end e = 99
+    lrs = _all_lrs(make_schedule("onecycle", epochs=2, steps_per_epoch=100), 2, 100)
+    assert MIN_WARMUP_STEPS == 100
+    assert lrs[50] == pytest.approx(0.002 + 0.048 * 50 / 99, rel=1e-12)
+    assert max(lrs) == lrs[99] == pytest.approx(0.05, rel=1e-12)
+    # 20 iterations: half the run, 10, end e = 9; then down to peak/25/1e4 at the last
+    lrs = _all_lrs(make_schedule("onecycle", epochs=4, steps_per_epoch=5), 4, 5)
+    assert lrs[3] == pytest.approx(0.002 + 0.048 * 3 / 9, rel=1e-12)
+    assert max(lrs) == lrs[9] == pytest.approx(0.05, rel=1e-12)
+    assert lrs[14] == pytest.approx(0.05 + (2e-7 - 0.05) * 5 / 10, rel=1e-12)
+    assert lrs[19] == pytest.approx(2e-7, rel=1e-9)
+
+
+def test_a_checkpoint_from_before_the_minimum_warm_up_keeps_its_schedule():
+    sched = make_schedule("onecycle", epochs=4, steps_per_epoch=5)
+    old = {k: v for k, v in sched.state_dict().items() if k != "warmup"}
+    sched.load_state_dict(old)
+    assert sched.warmup == pytest.approx(3.0) and sched.lr_at(0, 2) == pytest.approx(0.05)
 
 
 def test_onecycle_defaults_per_model_and_override():
@@ -278,14 +298,16 @@ def test_onecycle_defaults_per_model_and_override():
                          steps_per_epoch=100).lr_at(1, 49) == pytest.approx(0.1)  # i=149
 
 
-@pytest.mark.parametrize("epochs,steps", [(10, 352), (3, 7), (1, 1), (1, 5), (2, 3), (7, 1)])
+@pytest.mark.parametrize("epochs,steps", [(10, 352), (3, 7), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 3), (7, 1), (2, 100)])
 def test_onecycle_matches_torch(epochs, steps, torch):
+    """torch-train's scheduler (PyTorch's OneCycleLR, given train.py's warm-up) and tinyalex's
+    give the same rate at every iteration."""
+    from tinyalex.torch_train import make_scheduler
     peak = 0.05
     w = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([w], lr=peak, momentum=0.9)
-    ref = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=peak, epochs=epochs, steps_per_epoch=steps, pct_start=0.15,
-        anneal_strategy="linear", div_factor=25.0, final_div_factor=1e4, three_phase=False)
+    ref, per_batch = make_scheduler(torch, opt, "onecycle", peak, epochs, steps)
+    assert per_batch
     torch_lrs = []
     for _ in range(epochs * steps):
         torch_lrs.append(opt.param_groups[0]["lr"])
@@ -293,7 +315,7 @@ def test_onecycle_matches_torch(epochs, steps, torch):
         ref.step()
     ours = _all_lrs(make_schedule("onecycle", lr=peak, epochs=epochs, steps_per_epoch=steps),
                     epochs, steps)
-    np.testing.assert_allclose(ours, torch_lrs, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ours, torch_lrs, rtol=1e-9, atol=1e-15)
 
 
 def test_step_schedule_by_hand_and_against_torch(torch):

@@ -137,7 +137,7 @@ def test_a_failed_best_save_is_redone_when_the_run_resumes(data, tmp_path, monke
             "--epochs", "2", "--out", out, "--no-progress"]
     real_save = trainer.save_checkpoint
     scores = iter([0.2, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])   # epoch 2 improves on epoch 1
-    monkeypatch.setattr(trainer, "score_loader", lambda model, loader, tta="none": (1.0, next(scores), 0.9))
+    monkeypatch.setattr(trainer, "score_loader", lambda model, loader, tta="none", desc=None: (1.0, next(scores), 0.9))
 
     def full_disk(path, **kwargs):      # the disk is full from epoch 2 on, when best.npz is due
         if os.path.basename(path) == "best.npz" and os.path.exists(os.path.join(out, "last.npz")):

@@ -430,7 +430,7 @@ def test_nan_at_an_epoch_end_keeps_the_last_good_state_and_a_resume_may_lower_th
     real = tinyalex.trainer.score_loader
     calls = []
 
-    def nan_in_epoch_2(model, loader):
+    def nan_in_epoch_2(model, loader, desc=None):
         calls.append(1)
         loss, top1, top5 = real(model, loader)
         return (float("nan"), top1, top5) if len(calls) == 2 else (loss, top1, top5)

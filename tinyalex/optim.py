@@ -182,6 +182,8 @@ class SGD:
 ONECYCLE_PEAK = {"cifar": 0.05, "paper": 0.02, "tiny": 0.05}
 # The starting rate of the step and plateau schedules (the paper's 0.01).
 DEFAULT_LR = 0.01
+# The shortest one-cycle warm-up, in steps (at most half the run)
+MIN_WARMUP_STEPS = 100
 # the default --weight-decay (the paper's)
 DEFAULT_WEIGHT_DECAY = 5e-4
 
@@ -231,20 +233,25 @@ class OneCycle(Schedule):
     With ``T = epochs * steps_per_epoch`` iterations, iteration ``i = epoch *
     steps_per_epoch + step``, ``start = peak / 25`` and ``final = start / 1e4``:
 
-        warm-up end   e = 0.15 * T - 1           (a float, as in PyTorch)
+        warm-up       W = max(0.15 * T, min(MIN_WARMUP_STEPS, T / 2)) iterations
+                      (0.15 * T for T < 4)
+        warm-up end   e = W - 1                  (a float, as in PyTorch)
         i <= e:       lr = start + (peak - start) * i / e
         i >  e:       lr = peak + (final - peak) * (i - e) / (T - 1 - e)
 
     so the rate climbs from ``start`` at i = 0 to ``peak`` at i = e and falls to ``final``
-    at the last iteration i = T - 1. These are exactly the boundaries of PyTorch's
-    ``OneCycleLR(max_lr=peak, total_steps=T, pct_start=0.15, anneal_strategy='linear',
-    div_factor=25, final_div_factor=1e4, three_phase=False)``, where the k-th call of
-    ``scheduler.step()`` sets the rate of iteration k. (When ``e < 0``, i.e. fewer than
-    7 iterations in all, there is no warm-up, as in PyTorch.)
+    at the last iteration i = T - 1. The warm-up is 15% of the run, but never shorter than
+    MIN_WARMUP_STEPS (or half a short run): a run of a few dozen steps would otherwise reach
+    the peak within a handful of steps, from weights still at their random start, and
+    diverge. These are exactly the boundaries of PyTorch's ``OneCycleLR(max_lr=peak,
+    total_steps=T, pct_start=W / T, anneal_strategy='linear', div_factor=25,
+    final_div_factor=1e4, three_phase=False)``, where the k-th call of
+    ``scheduler.step()`` sets the rate of iteration k. (When ``e < 0``, a run of fewer than 7
+    iterations under the 15% rule, there is no warm-up, as in PyTorch.)
     """
 
     name = "onecycle"
-    FIELDS = {"peak": float, **Schedule.FIELDS}
+    FIELDS = {"peak": float, "warmup": float, **Schedule.FIELDS}
     pct_start = 0.15
     div_factor = 25.0
     final_div_factor = 1e4
@@ -252,16 +259,27 @@ class OneCycle(Schedule):
     def __init__(self, *, peak: float, epochs: int, steps_per_epoch: int):
         super().__init__(epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.peak = float(peak)
+        shortest = min(MIN_WARMUP_STEPS, self.total / 2) if self.total >= 4 else 0
+        self.warmup = max(self.pct_start * self.total, shortest)
 
     @property
     def total(self) -> int:
         return self.epochs * self.steps_per_epoch
 
+    def load_state_dict(self, state: dict) -> None:
+        if isinstance(state, dict) and "warmup" not in state:
+            # saved before the warm-up had a minimum length: 15% of the run, as then
+            try:
+                state = {**state, "warmup": self.pct_start * int(state["epochs"]) * int(state["steps_per_epoch"])}
+            except (KeyError, TypeError, ValueError):
+                pass                      # refused below, as any damaged state
+        super().load_state_dict(state)
+
     def lr_at(self, epoch: int, step: int) -> float:
         i = self._iteration(epoch, step)
         start = self.peak / self.div_factor
         final = start / self.final_div_factor
-        warmup_end = float(self.pct_start * self.total) - 1
+        warmup_end = self.warmup - 1
         if i <= warmup_end:
             return start + (self.peak - start) * (i / warmup_end)
         last = self.total - 1

@@ -13,7 +13,8 @@ from .model import INITS, MODELS, ROUTES
 from .optim import DEFAULT_WEIGHT_DECAY, SCHEDULES
 
 # options that may differ when resuming: they do not change what the run computes
-RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "route", "towers"}
+RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "route", "towers",
+               "limit_test"}
 # options a resume may change: the rest of the run follows the new value (config.json says so)
 RESUME_CHANGES = {"lr"}
 # options added after runs were already being saved: a checkpoint without one trained as this
@@ -43,6 +44,13 @@ def add_recipe_arguments(g):
                         "for fc8 (default); torch: PyTorch's default uniform +-1/sqrt(fan_in), "
                         "which sits at chance for most of the first epoch; paper: N(0, 0.01) "
                         "with biases 1, the paper's, which stays at chance on CIFAR-10")
+
+
+def add_limit_test_argument(group):
+    """--limit-test N: the final scoring on N test images only (train.py and torch-train)."""
+    group.add_argument("--limit-test", type=positive_int, default=None, metavar="N",
+                       help="score the final model on N test images only, a seeded random "
+                            "sample (quick runs; default: the whole test split)")
 
 
 def add_train_arguments(parser):
@@ -80,6 +88,7 @@ def add_train_arguments(parser):
                    help="train on N training images only, a seeded random sample (quick runs)")
     r.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
                    help="validate on N validation images only, a seeded random sample")
+    add_limit_test_argument(r)
     r.add_argument("--save-every", type=number_in(0), default=5.0, metavar="MIN",
                    help="also save last.npz every MIN minutes mid-epoch (default 5; 0: epoch ends only)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")

@@ -3,7 +3,9 @@ training's validation and final scores (`train.py`), `evaluate`, `torch-train`.
 
     predict_logits(model, x, batch_size)          batched forward pass, dropout off
     scores(probs, labels)                         {"top1", "top5", "loss"} of probabilities
-    score_loader(model, loader, tta)              (loss, top1, top5) over a BatchLoader
+    score_loader(model, loader, tta, desc)        (loss, top1, top5) over a BatchLoader
+    score_loader_views(model, loader, desc)       the same for the centre image and for flip
+                                                  TTA, in one pass
     score_arrays(model, images, labels, *, mean, std, image_size, tta, batch_size)
         -> {"n", "top1", "top5", "loss", "per_class", "counts", "confusion"}
 
@@ -67,26 +69,44 @@ def scores(probs, labels):
             "loss": float(np.mean(-np.log(np.maximum(true_p, np.finfo(np.float64).tiny))))}
 
 
-def score_loader(model, loader, tta="none"):
+def score_loader(model, loader, tta="none", desc=None):
     """(loss, top-1, top-5) over a loader's batches (eval mode: no dropout). `model` is anything
     with forward(images) -> logits in NumPy (torch-train passes PyTorch's network).
     tta "flip": the softmax averaged over each image and its mirror image, as score_arrays
     scores it (the loader's normalisation is per channel, so mirroring after it is the same).
-    A non-finite logit (a diverged model) makes the loss NaN."""
-    probs, labels = [], []
-    for x, y in loader.epoch(0):
-        views = [x, np.ascontiguousarray(x[..., ::-1])] if tta == "flip" else [x]
-        with np.errstate(over="ignore", invalid="ignore"):   # a diverged model: NaN, below
-            logits = [model.forward(view) for view in views]
-            p = sum(softmax(view_logits) for view_logits in logits) / len(views)
-        p[~np.all([np.isfinite(view_logits).all(axis=1) for view_logits in logits], axis=0)] = np.nan
-        probs.append(p)
-        labels.append(y)
+    A non-finite logit (a diverged model) makes the loss NaN. `desc`: show a progress bar
+    (on stderr) with that label."""
+    return score_loader_views(model, loader, desc, views=(tta,))[tta]
+
+
+def score_loader_views(model, loader, desc=None, views=("none", "flip")):
+    """{tta: (loss, top-1, top-5)} for each of `views` ("none", "flip"), in one pass over the
+    loader: flip's first view is the centre image, so both cost two forward passes."""
+    mirror = "flip" in views
+    probs = {tta: [] for tta in views}
+    labels = []
+    bar = tqdm(total=len(loader), desc=desc, unit="batch", leave=False, disable=desc is None)
+    with bar:
+        for x, y in loader.epoch(0):
+            with np.errstate(over="ignore", invalid="ignore"):   # a diverged model: NaN, below
+                logits = [model.forward(x)] + ([model.forward(np.ascontiguousarray(x[..., ::-1]))]
+                                               if mirror else [])
+                p = [softmax(view_logits) for view_logits in logits]
+            broken = ~np.all([np.isfinite(view_logits).all(axis=1) for view_logits in logits], axis=0)
+            for tta in views:
+                chosen = p[0] if tta == "none" else (p[0] + p[1]) / 2
+                chosen[broken] = np.nan
+                probs[tta].append(chosen)
+            labels.append(y)
+            bar.update(1)
     if not labels:
-        return float("nan"), float("nan"), float("nan")
-    with np.errstate(invalid="ignore"):
-        result = scores(np.concatenate(probs), np.concatenate(labels))
-    return result["loss"], result["top1"], result["top5"]
+        return {tta: (float("nan"),) * 3 for tta in views}
+    result = {}
+    for tta in views:
+        with np.errstate(invalid="ignore"):
+            r = scores(np.concatenate(probs[tta]), np.concatenate(labels))
+        result[tta] = (r["loss"], r["top1"], r["top5"])
+    return result
 
 
 def score_arrays(model, images, labels, *, mean, std, image_size=None, tta="none",

@@ -15,7 +15,7 @@ leaves everything else to PyTorch:
     loss          torch.nn.functional.cross_entropy(label_smoothing)
     optimizer     torch.optim.SGD(momentum, nesterov, weight_decay), the biases in a
                   parameter group without weight decay unless --bias-decay
-    schedule      onecycle: torch.optim.lr_scheduler.OneCycleLR (linear, 15% warm-up from
+    schedule      onecycle: torch.optim.lr_scheduler.OneCycleLR (linear, train.py's warm-up from
                   peak/25, down to peak/25/1e4, momentum not cycled), stepped every batch;
                   step: MultiStepLR, x0.1 after epochs 5 and 8
 
@@ -45,7 +45,7 @@ def register(subparsers):
     """Add the `torch-train` command to an argparse subparsers object."""
     from .argtypes import add_seed_argument, add_threads_argument, number_in, non_empty_path, positive_int
     from .optim import SCHEDULES
-    from .options import add_recipe_arguments
+    from .options import add_limit_test_argument, add_recipe_arguments
     from .model import MODELS
     from .data import add_data_arguments
     p = subparsers.add_parser(
@@ -70,6 +70,7 @@ def register(subparsers):
                    help="train on N images drawn from the training split (quick runs)")
     r.add_argument("--limit-val", type=positive_int, default=None, metavar="N",
                    help="validate on N images drawn from the validation split")
+    add_limit_test_argument(r)
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.set_defaults(func=run_torch_train)
 
@@ -77,8 +78,11 @@ def register(subparsers):
 def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch):
     """PyTorch's own scheduler for train.py's schedule `name`, and whether it steps per batch."""
     if name == "onecycle":
+        from .optim import OneCycle
+        warmup = OneCycle(peak=peak, epochs=epochs, steps_per_epoch=steps_per_epoch).warmup
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=peak, total_steps=epochs * steps_per_epoch, pct_start=0.15,
+            opt, max_lr=peak, total_steps=epochs * steps_per_epoch,
+            pct_start=warmup / (epochs * steps_per_epoch),
             anneal_strategy="linear", div_factor=25.0, final_div_factor=1e4,
             cycle_momentum=False), True
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[5, 8], gamma=0.1), False
@@ -131,7 +135,7 @@ def _train(torch, args, out):
 
     from .model import ARCHS
     from .optim import DEFAULT_LR, ONECYCLE_PEAK
-    from .scoring import score_loader
+    from .scoring import score_loader, score_loader_views
     from .torch_twin import torch_model
     from .trainer import build_loaders, write_metrics
     if args.threads:
@@ -181,14 +185,14 @@ def _train(torch, args, out):
             loss_sum += value * len(y)
             correct += int((logits.argmax(dim=1) == labels).sum())
             seen += len(y)
-            bar.update(1)
             bar.set_postfix_str(f"loss {loss_sum / seen:.3f} acc {100 * correct / seen:.1f}% "
                                 f"{seen / seconds:.0f} img/s lr {lr:.3g}", refresh=False)
+            bar.update(1)
         bar.close()
         if not per_batch:
             scheduler.step()
         t0 = time.perf_counter()
-        val_loss, val_acc, _ = score_loader(scored, val) if val is not None else (None, None, None)
+        val_loss, val_acc, _ = score_loader(scored, val, desc=None if args.no_progress else "validating") if val is not None else (None, None, None)
         rows.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                      "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
                      "seconds": round(seconds + time.perf_counter() - t0, 3),
@@ -202,7 +206,8 @@ def _train(torch, args, out):
     for split, loader in (("validation", val), ("test", test)):
         if loader is None:
             continue
-        centre, flip = score_loader(scored, loader), score_loader(scored, loader, "flip")
+        views = score_loader_views(scored, loader, desc=None if args.no_progress else f"scoring {split}")
+        centre, flip = views["none"], views["flip"]
         print(f"{split}: top-1 {100 * flip[1]:.2f}% with flip TTA (image + mirror), "
               f"{100 * centre[1]:.2f}% centre only; top-5 {100 * flip[2]:.2f}% / "
               f"{100 * centre[2]:.2f}%; loss {flip[0]:.4f} / {centre[0]:.4f} (final parameters)")

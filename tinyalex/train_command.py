@@ -68,9 +68,10 @@ def _train(config, out, ckpt_path, signals, processes, same_run=False):
     warm_up(route=config.get("route", "fast"))   # Numba loads the kernels while the data are read
     run = Run(config, out, resume_from=ckpt_path, log=log, processes=processes)
     log(f"data: {run.data.summary()}")
-    if config["limit_train"] or config["limit_val"]:
+    if config["limit_train"] or config["limit_val"] or config.get("limit_test"):
         log(f"limited to {len(run.train_loader.labels)} train / "
-            f"{len(run.val_loader.labels) if run.val_loader else 0} val images")
+            f"{len(run.val_loader.labels) if run.val_loader else 0} val"
+            + (f" / {len(run.test_loader.labels)} test" if run.test_loader else "") + " images")
     log(f"model: {config['model']} ({sum(p.size for p in run.model.params.values()):,} parameters), "
         f"{config['epochs']} epochs of {len(run.train_loader)} steps, batch {config['batch_size']}, "
         f"{run.schedule.name} schedule; run directory {out}")
@@ -94,7 +95,7 @@ def _train(config, out, ckpt_path, signals, processes, same_run=False):
               f"{_saved_position(run)}); continue with: python train.py --resume {out}",
               file=sys.stderr)
         return signals.exit_code
-    scores = run.final_scores()
+    scores = run.final_scores(show_progress=not config["no_progress"] and root)
     best = run.progress.best_val_acc
     if best >= 0:
         log(f"best validation accuracy {100 * best:.2f}% ({os.path.join(out, 'best.npz')})")

@@ -49,7 +49,7 @@ from .model import ARCHS, build_model
 from .optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, ONECYCLE_PEAK, SGD, make_schedule
 from .pictures import plot_curves
 from .processes import OneProcess
-from .scoring import score_loader
+from .scoring import score_loader, score_loader_views
 
 METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s"]
 IMAGE_SIZE = {name: arch.input_shape[1] for name, arch in ARCHS.items()}   # square inputs
@@ -86,8 +86,10 @@ def build_loaders(config):
     train = BatchLoader(train_x, train_y, train=True, augment=config["augment"],
                         pca=(data.pca_eigval, data.pca_eigvec), **common)
     val = BatchLoader(val_x, val_y, train=False, **common) if len(val_y) else None
-    test = (BatchLoader(data.test_x, data.test_y, train=False, **common)
-            if data.test_x is not None and len(data.test_y) else None)
+    test = None
+    if data.test_x is not None and len(data.test_y):
+        test_x, test_y = subset(data.test_x, data.test_y, config.get("limit_test"), seed, "test")
+        test = BatchLoader(test_x, test_y, train=False, **common)
     return data, train, val, test
 
 
@@ -327,11 +329,11 @@ class Run:
                     progress.correct += int((step.logits.argmax(axis=1) == y).sum())
                     progress.seen += len(y)
                     progress.seconds += dt
-                    bar.update(1)
-                    seen = progress.seen
+                    seen = progress.seen           # the figures first: update(1) shows them
                     bar.set_postfix_str(f"loss {progress.loss_sum / seen:.3f} "
                                         f"acc {100 * progress.correct / seen:.1f}% "
                                         f"{seen / progress.seconds:.0f} img/s lr {lr:.3g}", refresh=False)
+                    bar.update(1)
                     if stop_requested():
                         self.save("last.npz")
                         return "interrupted"
@@ -340,13 +342,14 @@ class Run:
                     if due:
                         self.save("last.npz")
                         last_save = time.monotonic()
-            self._end_epoch(epoch, lr)
+            self._end_epoch(epoch, lr, show_progress)
         return "done"
 
-    def _end_epoch(self, epoch, lr):
+    def _end_epoch(self, epoch, lr, show_progress=False):
         progress = self.progress
         t0 = time.perf_counter()
-        val_loss, val_acc, _ = score_loader(self.model, self.val_loader) if self.val_loader else (None, None, None)
+        val_loss, val_acc, _ = (score_loader(self.model, self.val_loader, desc="validating" if show_progress else None)
+                                if self.val_loader else (None, None, None))
         row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / max(1, progress.seen),
                "train_acc": progress.correct / max(1, progress.seen), "val_loss": val_loss, "val_acc": val_acc,
                "lr": lr, "seconds": round(progress.seconds + time.perf_counter() - t0, 3),
@@ -370,16 +373,20 @@ class Run:
         self.log(f"epoch {epoch + 1:3d}/{self.config['epochs']}  train loss {row['train_loss']:.4f} "
                  f"acc {100 * row['train_acc']:.2f}%  {val}  {row['seconds']:.0f}s ({row['img_per_s']:.0f} img/s)")
 
-    def final_scores(self):
+    def final_scores(self, show_progress=False):
         """Loss, top-1 and top-5 of the final parameters on the validation and test splits
-        (those the data has), each scored twice: on the centre image and with flip test-time
-        augmentation. {"val_top1": ..., "val_top1_flip": ..., "test_top1": ..., ...}"""
+        (those the data has, within --limit-val and --limit-test), each scored twice: on the
+        centre image and with flip test-time augmentation.
+        {"val_top1": ..., "val_top1_flip": ..., "test_top1": ..., ...}"""
         scores = {}
         for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
             if loader is None:
                 continue
+            name = "validation" if split == "val" else split
+            views = score_loader_views(self.model, loader,
+                                       desc=f"scoring {name}" if show_progress else None)
             for tta, suffix in (("none", ""), ("flip", "_flip")):
-                loss, top1, top5 = score_loader(self.model, loader, tta)
+                loss, top1, top5 = views[tta]
                 scores.update({f"{split}_loss{suffix}": loss, f"{split}_top1{suffix}": top1,
                                f"{split}_top5{suffix}": top5})
         return scores

@@ -215,7 +215,7 @@ def channel_statistics(images: np.ndarray):
             np.maximum(eigval, 0.0).astype(np.float32), np.ascontiguousarray(eigvec, np.float32))
 
 
-LIMIT_STREAMS = {"train": 3, "val": 4}   # of the run's seed (the loader uses 0 and 1, dropout 2)
+LIMIT_STREAMS = {"train": 3, "val": 4, "test": 5}   # of the run's seed (the loader uses 0 and 1, dropout 2)
 
 
 def subset(images, labels, limit, seed, split):
