@@ -11,3 +11,10 @@ class DataError(TinyAlexError):
 
 class CheckpointError(TinyAlexError):
     """A missing, corrupt or incompatible checkpoint."""
+
+
+def printable(text) -> str:
+    """``text`` with each control character (newline, tab, escape, ...) written as its Python
+    escape (``\\n``, ``\\t``, ``\\x1b``), other characters kept: a file or class name that holds
+    one can neither split a one-line message nor break a picture's label."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

@@ -146,7 +146,7 @@ def saliency_png(image, grad, drops, path, *, title, class_name="the class", sid
     """
     from PIL import Image, ImageDraw
 
-    from tinyalex.pictures import INK, WHITE, _font, _save_png
+    from tinyalex.pictures import INK, WHITE, _font, draw_text, _save_png
     H, W = grad.shape
     side = side or max(192, H)
     top_g = float(np.percentile(grad, GRADIENT_PERCENTILE)) or float(grad.max()) or 1.0
@@ -165,12 +165,12 @@ def saliency_png(image, grad, drops, path, *, title, class_name="the class", sid
     height = margin + title_h + side + 6 + 2 * line_h + margin
     picture = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(picture)
-    draw.text((width / 2, margin), title, font=_font(15), fill=INK, anchor="mt")
+    draw_text(draw, (width / 2, margin), title, font=_font(15), fill=INK, anchor="mt")
     for i, (panel, caption) in enumerate(panels):
         x = margin + i * (side + gap)
         picture.paste(panel, (x, margin + title_h))
         for j, line in enumerate(caption):
-            draw.text((x + side / 2, margin + title_h + side + 6 + j * line_h), line,
+            draw_text(draw, (x + side / 2, margin + title_h + side + 6 + j * line_h), line,
                       font=_font(12), fill=INK, anchor="mt")
     _save_png(picture, path)
 

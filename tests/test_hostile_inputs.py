@@ -1,0 +1,64 @@
+"""Hostile inputs: names with control characters, damaged caches, images and checkpoints made to
+cost time or memory, a model whose outputs are NaN, running out of memory, no network.
+
+Each is refused (or survived) with one line, never a traceback or a raw warning, and leaves
+nothing behind that the command made.
+"""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyalex import cli
+from tinyalex.data.synthetic import CLASSES, make_images
+
+from trained_tiny import fitted_tiny, write_checkpoint
+
+NEWLINE_CLASSES = ["air\nplane", "auto\tmobile", *CLASSES[2:]]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.npz", fitted_tiny())
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(code, err, *words):
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    for word in words:
+        assert word in err, err
+
+
+# --------------------------------------------------------------------------------------
+# A newline in a class or file name: every picture's labels (pictures.draw_text)
+# --------------------------------------------------------------------------------------
+
+def test_pictures_draw_names_with_control_characters(tmp_path):
+    from tinyalex.neighbours import figure4_png
+    from tinyalex.pictures import confusion_png
+    matrix = np.arange(100).reshape(10, 10)
+    confusion_png(matrix, NEWLINE_CLASSES, tmp_path / "confusion.png")
+    images, labels = make_images(2, 10, seed=0)
+    top = [[(0, 0.7), (1, 0.2)], [(1, 0.6), (0, 0.3)]]
+    figure4_png(images, labels, top, np.stack([images, images], 1), np.array([[0, 1], [1, 0]]),
+                NEWLINE_CLASSES, tmp_path / "fig4.png")
+    for name in ("confusion.png", "fig4.png"):
+        with Image.open(tmp_path / name) as picture:
+            assert picture.format == "PNG"
+
+
+def test_saliency_of_an_image_whose_name_holds_a_newline(checkpoint, tmp_path, capsys):
+    image = tmp_path / "two\nlines.png"
+    Image.fromarray(make_images(1, 10, seed=0)[0][0]).save(image)
+    code, out, err = run(["saliency", checkpoint, str(image), "--out", str(tmp_path / "maps")],
+                         capsys)
+    assert code == 0, err
+    assert os.listdir(tmp_path / "maps") == ["two\nlines.png"]
