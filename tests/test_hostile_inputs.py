@@ -62,3 +62,25 @@ def test_saliency_of_an_image_whose_name_holds_a_newline(checkpoint, tmp_path, c
                          capsys)
     assert code == 0, err
     assert os.listdir(tmp_path / "maps") == ["two\nlines.png"]
+
+
+# --------------------------------------------------------------------------------------
+# A damaged image cache is checked for what it holds, and rebuilt
+# --------------------------------------------------------------------------------------
+
+def test_a_cache_with_labels_out_of_range_is_rebuilt(tmp_path, capsys):
+    from tinyalex.data.folder import load_image_folder
+    from tinyalex.data.synthetic import write_image_folder
+    write_image_folder(str(tmp_path / "images"), per_class=3, split=None)
+    cache_dir = str(tmp_path / "cache")
+    first = load_image_folder(str(tmp_path / "images"), cache_dir=cache_dir)
+    (cache,) = os.listdir(cache_dir)
+    labels = os.path.join(cache_dir, cache, "train_y.npy")
+    np.save(labels, np.full_like(np.load(labels), 99))        # damaged: classes 0..2 only
+    capsys.readouterr()
+    again = load_image_folder(str(tmp_path / "images"), cache_dir=cache_dir)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is damaged (train labels outside 0..2)" in err, err
+    np.testing.assert_array_equal(again[1], first[1])
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(np.load(labels), first[1])   # the rebuilt cache

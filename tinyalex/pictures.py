@@ -6,9 +6,10 @@
 - ``confusion_png(matrix, classes, path)``: a heatmap of the confusion matrix with counts.
 
 Every label goes through ``draw_text``, which writes control characters as escapes (a class
-named "air\\nplane" is drawn as ``air\\nplane``). Every picture is written atomically (a temporary file, then a rename), so a reader never
-sees half a PNG. The curves are drawn at twice the size and shrunk, which smooths the lines
-(Pillow's line drawing has no anti-aliasing of its own).
+named "air\\nplane" is drawn as ``air\\nplane``). Every picture is written atomically (a
+temporary file, then a rename), so a reader never sees half a PNG. The curves are
+drawn at twice the size and shrunk, which smooths the lines (Pillow's line drawing has no
+anti-aliasing of its own).
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def load_image_folder(root: str, *, cache_dir: str = None, skip_bad_images: bool
               f"{' ...' if len(skipped) > SHOW_BAD else ''}", file=sys.stderr)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, IMAGE_SIZE, classes, splits]).encode())
     cache = _cache_path(cache_dir, root, key.hexdigest()) if cache_dir else None
-    arrays = _read_cache(cache) if cache else None
+    arrays = _read_cache(cache, classes) if cache else None
     if arrays is None:
         arrays = _decode(root, classes, splits, unreadable)
         if cache:
@@ -332,19 +332,27 @@ def _cache_path(cache_dir: str, root: str, key: str) -> str:
     return os.path.join(cache_dir, f"imagefolder-{name}-{where}-{key[:16]}")
 
 
-def _read_cache(path: str):
+def _read_cache(path: str, classes: list):
     """The arrays of a cache directory, or None if it is missing or damaged (a damaged one is
-    deleted, with a warning, so that the caller can write a new one in its place)."""
+    deleted, with a warning, so that the caller can write a new one in its place). What is read
+    back is checked as the decoder would have made it: the folder's classes, uint8 images of
+    32x32x3, one integer label in 0..classes-1 per image."""
     if not os.path.isdir(path):
         return None
     try:
         arrays = {}
         for name in _CACHED:
             arrays[name] = np.load(os.path.join(path, name + ".npy"), allow_pickle=False)
+        if arrays["classes"].tolist() != list(classes):
+            raise ValueError("its class names are not the folder's")
+        if arrays["has_test"].shape != () or arrays["has_test"].dtype != bool:
+            raise ValueError(f"has_test is {arrays['has_test']!r:.40}")
         for split in ("train", "test"):
             x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
             if x.dtype != np.uint8 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or y.shape != (len(x),):
                 raise ValueError(f"{split} arrays of shapes {x.shape} and {y.shape}")
+            if y.dtype.kind not in "iu" or (len(y) and not 0 <= y.min() <= y.max() < len(classes)):
+                raise ValueError(f"{split} labels outside 0..{len(classes) - 1}")
         return arrays
     except Exception as e:   # truncated or damaged: rebuild it
         print(f"tinyalex: warning: the image cache {path} is damaged ({_short(e)}); "
