@@ -17,6 +17,8 @@ from tinyalex.data.synthetic import CLASSES, make_images
 
 from trained_tiny import fitted_tiny, write_checkpoint
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 NEWLINE_CLASSES = ["air\nplane", "auto\tmobile", *CLASSES[2:]]
 
 
@@ -84,3 +86,65 @@ def test_a_cache_with_labels_out_of_range_is_rebuilt(tmp_path, capsys):
     np.testing.assert_array_equal(again[1], first[1])
     np.testing.assert_array_equal(again[0], first[0])
     np.testing.assert_array_equal(np.load(labels), first[1])   # the rebuilt cache
+
+
+# --------------------------------------------------------------------------------------
+# Out of memory: one line naming the batch size, the run directory as docs/runs.md promises
+# --------------------------------------------------------------------------------------
+
+def exhaust_memory(*args, **kwargs):
+    """What NumPy raises when an array does not fit (its _ArrayMemoryError)."""
+    return np.empty(1 << 58, np.uint8)
+
+
+def test_evaluate_out_of_memory_is_one_line(checkpoint, data, monkeypatch, capsys):
+    from tinyalex.model import AlexNet
+    monkeypatch.setattr(AlexNet, "forward", exhaust_memory)
+    code, out, err = run(["evaluate", checkpoint, "--data", data, "--batch-size", "7"], capsys)
+    one_line_error(code, err, "out of memory at batch size 7 (could not allocate 256 PiB)",
+                   "--batch-size 3")
+
+
+def test_train_out_of_memory_keeps_the_last_checkpoint(data, tmp_path, monkeypatch, capsys):
+    from tinyalex.checkpoint import read_meta
+    from tinyalex.cli import train_main
+    from tinyalex.model import AlexNet
+    loss, calls = AlexNet.loss, []
+
+    def loss_until_epoch_two(self, *args, **kwargs):      # 6 steps an epoch
+        calls.append(1)
+        return exhaust_memory() if len(calls) > 8 else loss(self, *args, **kwargs)
+    monkeypatch.setattr(AlexNet, "loss", loss_until_epoch_two)
+    out = str(tmp_path / "run")
+    code = train_main(["--model", "tiny", "--data", data, "--data-dir", str(tmp_path / "cache"),
+                       "--val-size", "30", "--batch-size", "15", "--epochs", "3", "--out", out,
+                       "--no-progress"])
+    one_line_error(code, capsys.readouterr().err, "out of memory at batch size 15")
+    assert read_meta(os.path.join(out, "last.npz"))["epoch"] == 1
+    assert sorted(os.listdir(out)) == ["best.npz", "config.json", "curves.png", "last.npz",
+                                       "metrics.csv"]                 # and no .lock
+
+
+def test_train_out_of_memory_under_an_address_space_limit(tmp_path):
+    """As found: `ulimit -v`, the cifar model at batch 870. 2 GB lets one thread start and
+    train small batches (about 1 GB); a batch of 870 needs 2.5 GB."""
+    import resource
+    import subprocess
+    import sys
+    from tinyalex.data.synthetic import write_cifar_batches
+    write_cifar_batches(str(tmp_path / "data" / "cifar-10-batches-py"), per_batch=180, n_test=0)
+    limit = 2000 << 20
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--model", "cifar", "--data",
+         str(tmp_path / "data"), "--data-dir", str(tmp_path / "cache"), "--val-size", "20",
+         "--batch-size", "870", "--limit-val", "8", "--epochs", "1", "--threads", "1",
+         "--out", str(out), "--no-progress"],
+        preexec_fn=limited, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-3000:]
+    assert done.stderr.startswith("error: out of memory at batch size 870 (could not allocate ")
+    assert "--batch-size 435" in done.stderr
+    assert not out.exists()              # failed before its first checkpoint: removed

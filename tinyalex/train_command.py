@@ -31,6 +31,7 @@ def run_train(args, parser, argv, processes=None):
         config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command")}
         out = args.out or os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     config["out"] = out
+    args.batch_size = config["batch_size"]   # the run's, which cli._run names if memory runs out
     if config.get("threads"):
         from layers.fast import threads
         threads.set_num_threads(config["threads"])
