@@ -148,3 +148,66 @@ def test_train_out_of_memory_under_an_address_space_limit(tmp_path):
     assert done.stderr.startswith("error: out of memory at batch size 870 (could not allocate ")
     assert "--batch-size 435" in done.stderr
     assert not out.exists()              # failed before its first checkpoint: removed
+
+
+# --------------------------------------------------------------------------------------
+# Image files: empty, NaN pixels, too many pixels (data.folder.read_image, for every command)
+# --------------------------------------------------------------------------------------
+
+def png_header_only(path, width, height):
+    """A PNG that says it is width x height (RGB) and holds one row: what Pillow opens."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                                  0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0" * (3 * width + 1))) + chunk(b"IEND", b""))
+
+
+def refused(path, *words):
+    """read_image(path) raises a one-line DataError holding `words`, and warns nothing."""
+    from tinyalex.data.folder import read_image
+    from tinyalex.errors import DataError
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError) as e:
+            read_image(str(path))
+    assert not caught, [str(w.message) for w in caught]
+    for word in words:
+        assert word in str(e.value), str(e.value)
+    return str(e.value)
+
+
+def test_an_empty_image_file_is_named(tmp_path, checkpoint, capsys):
+    empty = tmp_path / "new\nline.png"
+    empty.write_bytes(b"")
+    message = refused(empty, "the file is empty")
+    assert "BufferedReader" not in message
+    code, out, err = run(["predict", checkpoint, str(empty)], capsys)
+    one_line_error(code, err, f"{tmp_path}/new\\nline.png", "the file is empty")
+
+
+def test_a_file_that_is_no_image_says_so(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    assert "BufferedReader" not in refused(text, "not an image file Pillow can read")
+
+
+def test_nan_and_infinite_pixels_are_refused(tmp_path):
+    for value in (np.nan, np.inf):
+        pixels = np.full((8, 8), 0.5, np.float32)
+        pixels[3, 4] = value
+        Image.fromarray(pixels, "F").save(tmp_path / "float.tif")
+        refused(tmp_path / "float.tif", "NaN or infinite pixel values")
+
+
+def test_an_image_of_too_many_pixels_is_refused_before_decoding(tmp_path):
+    for side in (10000, 20000):             # above Pillow's warning, and above its error
+        png_header_only(tmp_path / "huge.png", side, side)
+        refused(tmp_path / "huge.png", "more than the 50 megapixels tinyalex decodes")
+    png_header_only(tmp_path / "wide.png", 8000, 7000)        # 56 MP: below Pillow's limits
+    refused(tmp_path / "wide.png", "it is 8000x7000 pixels")
