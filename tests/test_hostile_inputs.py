@@ -211,3 +211,63 @@ def test_an_image_of_too_many_pixels_is_refused_before_decoding(tmp_path):
         refused(tmp_path / "huge.png", "more than the 50 megapixels tinyalex decodes")
     png_header_only(tmp_path / "wide.png", 8000, 7000)        # 56 MP: below Pillow's limits
     refused(tmp_path / "wide.png", "it is 8000x7000 pixels")
+
+
+# --------------------------------------------------------------------------------------
+# A checkpoint whose zip holds a huge entry: refused from the zip's directory, unread
+# --------------------------------------------------------------------------------------
+
+def with_entry(checkpoint, path, name, header=b""):
+    """A copy of `checkpoint` plus (or with, in place of its own) entry `name`: `header` then
+    zeros up to 50 MB, deflated to 50 kB."""
+    import zipfile
+    with zipfile.ZipFile(checkpoint) as source, \
+            zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            if info.filename != name:
+                target.writestr(info.filename, source.read(info))
+        with target.open(name, "w", force_zip64=True) as f:
+            f.write(header)
+            for _ in range(50):
+                f.write(bytes(1 << 20))
+    return str(path)
+
+
+def npy_header(shape):
+    import io
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def bytes_decompressed(monkeypatch):
+    """The number of bytes read from zip entries so far (a list of one number)."""
+    import zipfile
+    read, total = zipfile.ZipExtFile.read, [0]
+
+    def counting(self, n=-1):
+        data = read(self, n)
+        total[0] += len(data)
+        return data
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting)
+    return total
+
+
+def test_an_unexpected_huge_entry_is_refused_unread(checkpoint, tmp_path, capsys,
+                                                   bytes_decompressed):
+    bomb = with_entry(checkpoint, tmp_path / "bomb.npz", "junk.npy")
+    assert os.path.getsize(bomb) < 1 << 20
+    code, out, err = run(["filters", bomb, "--out", str(tmp_path / "f.png")], capsys)
+    one_line_error(code, err, "unexpected entry 'junk'")
+    assert bytes_decompressed[0] < 1 << 20
+
+
+def test_a_parameter_entry_larger_than_its_shape_is_refused_unread(checkpoint, tmp_path, capsys,
+                                                                 bytes_decompressed):
+    bomb = with_entry(checkpoint, tmp_path / "bomb.npz", "param/fc8.w.npy",
+                      npy_header(((50 << 20) // 4,)))
+    code, out, err = run(["evaluate", bomb, "--data", str(tmp_path)], capsys)
+    one_line_error(code, err, "its entry param/fc8.w would take 52,428,")
+    assert bytes_decompressed[0] < 1 << 20
