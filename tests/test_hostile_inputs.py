@@ -271,3 +271,43 @@ def test_a_parameter_entry_larger_than_its_shape_is_refused_unread(checkpoint, t
     code, out, err = run(["evaluate", bomb, "--data", str(tmp_path)], capsys)
     one_line_error(code, err, "its entry param/fc8.w would take 52,428,")
     assert bytes_decompressed[0] < 1 << 20
+
+
+# --------------------------------------------------------------------------------------
+# A model whose outputs overflow to NaN: one line, no warnings, no empty --out folder
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def overflowing(tmp_path_factory):
+    """A checkpoint of finite weights (so it loads) whose outputs are NaN: each layer x 1e12."""
+    model = fitted_tiny()
+    for key in model.params:
+        if key.endswith(".w"):
+            model.params[key] = model.params[key] * np.float32(1e12)
+    return write_checkpoint(tmp_path_factory.mktemp("nan") / "nan.npz", model)
+
+
+def run_quietly(argv, capsys):
+    """run(), failing on any warning (a RuntimeWarning of NumPy, say)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(argv, capsys)
+    assert not caught, [str(w.message) for w in caught]
+    return result
+
+
+def test_saliency_of_nan_outputs_is_one_line_and_leaves_no_folder(overflowing, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.fromarray(make_images(1, 10, seed=0)[0][0]).save(image)
+    code, out, err = run_quietly(["saliency", overflowing, str(image), "--out",
+                                  str(tmp_path / "maps" / "new")], capsys)
+    one_line_error(code, err, "the model's outputs are NaN or infinite")
+    assert sorted(os.listdir(tmp_path)) == ["x.png"]
+
+
+def test_export_of_nan_outputs_says_so(overflowing, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")       # the check that meets the NaN needs it
+    code, out, err = run_quietly(["export", overflowing, str(tmp_path / "m.onnx")], capsys)
+    one_line_error(code, err, "the model's outputs are NaN or infinite")
+    assert "disagree" not in err and os.listdir(tmp_path) == []

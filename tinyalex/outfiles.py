@@ -11,6 +11,8 @@ not the whole run. Each problem is a one-line TinyAlexError.
     check_replaceable(path)  the last check, just before a file is renamed onto path
     atomic_write(path, write) a file written beside path, fsynced and renamed onto it
     make_out_dir(path)       a directory, created if missing (with its parents), writable
+    out_dir(path)            a context: make_out_dir, and the folders it made removed again if
+                             the block fails leaving them empty
     writing(path)            a context: an OSError while writing becomes a one-line error
 """
 
@@ -71,6 +73,26 @@ def make_out_dir(path):
         raise TinyAlexError(f"cannot create directory {path}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK):
         raise TinyAlexError(f"cannot write into {path}: the directory is not writable")
+
+
+@contextlib.contextmanager
+def out_dir(path):
+    """`with out_dir(path): ...`: make_out_dir(path); if the block raises, the folders made here
+    that are still empty are removed, so that a failed command leaves no empty --out behind."""
+    made, head = [], os.path.abspath(path)
+    while not os.path.lexists(head):
+        made.append(head)                 # the leaf first
+        head = os.path.dirname(head)
+    make_out_dir(path)
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                os.rmdir(folder)          # only if empty
+            except OSError:
+                break
+        raise
 
 
 @contextlib.contextmanager
