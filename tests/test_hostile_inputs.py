@@ -311,3 +311,16 @@ def test_export_of_nan_outputs_says_so(overflowing, tmp_path, capsys):
     code, out, err = run_quietly(["export", overflowing, str(tmp_path / "m.onnx")], capsys)
     one_line_error(code, err, "the model's outputs are NaN or infinite")
     assert "disagree" not in err and os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------
+# No network: the --data-dir the download made is removed again
+# --------------------------------------------------------------------------------------
+
+def test_evaluate_without_network_leaves_no_data_dir(checkpoint, tmp_path, monkeypatch, capsys):
+    from tinyalex.data import cifar
+    monkeypatch.setattr(cifar, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    data_dir = tmp_path / "new" / "data"
+    code, out, err = run(["evaluate", checkpoint, "--data-dir", str(data_dir)], capsys)
+    one_line_error(code, err, "cannot reach http://127.0.0.1:9/")
+    assert os.listdir(tmp_path) == []
