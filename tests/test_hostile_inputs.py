@@ -15,6 +15,7 @@ from PIL import Image
 from tinyalex import cli
 from tinyalex.data.synthetic import CLASSES, make_images
 
+from test_mpi import environment, mpiexec, needs_mpi
 from trained_tiny import fitted_tiny, write_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,6 +149,26 @@ def test_train_out_of_memory_under_an_address_space_limit(tmp_path):
     assert done.stderr.startswith("error: out of memory at batch size 870 (could not allocate ")
     assert "--batch-size 435" in done.stderr
     assert not out.exists()              # failed before its first checkpoint: removed
+
+
+@needs_mpi
+def test_mpi_ranks_out_of_memory_say_it_in_one_line(tmp_path):
+    """The same on two MPI ranks (data parallel, 435 images each), rank 0 saying it once."""
+    import resource
+    from tinyalex.data.synthetic import write_cifar_batches
+    write_cifar_batches(str(tmp_path / "data" / "cifar-10-batches-py"), per_batch=180, n_test=0)
+    limit = 2000 << 20
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    done = mpiexec(2, [os.path.join(ROOT, "train.py"), "--model", "cifar", "--data",
+                       str(tmp_path / "data"), "--data-dir", str(tmp_path / "cache"),
+                       "--val-size", "20", "--batch-size", "870", "--limit-val", "8",
+                       "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"],
+                   timeout=120, env=environment(threads=1), preexec_fn=limited)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count("\n") == 1, done.stderr[-3000:]
+    assert done.stderr.startswith("error: out of memory at batch size 870 (could not allocate ")
 
 
 # --------------------------------------------------------------------------------------
