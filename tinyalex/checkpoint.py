@@ -21,7 +21,9 @@ Checks. ``load_checkpoint`` checks the file (a readable ``.npz`` of this format)
 names, parameters of the right names, shapes and float dtype, all finite, and the data's
 normalisation; with ``training=True`` (resume) also the position, the schedule, the running
 sums and the optimizer state. A hand-edited or damaged checkpoint is a CheckpointError with
-one line, never a KeyError or TypeError deep inside training.
+one line, never a KeyError or TypeError deep inside training. The entries' names and sizes are
+checked from the zip's directory first, so that a small file holding gigabytes of zeros is
+refused before anything is decompressed.
 
 Versions. A checkpoint written by an older tinyalex stays usable: evaluated, and resumed
 exactly as it was trained. ``format_version`` changes only when the layout above changes; an
@@ -56,6 +58,13 @@ from tinyalex.outfiles import atomic_write
 FORMAT_VERSION = 1
 
 _PREFIXES = ("param/", "optim/", "array/")
+# Bounds on an entry's size as the zip's directory states it, checked before anything is
+# decompressed (a few MB of zip can hold gigabytes of zeros): meta is a page of JSON, the
+# statistics under array/ are a few numbers, and a parameter (or its optimizer state) holds
+# at most its shape's values at 16 bytes each (the widest float) after its .npy header.
+MAX_META_BYTES = 64 << 20
+MAX_ARRAY_BYTES = 1 << 20
+NPY_HEADER_BYTES = 64 << 10
 
 
 @dataclass
@@ -101,29 +110,30 @@ def save_checkpoint(path: str | os.PathLike, *, params: dict[str, np.ndarray],
                               f"{e.strerror or e}") from None
 
 
-def load_checkpoint(path: str | os.PathLike, *, model_name: str | None = None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, model_name: str | None = None,
+                    shapes: dict[str, tuple] | None = None) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``, checking it as it goes.
 
     Raises CheckpointError with a one-line message if the file is missing, is not an
     ``.npz`` (zip) file, is truncated or corrupt, lacks ``meta`` or parameters, has a format
     version other than FORMAT_VERSION, or (when ``model_name`` is given) holds another model.
+    The entries' names, and the size of meta, are checked from the zip's directory before
+    anything is read; with ``shapes`` (the parameters' shapes), every entry's size too.
     """
     path = os.fspath(path)
-    _check_file(path)
+    sizes = _entry_sizes(path)
+    if shapes is not None:
+        _check_sizes(sizes, shapes, path)
     try:
         with np.load(path) as z:   # allow_pickle=False: a checkpoint never needs pickle
             entries = {key: z[key] for key in z.files}
     except Exception as e:         # BadZipFile, CRC errors, EOFError, bad .npy headers, ...
         raise CheckpointError(f"checkpoint {path} is corrupt: {_one_line(e)}") from None
-    if "meta" not in entries:
-        raise CheckpointError(f"checkpoint {path} has no 'meta' entry")
     meta = _parse_meta(entries.pop("meta"), path, model_name)
 
     groups: dict[str, dict[str, np.ndarray]] = {prefix: {} for prefix in _PREFIXES}
     for key, value in entries.items():
-        prefix = next((p for p in _PREFIXES if key.startswith(p)), None)
-        if prefix is None:
-            raise CheckpointError(f"checkpoint {path} has an unexpected entry {key!r}")
+        prefix = next(p for p in _PREFIXES if key.startswith(p))     # (_entry_sizes checked)
         groups[prefix][key[len(prefix):]] = value
     params, optimizer = groups["param/"], groups["optim/"]
     if not params:
@@ -141,21 +151,17 @@ def load_checkpoint(path: str | os.PathLike, *, model_name: str | None = None) -
     return Checkpoint(params=params, optimizer=optimizer, arrays=groups["array/"], meta=meta)
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+def read_meta(path: str | os.PathLike, *, model_name: str | None = None) -> dict[str, Any]:
     """Only the meta of a checkpoint (its position, config, ...), without reading the
     arrays; the same errors as ``load_checkpoint`` for a file that is not a checkpoint."""
     path = os.fspath(path)
-    _check_file(path)
+    _entry_sizes(path)
     try:
         with np.load(path) as z:
-            if "meta" not in z.files:
-                raise CheckpointError(f"checkpoint {path} has no 'meta' entry")
             raw = z["meta"]
-    except CheckpointError:
-        raise
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} is corrupt: {_one_line(e)}") from None
-    return _parse_meta(raw, path, None)
+    return _parse_meta(raw, path, model_name)
 
 
 def describe_position(meta: dict[str, Any]) -> str:
@@ -174,6 +180,47 @@ def _check_file(path: str) -> None:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a tinyalex checkpoint (not an .npz file, "
                               "or truncated)")
+
+
+def _entry_sizes(path: str) -> dict[str, int]:
+    """{entry: its uncompressed size} from the zip's directory, nothing decompressed; a
+    CheckpointError for a file that is not a checkpoint, an entry name a checkpoint does not
+    have, no meta or a meta too large to be one."""
+    _check_file(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {_one_line(e)}") from None
+    sizes = {}
+    for info in infos:
+        key = info.filename.removesuffix(".npy")
+        if key != "meta" and not (key.startswith(_PREFIXES) and info.filename.endswith(".npy")):
+            raise CheckpointError(f"checkpoint {path} has an unexpected entry {key!r}")
+        sizes[key] = info.file_size
+    if "meta" not in sizes:
+        raise CheckpointError(f"checkpoint {path} has no 'meta' entry")
+    _check_size(path, "meta", sizes["meta"], MAX_META_BYTES)
+    return sizes
+
+
+def _check_sizes(sizes: dict[str, int], shapes: dict[str, tuple], path: str) -> None:
+    """Each entry no larger than what it holds can take (see MAX_META_BYTES)."""
+    largest = max(math.prod(shape) for shape in shapes.values())
+    for key, size in sizes.items():
+        prefix, _, name = key.partition("/")
+        if prefix == "array":
+            _check_size(path, key, size, MAX_ARRAY_BYTES)
+        elif prefix in ("param", "optim"):
+            _check_size(path, key, size,
+                        NPY_HEADER_BYTES + 16 * math.prod(shapes.get(name, (largest,))))
+
+
+def _check_size(path: str, key: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise CheckpointError(f"checkpoint {path}: its entry {key} would take {size:,} bytes "
+                              f"when read, more than such an entry can ({limit:,}); the file "
+                              f"is damaged or not a tinyalex checkpoint")
 
 
 def _parse_meta(raw: np.ndarray, path: str, model_name: str | None) -> dict[str, Any]:
@@ -212,8 +259,7 @@ def load_model_checkpoint(path: str | os.PathLike, *, model_name: str | None = N
     """
     from tinyalex.model import ARCHS, param_shapes   # (the model module loads the layers)
     path = os.fspath(path)
-    ckpt = load_checkpoint(path, model_name=model_name)
-    meta = ckpt.meta
+    meta = read_meta(path, model_name=model_name)    # the arrays' shapes are known from it
     name, num_classes, classes = meta.get("model"), meta.get("num_classes"), meta.get("classes")
     if name not in ARCHS:
         raise CheckpointError(f"checkpoint {path} holds model {name!r}; tinyalex knows "
@@ -231,6 +277,7 @@ def load_model_checkpoint(path: str | os.PathLike, *, model_name: str | None = N
                               f"but the {name} model takes {side}x{side}")
 
     expected = param_shapes(ARCHS[name], num_classes)
+    ckpt = load_checkpoint(path, model_name=model_name, shapes=expected)
     missing = sorted(set(expected) - set(ckpt.params))
     extra = sorted(set(ckpt.params) - set(expected))
     if missing or extra:

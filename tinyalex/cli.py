@@ -5,8 +5,8 @@ Heavy imports (NumPy, Numba) wait until the process settings are applied (tinyal
 and the thread count is known, because BLAS reads both from the environment when it loads: the
 commands' modules are imported inside the functions below, and only the named command's.
 The options of `train` are in tinyalex/options.py, its handler in tinyalex/train_command.py.
-Every user error (TinyAlexError) becomes one line on stderr and exit status 2; Ctrl-C during
-training saves and exits with 130.
+Every user error (TinyAlexError), and running out of memory, becomes one line on stderr and
+exit status 2; Ctrl-C during training saves and exits with 130.
 """
 
 import argparse
@@ -59,12 +59,17 @@ def run_train(args, parser, argv):
     return run(args, parser, argv)
 
 
-def _run(func):
-    from .errors import TinyAlexError
+def _run(func, args):
+    """Run a command; its errors are one line (control characters in a name written as escapes)
+    and exit status 2, running out of memory too (naming the command's --batch-size)."""
+    from .errors import TinyAlexError, out_of_memory, printable
     try:
         return func()
     except TinyAlexError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"error: {out_of_memory(e, getattr(args, 'batch_size', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -83,7 +88,7 @@ def train_main(argv=None):
     from .options import train_parser
     parser = train_parser(prog="train.py")
     args = parser.parse_args(argv)
-    return _run(lambda: run_train(args, parser, argv))
+    return _run(lambda: run_train(args, parser, argv), args)
 
 
 def main(argv=None):
@@ -113,4 +118,4 @@ def main(argv=None):
         if not any("--threads" in action.option_strings for action in command_parser._actions):
             add_threads_argument(command_parser)
     args = parser.parse_args(argv)
-    return _run(lambda: args.func(args))
+    return _run(lambda: args.func(args), args)

@@ -215,8 +215,10 @@ def run_onnxruntime(model_bytes, x):
 
 
 def tinyalex_outputs(model, x, softmax=False):
-    """tinyalex's forward pass in float32 (dropout off), softmaxed if asked."""
-    logits = model.forward(np.ascontiguousarray(x, model.dtype)).astype(np.float32)
+    """tinyalex's forward pass in float32 (dropout off), softmaxed if asked; a CheckpointError
+    if the outputs are NaN or infinite (there is nothing to compare with)."""
+    from tinyalex.scoring import predict_logits
+    logits = predict_logits(model, x, len(x)).astype(np.float32)
     if not softmax:
         return logits
     from layers.loss import softmax as softmax_rows

@@ -208,7 +208,7 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
     """
     from PIL import Image, ImageDraw
 
-    from tinyalex.pictures import INK, WHITE, _font, _save_png, _text_size
+    from tinyalex.pictures import INK, WHITE, _font, draw_text, _save_png, _text_size
     queries = np.asarray(queries)
     Q, H, W = queries.shape[:3]
     k = neighbour_images.shape[1]
@@ -240,15 +240,15 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
 
     title = title or (f"Figure 4: top-{len(top[0]) if Q else 5} labels (left), the {k} nearest "
                       f"training images in fc7's feature space (right)")
-    draw.text((width / 2, 10), title, font=title_font, fill=INK, anchor="mt")
+    draw_text(draw, (width / 2, 10), title, font=title_font, fill=INK, anchor="mt")
     y0 = title_h + margin
     x_right = margin + left_w + 4 * margin
     heading_y = y0 - 6
-    draw.text((margin + left_w / 2, heading_y), "test images and their top labels",
+    draw_text(draw, (margin + left_w / 2, heading_y), "test images and their top labels",
               font=label_font, fill=INK, anchor="ms")
-    draw.text((x_right + side / 2, heading_y), "test image", font=label_font, fill=INK,
+    draw_text(draw, (x_right + side / 2, heading_y), "test image", font=label_font, fill=INK,
               anchor="ms")
-    draw.text((x_right + side + 3 * gap + (k * (side + gap) - gap) / 2, heading_y),
+    draw_text(draw, (x_right + side + 3 * gap + (k * (side + gap) - gap) / 2, heading_y),
               f"{k} nearest training images (fc7 features)", font=label_font, fill=INK,
               anchor="ms")
     for q in range(Q):
@@ -256,7 +256,7 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
         x, y = margin + c * (cell_w + 2 * gap), y0 + r * cell_h
         paste(queries[q], x + (cell_w - side) / 2, y)
         y += side + 3
-        draw.text((x + cell_w / 2, y), classes[labels[q]], font=label_font, fill=INK,
+        draw_text(draw, (x + cell_w / 2, y), classes[labels[q]], font=label_font, fill=INK,
                   anchor="mt")
         y += 18
         for j, (cls, p) in enumerate(top[q]):
@@ -266,7 +266,7 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
             colour = CORRECT if cls == labels[q] else BAR
             draw.rectangle([bx, by, bx + max(1.0, p * (x + cell_w - 1 - bx)), by + bar_h - 1],
                            fill=colour)
-            draw.text((bx - 3, by + bar_h / 2), classes[cls], font=bar_font,
+            draw_text(draw, (bx - 3, by + bar_h / 2), classes[cls], font=bar_font,
                       fill=CORRECT if cls == labels[q] else INK, anchor="rm")
     draw.line([(x_right - 2 * margin, y0), (x_right - 2 * margin, height - margin)],
               fill=(200, 200, 200), width=1)

@@ -11,6 +11,10 @@ not the whole run. Each problem is a one-line TinyAlexError.
     check_replaceable(path)  the last check, just before a file is renamed onto path
     atomic_write(path, write) a file written beside path, fsynced and renamed onto it
     make_out_dir(path)       a directory, created if missing (with its parents), writable
+    out_dir(path)            a context: make_out_dir, and the folders it made removed again if
+                             the block fails leaving them empty
+    new_folders_removed_on_failure(path)
+                             that rule for any block that makes folders (the data download)
     writing(path)            a context: an OSError while writing becomes a one-line error
 """
 
@@ -71,6 +75,34 @@ def make_out_dir(path):
         raise TinyAlexError(f"cannot create directory {path}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK):
         raise TinyAlexError(f"cannot write into {path}: the directory is not writable")
+
+
+@contextlib.contextmanager
+def out_dir(path):
+    """`with out_dir(path): ...`: make_out_dir(path); if the block raises, the folders made here
+    that are still empty are removed, so that a failed command leaves no empty --out behind."""
+    with new_folders_removed_on_failure(path):
+        make_out_dir(path)
+        yield
+
+
+@contextlib.contextmanager
+def new_folders_removed_on_failure(path):
+    """For a block that may create the folder `path` and its parents: if it raises, those of
+    them that did not exist before it and are empty are removed again."""
+    made, head = [], os.path.abspath(path)
+    while not os.path.lexists(head):
+        made.append(head)                 # the leaf first
+        head = os.path.dirname(head)
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                os.rmdir(folder)          # only if empty
+            except OSError:
+                break
+        raise
 
 
 @contextlib.contextmanager

@@ -5,9 +5,11 @@
   tower as in Figure 3 of the AlexNet paper, and a colourfulness score per tower.
 - ``confusion_png(matrix, classes, path)``: a heatmap of the confusion matrix with counts.
 
-Every picture is written atomically (a temporary file, then a rename), so a reader never
-sees half a PNG. The curves are drawn at twice the size and shrunk, which smooths the lines
-(Pillow's line drawing has no anti-aliasing of its own).
+Every label goes through ``draw_text``, which writes control characters as escapes (a class
+named "air\\nplane" is drawn as ``air\\nplane``). Every picture is written atomically (a
+temporary file, then a rename), so a reader never sees half a PNG. The curves are
+drawn at twice the size and shrunk, which smooths the lines (Pillow's line drawing has no
+anti-aliasing of its own).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tinyalex.errors import printable
 from tinyalex.outfiles import atomic_write
 
 # matplotlib's first two default colours, so the curves look like what readers expect.
@@ -44,8 +47,15 @@ def _save_png(image: Image.Image, path) -> None:
     atomic_write(path, lambda f: image.save(f, format="PNG", optimize=True))
 
 
+def draw_text(draw: ImageDraw.ImageDraw, xy, text: str, **options) -> None:
+    """``draw.text`` of ``text`` made printable: every label of every picture goes through here,
+    so that a newline in a class or file name cannot make Pillow refuse it (multiline text
+    takes no ``anchor``)."""
+    draw.text(xy, printable(text), **options)
+
+
 def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    left, top, right, bottom = draw.textbbox((0, 0), printable(text), font=font)
     return right - left, bottom - top
 
 
@@ -117,17 +127,17 @@ def _draw_panel(draw, box, title, xs, series, *, x_range, y_range, legend_corner
     for y in y_ticks:
         _, py = px(x_lo, y)
         draw.line([(left, py), (right, py)], fill=GRID, width=s)
-        draw.text((left - 8 * s, py), _format_tick(y, y_step), font=tick_font, fill=INK,
+        draw_text(draw, (left - 8 * s, py), _format_tick(y, y_step), font=tick_font, fill=INK,
                   anchor="rm")
     for x in x_ticks:
         qx, _ = px(x, y_lo)
         draw.line([(qx, top), (qx, bottom)], fill=GRID, width=s)
         draw.line([(qx, bottom), (qx, bottom + 5 * s)], fill=INK, width=s)
-        draw.text((qx, bottom + 8 * s), f"{x:g}", font=tick_font, fill=INK, anchor="mt")
+        draw_text(draw, (qx, bottom + 8 * s), f"{x:g}", font=tick_font, fill=INK, anchor="mt")
     draw.rectangle([left, top, right, bottom], outline=INK, width=s)
-    draw.text(((left + right) / 2, top - 12 * s), title, font=title_font, fill=INK,
+    draw_text(draw, ((left + right) / 2, top - 12 * s), title, font=title_font, fill=INK,
               anchor="md")
-    draw.text(((left + right) / 2, bottom + 30 * s), "epoch", font=tick_font, fill=INK,
+    draw_text(draw, ((left + right) / 2, bottom + 30 * s), "epoch", font=tick_font, fill=INK,
               anchor="mt")
 
     # Lines, broken where a value is missing, and a dot on every point (so that a single
@@ -166,7 +176,7 @@ def _draw_panel(draw, box, title, xs, series, *, x_range, y_range, legend_corner
     for k, (label, colour) in enumerate(entries):
         cy = ly + pad / 2 + line_h * k + line_h / 2
         draw.line([(lx + pad, cy), (lx + pad + swatch, cy)], fill=colour, width=3 * s)
-        draw.text((lx + 2 * pad + swatch, cy), label, font=tick_font, fill=INK, anchor="lm")
+        draw_text(draw, (lx + 2 * pad + swatch, cy), label, font=tick_font, fill=INK, anchor="lm")
 
 
 def plot_curves(rows: list[dict], path) -> None:
@@ -305,15 +315,15 @@ def filter_grid(w: np.ndarray, path, *, towers: int = 2, scale: int | None = Non
     height = margin + title_h + towers * (label_h + block_h + 14) + margin - 14
     image = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(image)
-    draw.text((width / 2, margin), f"conv1 kernels: {n_kernels} x 3 x {kh} x {kw}",
+    draw_text(draw, (width / 2, margin), f"conv1 kernels: {n_kernels} x 3 x {kh} x {kw}",
               font=title_font, fill=INK, anchor="mt")
     x0 = (width - block_w) // 2
     y = margin + title_h
     for t in range(towers):
         first, last = t * per_tower, (t + 1) * per_tower - 1
-        draw.text((x0, y + label_h - 6), f"tower {t}: kernels {first}-{last}",
+        draw_text(draw, (x0, y + label_h - 6), f"tower {t}: kernels {first}-{last}",
                   font=label_font, fill=INK, anchor="ls")
-        draw.text((x0 + block_w, y + label_h - 6), f"colourfulness {tower_scores[t]:.2f}",
+        draw_text(draw, (x0 + block_w, y + label_h - 6), f"colourfulness {tower_scores[t]:.2f}",
                   font=label_font, fill=INK, anchor="rs")
         y += label_h
         draw.rectangle([x0, y, x0 + block_w - 1, y + block_h - 1], fill=(30, 30, 30))
@@ -384,8 +394,8 @@ def confusion_png(matrix: np.ndarray, classes: list[str], path) -> None:
     draw = ImageDraw.Draw(image)
     # centred over the grid if it fits there, else kept inside the picture
     title_x = min(max(left + grid / 2, title_w / 2 + 20), width - title_w / 2 - 20)
-    draw.text((title_x, 20), title, font=title_font, fill=INK, anchor="mt")
-    draw.text((left + grid + right_col / 2, top - 6), "correct", font=label_font, fill=INK,
+    draw_text(draw, (title_x, 20), title, font=title_font, fill=INK, anchor="mt")
+    draw_text(draw, (left + grid + right_col / 2, top - 6), "correct", font=label_font, fill=INK,
               anchor="ms")
     for i in range(n):
         for j in range(n):
@@ -397,26 +407,26 @@ def confusion_png(matrix: np.ndarray, classes: list[str], path) -> None:
             if cell >= 24:
                 text = f"{int(m[i, j])}" if integral else f"{m[i, j]:.3g}"
                 ink = WHITE if fractions[i, j] > 0.45 else INK if m[i, j] else (175, 175, 175)
-                draw.text((x + cell / 2, y + cell / 2), text, font=count_font, fill=ink,
+                draw_text(draw, (x + cell / 2, y + cell / 2), text, font=count_font, fill=ink,
                           anchor="mm")
         # row name and row accuracy
         cy = top + i * cell + cell / 2
-        draw.text((left - 8, cy), str(classes[i]), font=label_font, fill=INK, anchor="rm")
+        draw_text(draw, (left - 8, cy), str(classes[i]), font=label_font, fill=INK, anchor="rm")
         if row_totals[i] > 0:
-            draw.text((left + grid + right_col / 2, cy), f"{100 * fractions[i, i]:.1f}%",
+            draw_text(draw, (left + grid + right_col / 2, cy), f"{100 * fractions[i, i]:.1f}%",
                       font=label_font, fill=INK, anchor="mm")
     # Column names below the grid, written upwards and ending at the grid.
     for j in range(n):
         name = str(classes[j])
         tw, th = _text_size(probe, name, label_font)
         label = Image.new("RGB", (tw + 4, th + 8), WHITE)
-        ImageDraw.Draw(label).text((2, 2), name, font=label_font, fill=INK, anchor="lt")
+        draw_text(ImageDraw.Draw(label), (2, 2), name, font=label_font, fill=INK, anchor="lt")
         label = label.rotate(90, expand=True)
         image.paste(label, (int(left + j * cell + cell / 2 - label.width / 2), top + grid + 6))
-    draw.text((left + grid / 2, height - 12), "predicted class", font=label_font, fill=INK,
+    draw_text(draw, (left + grid / 2, height - 12), "predicted class", font=label_font, fill=INK,
               anchor="ms")
     axis = Image.new("RGB", (_text_size(probe, "true class", label_font)[0] + 4, 22), WHITE)
-    ImageDraw.Draw(axis).text((2, 2), "true class", font=label_font, fill=INK, anchor="lt")
+    draw_text(ImageDraw.Draw(axis), (2, 2), "true class", font=label_font, fill=INK, anchor="lt")
     axis = axis.rotate(90, expand=True)
     image.paste(axis, (8, int(top + grid / 2 - axis.height / 2)))
     _save_png(image, path)

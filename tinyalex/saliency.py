@@ -53,9 +53,11 @@ def input_gradient(model, x, classes=None):
     model's dtype, logits (N, K), classes (N,)). Evaluation mode (dropout off); the images
     do not interact, so one batch serves all.
     """
+    from tinyalex.scoring import finite_outputs
     x = np.ascontiguousarray(x, model.dtype)
-    logits, tape = model.forward_tape(x, train=False)
-    logits = np.array(logits)                               # a copy: the buffer may be recycled
+    with np.errstate(over="ignore", invalid="ignore"):       # checked just below
+        logits, tape = model.forward_tape(x, train=False)
+    logits = finite_outputs(np.array(logits))               # a copy: the buffer may be recycled
     if classes is None:
         classes = logits.argmax(axis=1)
     classes = np.broadcast_to(np.asarray(classes, np.int64), (len(x),))
@@ -146,7 +148,7 @@ def saliency_png(image, grad, drops, path, *, title, class_name="the class", sid
     """
     from PIL import Image, ImageDraw
 
-    from tinyalex.pictures import INK, WHITE, _font, _save_png
+    from tinyalex.pictures import INK, WHITE, _font, draw_text, _save_png
     H, W = grad.shape
     side = side or max(192, H)
     top_g = float(np.percentile(grad, GRADIENT_PERCENTILE)) or float(grad.max()) or 1.0
@@ -165,12 +167,12 @@ def saliency_png(image, grad, drops, path, *, title, class_name="the class", sid
     height = margin + title_h + side + 6 + 2 * line_h + margin
     picture = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(picture)
-    draw.text((width / 2, margin), title, font=_font(15), fill=INK, anchor="mt")
+    draw_text(draw, (width / 2, margin), title, font=_font(15), fill=INK, anchor="mt")
     for i, (panel, caption) in enumerate(panels):
         x = margin + i * (side + gap)
         picture.paste(panel, (x, margin + title_h))
         for j, line in enumerate(caption):
-            draw.text((x + side / 2, margin + title_h + side + 6 + j * line_h), line,
+            draw_text(draw, (x + side / 2, margin + title_h + side + 6 + j * line_h), line,
                       font=_font(12), fill=INK, anchor="mt")
     _save_png(picture, path)
 
@@ -196,7 +198,7 @@ def run_saliency(args):
     from tinyalex.errors import TinyAlexError
     from layers.loss import softmax
     from tinyalex.checkpoint import load_model, normalisation
-    from tinyalex.outfiles import check_new_file, make_out_dir, writing
+    from tinyalex.outfiles import check_new_file, out_dir, writing
 
     model, ckpt = load_model(args.checkpoint)
     mean, std = normalisation(ckpt, args.checkpoint)
@@ -213,32 +215,33 @@ def run_saliency(args):
         raise TinyAlexError(f"--stride {stride} is larger than --patch {patch}: some pixels would "
                             f"be covered by no patch (use a stride of at most {patch})")
     images = [read_image(path) for path in args.images]      # all readable, before any work
-    make_out_dir(args.out)
-    outputs = output_names(args.images, args.out)
-    for out in outputs:
-        check_new_file(out, inputs=[args.checkpoint, *args.images])
+    # a folder the command makes is removed again if it fails before writing into it
+    with out_dir(args.out):
+        outputs = output_names(args.images, args.out)
+        for out in outputs:
+            check_new_file(out, inputs=[args.checkpoint, *args.images])
 
-    results = []
-    for path, pixels, out in zip(args.images, images, outputs):
-        x = eval_views(pixels[None], "none", side, mean, std)[0]        # (1, C, S, S)
-        wanted = classes.index(args.class_name) if args.class_name is not None else None
-        dx, logits, used = input_gradient(model, x, wanted)
-        cls, predicted = int(used[0]), int(np.argmax(logits[0]))
-        p = softmax(logits)[0]
-        grad = gradient_map(dx)[0]
-        drops, per_pixel, _ = occlusion(model, x[0], cls, patch=patch, stride=stride,
-                                        batch_size=args.batch_size)
-        i, j = np.unravel_index(np.argmax(drops), drops.shape)
-        y0, x0 = patch_starts(side, patch, stride)[i], patch_starts(side, patch, stride)[j]
-        title = (f"{os.path.basename(path)}: {classes[cls]} (p {p[cls]:.2f})"
-                 + ("" if cls == predicted else f"; predicted {classes[predicted]} "
-                                                f"(p {p[predicted]:.2f})"))
-        with writing(out):
-            saliency_png(pixels, grad, per_pixel, out, title=title, class_name=classes[cls])
-        results.append({"image": path, "class": classes[cls], "probability": float(p[cls]),
-                        "predicted": classes[predicted], "out": out,
-                        "largest_drop": float(drops[i, j]),
-                        "largest_drop_at": {"x": int(x0), "y": int(y0), "size": patch}})
+        results = []
+        for path, pixels, out in zip(args.images, images, outputs):
+            x = eval_views(pixels[None], "none", side, mean, std)[0]        # (1, C, S, S)
+            wanted = classes.index(args.class_name) if args.class_name is not None else None
+            dx, logits, used = input_gradient(model, x, wanted)
+            cls, predicted = int(used[0]), int(np.argmax(logits[0]))
+            p = softmax(logits)[0]
+            grad = gradient_map(dx)[0]
+            drops, per_pixel, _ = occlusion(model, x[0], cls, patch=patch, stride=stride,
+                                            batch_size=args.batch_size)
+            i, j = np.unravel_index(np.argmax(drops), drops.shape)
+            y0, x0 = patch_starts(side, patch, stride)[i], patch_starts(side, patch, stride)[j]
+            title = (f"{os.path.basename(path)}: {classes[cls]} (p {p[cls]:.2f})"
+                     + ("" if cls == predicted else f"; predicted {classes[predicted]} "
+                                                    f"(p {p[predicted]:.2f})"))
+            with writing(out):
+                saliency_png(pixels, grad, per_pixel, out, title=title, class_name=classes[cls])
+            results.append({"image": path, "class": classes[cls], "probability": float(p[cls]),
+                            "predicted": classes[predicted], "out": out,
+                            "largest_drop": float(drops[i, j]),
+                            "largest_drop_at": {"x": int(x0), "y": int(y0), "size": patch}})
     if args.json:
         print(json.dumps(results))
         return 0

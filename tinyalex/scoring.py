@@ -2,6 +2,7 @@
 training's validation and final scores (`train.py`), `evaluate`, `torch-train`.
 
     predict_logits(model, x, batch_size)          batched forward pass, dropout off
+    finite_outputs(logits)                        logits, or an error if some are NaN or infinite
     scores(probs, labels)                         {"top1", "top5", "loss"} of probabilities
     score_loader(model, loader, tta, desc)        (loss, top1, top5) over a BatchLoader
     score_loader_views(model, loader, desc)       the same for the centre image and for flip
@@ -51,12 +52,18 @@ def predict_logits(model, x, batch_size=DEFAULT_BATCH_SIZE):
         batch = np.ascontiguousarray(x[start:start + batch_size], dtype=model.dtype)
         with np.errstate(over="ignore", invalid="ignore"):    # checked just below
             out[start:start + len(batch)] = model.forward(batch)
-    broken = ~np.isfinite(out).all(axis=1)
+    return finite_outputs(out)
+
+
+def finite_outputs(logits):
+    """`logits` (N, K), or a CheckpointError if a row holds NaN or infinite values: the weights
+    overflow (every command that runs the model says so in these words)."""
+    broken = ~np.isfinite(logits).all(axis=1)
     if broken.any():
         raise CheckpointError(f"the model's outputs are NaN or infinite for {broken.sum()} of "
-                              f"{len(out)} inputs: its weights give no usable predictions "
+                              f"{len(logits)} inputs: its weights give no usable predictions "
                               f"(did the run that made them diverge?)")
-    return out
+    return logits
 
 
 def scores(probs, labels):

@@ -31,6 +31,7 @@ import zlib
 from tqdm import tqdm
 
 from tinyalex.errors import DataError
+from tinyalex.outfiles import new_folders_removed_on_failure
 
 CHUNK = 1 << 20  # bytes read per network/disk operation
 
@@ -46,8 +47,17 @@ def md5_of(path: str) -> str:
 
 def download(url: str, dest: str, md5: str, *, retries: int = 3, timeout: float = 30.0,
              progress: bool = True) -> str:
-    """Download ``url`` to ``dest`` (resuming ``dest.part``), check its md5, rename. Returns ``dest``."""
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    """Download ``url`` to ``dest`` (resuming ``dest.part``), check its md5, rename. Returns ``dest``.
+
+    A folder made for ``dest`` is removed again if the download fails leaving it empty.
+    """
+    folder = os.path.dirname(os.path.abspath(dest))
+    with new_folders_removed_on_failure(folder):
+        os.makedirs(folder, exist_ok=True)
+        return _download(url, dest, md5, retries=retries, timeout=timeout, progress=progress)
+
+
+def _download(url, dest, md5, *, retries, timeout, progress):
     part = dest + ".part"
     by_hand = f"download {url} by hand and put it at {dest}"
     for attempt in range(retries + 1):

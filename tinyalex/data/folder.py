@@ -36,16 +36,18 @@ import shutil
 import stat
 import sys
 import tempfile
+import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from tinyalex.errors import DataError
+from tinyalex.errors import DataError, printable
 
 CACHE_VERSION = 1    # bump when decoding changes, so old caches are not reused
 IMAGE_SIZE = 32      # every image is stored at 32x32, like CIFAR-10
 SHOW_BAD = 3         # how many unreadable files an error message names
+MAX_PIXELS = 50_000_000   # a larger image is refused before it is decoded
 
 
 def image_extensions() -> frozenset:
@@ -60,10 +62,18 @@ def image_extensions() -> frozenset:
 # --------------------------------------------------------------------------------------
 
 def read_image(path: str, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Decode any Pillow-readable file to an RGB uint8 array (size, size, 3); DataError if unreadable."""
+    """Decode any Pillow-readable file to an RGB uint8 array (size, size, 3); DataError if unreadable.
+
+    Refused without decoding: an empty file, and an image of more than MAX_PIXELS pixels
+    (at the scale it would be decoded at), which would take gigabytes for a 32x32 result.
+    """
     try:
-        with _open_regular(path) as f, Image.open(f) as image:
+        with _open_regular(path) as f, _open_image(f) as image:
             image.draft("RGB", (size, size))   # JPEG: decode big photos at 1/2..1/8 scale
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"it is {width}x{height} pixels, more than the "
+                                 f"{MAX_PIXELS // 10**6} megapixels tinyalex decodes; shrink it")
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
         if rgb.size != (size, size):
@@ -92,6 +102,23 @@ def _open_regular(path: str):
         raise
 
 
+def _open_image(f) -> Image.Image:
+    """``Image.open`` of an open regular file, with its problems in words: an empty file, not an
+    image, an image too large to open (Pillow's decompression-bomb limit, checked without its
+    warning; read_image's own limit is lower)."""
+    if os.fstat(f.fileno()).st_size == 0:
+        raise ValueError("the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(f)
+    except UnidentifiedImageError:
+        raise ValueError("not an image file Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise ValueError(f"it is more than the {MAX_PIXELS // 10**6} megapixels tinyalex "
+                         f"decodes; shrink it") from None
+
+
 def _kind(mode: int) -> str:
     """What a non-regular file is, in words."""
     for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
@@ -107,6 +134,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode.startswith("I") or mode == "F":
         values = np.asarray(image, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ValueError("it has NaN or infinite pixel values")
         if mode == "F":
             values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
         elif mode.startswith("I;16") or values.max(initial=0.0) > 255:
@@ -259,19 +288,19 @@ def load_image_folder(root: str, *, cache_dir: str = None, skip_bad_images: bool
     classes, splits, unreadable, skipped = scan(root)
     if skipped:
         print(f"tinyalex: warning: not following {len(skipped)} link(s) back to a folder "
-              f"already read in {root}: {', '.join(skipped[:SHOW_BAD])}"
+              f"already read in {root}: {printable(', '.join(skipped[:SHOW_BAD]))}"
               f"{' ...' if len(skipped) > SHOW_BAD else ''}", file=sys.stderr)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, IMAGE_SIZE, classes, splits]).encode())
     cache = _cache_path(cache_dir, root, key.hexdigest()) if cache_dir else None
-    arrays = _read_cache(cache) if cache else None
+    arrays = _read_cache(cache, classes) if cache else None
     if arrays is None:
         arrays = _decode(root, classes, splits, unreadable)
         if cache:
             _write_cache(cache, arrays)
     bad = list(arrays["bad"])
     if bad:
-        names = ", ".join(bad[:SHOW_BAD]) + (f" and {len(bad) - SHOW_BAD} more"
-                                             if len(bad) > SHOW_BAD else "")
+        names = printable(", ".join(bad[:SHOW_BAD])) + (f" and {len(bad) - SHOW_BAD} more"
+                                                        if len(bad) > SHOW_BAD else "")
         if not skip_bad_images:
             raise DataError(f"{len(bad)} unreadable image file(s) in {root}: {names} "
                             f"({arrays['first_error'].item()}); fix or delete them, or pass "
@@ -332,19 +361,27 @@ def _cache_path(cache_dir: str, root: str, key: str) -> str:
     return os.path.join(cache_dir, f"imagefolder-{name}-{where}-{key[:16]}")
 
 
-def _read_cache(path: str):
+def _read_cache(path: str, classes: list):
     """The arrays of a cache directory, or None if it is missing or damaged (a damaged one is
-    deleted, with a warning, so that the caller can write a new one in its place)."""
+    deleted, with a warning, so that the caller can write a new one in its place). What is read
+    back is checked as the decoder would have made it: the folder's classes, uint8 images of
+    32x32x3, one integer label in 0..classes-1 per image."""
     if not os.path.isdir(path):
         return None
     try:
         arrays = {}
         for name in _CACHED:
             arrays[name] = np.load(os.path.join(path, name + ".npy"), allow_pickle=False)
+        if arrays["classes"].tolist() != list(classes):
+            raise ValueError("its class names are not the folder's")
+        if arrays["has_test"].shape != () or arrays["has_test"].dtype != bool:
+            raise ValueError(f"has_test is {arrays['has_test']!r:.40}")
         for split in ("train", "test"):
             x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
             if x.dtype != np.uint8 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or y.shape != (len(x),):
                 raise ValueError(f"{split} arrays of shapes {x.shape} and {y.shape}")
+            if y.dtype.kind not in "iu" or (len(y) and not 0 <= y.min() <= y.max() < len(classes)):
+                raise ValueError(f"{split} labels outside 0..{len(classes) - 1}")
         return arrays
     except Exception as e:   # truncated or damaged: rebuild it
         print(f"tinyalex: warning: the image cache {path} is damaged ({_short(e)}); "

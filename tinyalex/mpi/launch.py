@@ -99,7 +99,7 @@ def train_main(argv, prog="train.py"):
     if rank != 0:
         _quiet()
     errors = comm.Dup()                        # for _fail's barrier, apart from the training's
-    from ..errors import TinyAlexError
+    from ..errors import TinyAlexError, out_of_memory, printable
     from ..options import train_parser
     from ..train_command import run_train
     parser = train_parser(prog=prog)
@@ -119,7 +119,9 @@ def train_main(argv, prog="train.py"):
             print(f"MPI: {processes.traffic.summary()}", flush=True)
         return status
     except TinyAlexError as e:
-        return _fail(errors, rank, f"error: {e}", 2)
+        return _fail(errors, rank, f"error: {printable(e)}", 2)
+    except MemoryError as e:                   # the wording of cli._run
+        return _fail(errors, rank, f"error: {out_of_memory(e, args.batch_size)}", 2)
     except KeyboardInterrupt:
         if rank == 0:
             print("interrupted", file=sys.__stderr__)
