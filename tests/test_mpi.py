@@ -316,6 +316,50 @@ def test_ranks_started_with_different_options_stop_with_one_line(data, tmp_path,
 
 
 @needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the rank's process in /proc")
+def test_sigterm_to_mpiexec_ends_a_job_whose_rank_is_stopped(data, tmp_path):
+    """mpiexec passes SIGTERM on to the ranks; rank 1 is stopped (kill -STOP) and never answers,
+    so rank 0 aborts the job TINYALEX_MPI_STOP_SECONDS after its last exchange."""
+    out, marker = str(tmp_path / "run"), f"stopped-{os.getpid()}"
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, os.path.join(ROOT, "train.py"),
+                             *train_args(data, out, "--epochs", "1000", "--towers", "2")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=environment(threads=1, TINYALEX_TEST_JOB=marker,
+                                            TINYALEX_MPI_STOP_SECONDS="2"))
+    pid = None
+    try:
+        for line in proc.stdout:                 # training has started
+            if line.startswith("model:"):
+                break
+        pid = _rank_pid(marker, 1)
+        assert pid, "rank 1 not found"
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)         # as `timeout` does
+        _, stderr = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pid and _rank_pid(marker, 1):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert stderr.count("stopped by SIGTERM: no exchange between the ranks ended for 2 s") == 1, stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_bad_stop_bound_is_one_line(monkeypatch):
+    from tinyalex.errors import TinyAlexError
+    from tinyalex.mpi.ranks import stop_seconds
+    monkeypatch.setenv("TINYALEX_MPI_STOP_SECONDS", "soon")
+    with pytest.raises(TinyAlexError, match="TINYALEX_MPI_STOP_SECONDS='soon'"):
+        stop_seconds()
+    monkeypatch.setenv("TINYALEX_MPI_STOP_SECONDS", "2.5")
+    assert stop_seconds() == 2.5
+
+
+@needs_mpi
 def test_towers_on_one_process_say_how_to_start_two():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--towers", "2"],
                           capture_output=True, text=True, cwd=ROOT, env=environment(), timeout=60)

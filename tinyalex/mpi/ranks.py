@@ -8,11 +8,19 @@ Every rank runs the same loop on the same batches in the same order, so every co
 (the exchanges, the Allreduce, `agree`) is met by all ranks at the same point.
 """
 
+import os
+import select
 import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 
 from .. import processes
+from ..errors import TinyAlexError
+
+# After a Ctrl-C or SIGTERM, the seconds a rank waits for the others before it aborts the job
+STOP_SECONDS_VARIABLE, STOP_SECONDS = "TINYALEX_MPI_STOP_SECONDS", 120.0
 
 
 class Traffic:
@@ -24,11 +32,13 @@ class Traffic:
         self.seconds = defaultdict(float)
         self.calls = defaultdict(int)
         self.steps = 0          # training steps (set by the model), to quote figures per step
+        self.last = time.monotonic()    # when the last exchange ended (StopWatchdog reads it)
 
     def add(self, name, nbytes, seconds):
         self.bytes[name] += int(nbytes)
         self.seconds[name] += float(seconds)
         self.calls[name] += 1
+        self.last = time.monotonic()
 
     def reset(self):
         self.__init__()
@@ -65,7 +75,9 @@ class Ranks:
     def agree(self, flag):
         """True on every rank when `flag` is True on at least one (a collective call)."""
         from mpi4py import MPI
-        return bool(self.comm.allreduce(bool(flag), op=MPI.LOR))
+        agreed = bool(self.comm.allreduce(bool(flag), op=MPI.LOR))
+        self.traffic.last = time.monotonic()
+        return agreed
 
     def stop_on_signals(self):
         return StopOnSignals(self)
@@ -88,6 +100,69 @@ class StopOnSignals(processes.StopOnSignals):
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
+
+    def __enter__(self):
+        seconds = stop_seconds()
+        super().__enter__()
+        self.watchdog = StopWatchdog(self.processes, seconds, self.exit_code)
+        return self
+
+    def __exit__(self, *exc):
+        self.watchdog.close()
+        return super().__exit__(*exc)
+
+
+def stop_seconds():
+    """TINYALEX_MPI_STOP_SECONDS, else STOP_SECONDS."""
+    text = os.environ.get(STOP_SECONDS_VARIABLE, "").strip()
+    try:
+        seconds = float(text) if text else STOP_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise TinyAlexError(f"{STOP_SECONDS_VARIABLE}={text!r}: give the seconds a rank waits for "
+                            f"the others after a Ctrl-C or SIGTERM, a number > 0 (unset: {STOP_SECONDS:g})")
+    return seconds
+
+
+class StopWatchdog:
+    """The bound on a stop: once a signal has reached this rank, if no exchange with the other
+    ranks ends for `seconds` (one of them is stopped with kill -STOP, or hung), this rank
+    aborts the whole job (MPI_Abort): the last checkpoint stays as it was.
+
+    The rank's main thread may itself be blocked in an exchange that never ends, where Python
+    runs no signal handler; so a thread watches the signals through `signal.set_wakeup_fd`,
+    to which the C handler writes each signal's number at once. A job with no signal waits
+    for a stopped rank (kill -CONT resumes it): stopping a rank pauses the job.
+    """
+
+    def __init__(self, ranks, seconds, exit_code):
+        self.ranks, self.seconds, self.exit_code = ranks, seconds, exit_code
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="tinyalex-stop-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        select.select([self._read], [], [])
+        signum, since = os.read(self._read, 1)[0], time.monotonic()
+        while not self._closed.wait(min(1.0, self.seconds / 4)):
+            if time.monotonic() - max(since, self.ranks.traffic.last) > self.seconds:
+                name = signal.Signals(signum).name
+                print(f"stopped by {name}: no exchange between the ranks ended for {self.seconds:g} s "
+                      f"(a rank stopped or hung); aborting the job (rank {self.ranks.rank}), the "
+                      f"last checkpoint stays as it was", file=sys.__stderr__, flush=True)
+                self.ranks.comm.Abort(self.exit_code)
+
+    def close(self):
+        self._closed.set()
+        os.write(self._write, b"\0")          # wakes the thread if no signal came
+        self._thread.join()
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
 
 
 def timed(traffic, name, nbytes, call):
