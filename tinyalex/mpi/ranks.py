@@ -8,6 +8,7 @@ Every rank runs the same loop on the same batches in the same order, so every co
 (the exchanges, the Allreduce, `agree`) is met by all ranks at the same point.
 """
 
+import contextlib
 import os
 import select
 import signal
@@ -91,6 +92,7 @@ class StopOnSignals(processes.StopOnSignals):
     `requested`, read by every rank once per step, asks all of them at once (`agree`): then
     all stop after the same step and save one checkpoint together. A second Ctrl-C stops
     this rank at once (mpiexec itself aborts the job on a second Ctrl-C at its terminal).
+    A rank that never answers (stopped, hung) cannot hold the others for ever: StopWatchdog.
     """
 
     # every rank stops as after a Ctrl-C (exit 130), whichever signal reached whichever rank
@@ -145,9 +147,20 @@ class StopWatchdog:
         self._thread = threading.Thread(target=self._watch, name="tinyalex-stop-watchdog", daemon=True)
         self._thread.start()
 
+    def _next_signal(self):
+        """The number of the first SIGINT or SIGTERM to reach this process; None once closed."""
+        while True:
+            select.select([self._read], [], [])
+            if self._closed.is_set():
+                return None
+            signum = os.read(self._read, 1)[0]
+            if signum in StopOnSignals.SIGNALS:
+                return signum
+
     def _watch(self):
-        select.select([self._read], [], [])
-        signum, since = os.read(self._read, 1)[0], time.monotonic()
+        signum, since = self._next_signal(), time.monotonic()
+        if signum is None:
+            return
         while not self._closed.wait(min(1.0, self.seconds / 4)):
             if time.monotonic() - max(since, self.ranks.traffic.last) > self.seconds:
                 name = signal.Signals(signum).name
@@ -158,7 +171,8 @@ class StopWatchdog:
 
     def close(self):
         self._closed.set()
-        os.write(self._write, b"\0")          # wakes the thread if no signal came
+        with contextlib.suppress(BlockingIOError):   # (a full pipe wakes it as well)
+            os.write(self._write, b"\0")              # wakes the thread if no signal came
         self._thread.join()
         signal.set_wakeup_fd(self._previous)
         os.close(self._read)
