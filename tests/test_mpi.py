@@ -294,7 +294,8 @@ def test_sigterm_on_one_rank_stops_both_towers_with_one_checkpoint(data, tmp_pat
 
 def test_the_options_that_differ_are_named_with_each_rank_s_value():
     given = [{"--seed": 0, "--nesterov": False}, {"--seed": 1}, {"--seed": 0, "--nesterov": False}]
-    assert differences(given) == "--nesterov off on ranks 0, 2, not given on rank 1; --seed 0 on ranks 0, 2, 1 on rank 1"
+    assert differences(given) == ("--nesterov off on ranks 0, 2, not given on rank 1; "
+                                  "--seed 0 on ranks 0, 2, 1 on rank 1")
     assert differences([{"--lr": 0.01}, {"--lr": 0.01}]) == ""
 
 

@@ -57,8 +57,9 @@ def _threads_per_rank(MPI, comm, argv):
     pre.add_argument("--threads", default="")
     given = pre.parse_known_args(argv)[0].threads
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    threads = int(given) if given.isdigit() and int(given) > 0 else max(1, available_cores() // local.Get_size())
+    shared = max(1, available_cores() // local.Get_size())
     local.Free()
+    threads = int(given) if given.isdigit() and int(given) > 0 else shared
     set_threads(threads)
     return threads
 
