@@ -66,10 +66,10 @@ def differences(given):
 
 def agreed_options(comm, parser, argv):
     """This rank's parsed options, once every rank of `comm` is known to have the same (a
-    collective call). Else TinyAlexError on every rank; SystemExit on every rank when no
-    rank's command line parses alike (a bad flag, --help: rank 0 prints argparse's text)."""
+    collective call). Else TinyAlexError on every rank; SystemExit on every rank when every
+    rank's command line ends argparse alike (a bad flag, --help: rank 0 prints its text)."""
     args, status, out, err = _parse_quietly(parser, argv)
-    mine = (status, err.strip().splitlines()[-1:] if err.strip() else [],
+    mine = (status, err.strip().splitlines()[-1:],
             None if args is None else _given(parser, argv, args))
     everyone = comm.allgather(mine)
     statuses = [s for s, _, _ in everyone]
