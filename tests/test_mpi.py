@@ -22,6 +22,7 @@ import pytest
 from tinyalex.checkpoint import load_checkpoint
 from tinyalex.model import ARCHS, param_shapes
 from tinyalex.mpi.data_parallel import BatchRowsGenerator, shard
+from tinyalex.mpi.same_options import differences
 from tinyalex.mpi.towers import FIGURE_2, own_rows, tower_plan
 from tinyalex.trainer import Run
 
@@ -289,6 +290,74 @@ def test_sigterm_on_one_rank_stops_both_towers_with_one_checkpoint(data, tmp_pat
                              env=environment(), timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert len(load_checkpoint(os.path.join(out, "last.npz")).meta["metrics"]) == 12 > done
+
+
+def test_the_options_that_differ_are_named_with_each_rank_s_value():
+    given = [{"--seed": 0, "--nesterov": False}, {"--seed": 1}, {"--seed": 0, "--nesterov": False}]
+    assert differences(given) == ("--nesterov off on ranks 0, 2, not given on rank 1; "
+                                  "--seed 0 on ranks 0, 2, 1 on rank 1")
+    assert differences([{"--lr": 0.01}, {"--lr": 0.01}]) == ""
+
+
+@needs_mpi
+@pytest.mark.parametrize("rank1, expected", [
+    (["--seed", "1"], "--seed 0 on rank 0, 1 on rank 1"),           # trained with rank 0's seed
+    (["--batch-size", "16"], "--batch-size 15 on rank 0, 16 on rank 1"),   # crashed in an exchange
+])
+def test_ranks_started_with_different_options_stop_with_one_line(data, tmp_path, rank1, expected):
+    out = str(tmp_path / "run")
+    rank = [sys.executable, os.path.join(ROOT, "train.py"),
+            *train_args(data, out, "--epochs", "1", "--towers", "2", "--seed", "0")]
+    proc = subprocess.run([MPIEXEC, "-n", "1", *rank, ":", "-n", "1", *rank, *rank1],
+                          capture_output=True, text=True, cwd=ROOT, env=environment(threads=1),
+                          timeout=120)
+    line = _one_error_line(proc)
+    assert "the ranks were started with different options: " + expected + ";" in line
+    assert not os.path.exists(out)
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the rank's process in /proc")
+def test_sigterm_to_mpiexec_ends_a_job_whose_rank_is_stopped(data, tmp_path):
+    """mpiexec passes SIGTERM on to the ranks; rank 1 is stopped (kill -STOP) and never answers,
+    so rank 0 aborts the job TINYALEX_MPI_STOP_SECONDS after its last exchange."""
+    out, marker = str(tmp_path / "run"), f"stopped-{os.getpid()}"
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, os.path.join(ROOT, "train.py"),
+                             *train_args(data, out, "--epochs", "1000", "--towers", "2")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=environment(threads=1, TINYALEX_TEST_JOB=marker,
+                                            TINYALEX_MPI_STOP_SECONDS="2"))
+    pid = None
+    try:
+        for line in proc.stdout:                 # training has started
+            if line.startswith("model:"):
+                break
+        pid = _rank_pid(marker, 1)
+        assert pid, "rank 1 not found"
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)         # as `timeout` does
+        _, stderr = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pid and _rank_pid(marker, 1):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert stderr.count("stopped by SIGTERM: no exchange between the ranks ended for 2 s") == 1, stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_bad_stop_bound_is_one_line(monkeypatch):
+    from tinyalex.errors import TinyAlexError
+    from tinyalex.mpi.ranks import stop_seconds
+    monkeypatch.setenv("TINYALEX_MPI_STOP_SECONDS", "soon")
+    with pytest.raises(TinyAlexError, match="TINYALEX_MPI_STOP_SECONDS='soon'"):
+        stop_seconds()
+    monkeypatch.setenv("TINYALEX_MPI_STOP_SECONDS", "2.5")
+    assert stop_seconds() == 2.5
 
 
 @needs_mpi

@@ -10,9 +10,11 @@ extra `pip install 'tinyalex[mpi]'` brings mpi4py and MPICH (whose wheel provide
                       activations (and gradients) only where the paper's Figure 2 joins them
     data_parallel.py  each process takes a shard of every batch; gradients summed by Allreduce
     ranks.py          what both give the trainer: the root rank, agreeing on a stop or a save,
-                      Ctrl-C and SIGTERM on any rank, the bytes and seconds of each exchange
+                      Ctrl-C and SIGTERM on any rank (and how long a stop may wait), the bytes
+                      and seconds of each exchange
     launch.py         `train.py` under mpiexec: MPI start, threads per rank, quiet ranks 1..N-1,
                       errors as one line
+    same_options.py   every rank started with the same options, or one line naming the difference
     scaling.py        python -m tinyalex.mpi.scaling: img/s, communication per step
 
 This file imports neither NumPy nor mpi4py: the command line asks it, before anything heavy is

@@ -20,10 +20,11 @@ than ranks) contributes zeros.
 Dropout. In the single process the masks of a batch come from one generator, drawn for the
 whole batch, (B, 2304) then (B, 4096). Here each rank draws those same whole-batch masks from the
 same generator and keeps its rows (`BatchRowsGenerator`): a few milliseconds per step, and N
-ranks then compute exactly what one process computes: same masks, same gradients up to the
-order of floating-point sums. The weights of N ranks and of one process stay equal to float
-tolerance (tests/test_mpi.py: float64, 1e-10), so a run can even be resumed on another number
-of ranks. (Independent masks per rank would be as good for training, but not comparable.)
+ranks then compute what one process computes: same masks, same gradients up to the
+order of floating-point sums. The weights of N ranks and of one process are equal up to that
+rounding (tests/test_mpi.py: float64, 1e-10 after two steps; in float32 training amplifies it,
+docs/parallel.md), so a run can even be resumed on another number of ranks. (Independent
+masks per rank would be as good for training, but not comparable.)
 
 Evaluation shards too: each rank runs its rows forward and the logits are gathered
 (Allgatherv), so every rank computes the same accuracy.

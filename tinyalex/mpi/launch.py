@@ -11,8 +11,10 @@ In order, before the ordinary `train_command.run_train` runs with the job's proc
    this machine (MPI's shared-memory split), so N ranks on one machine share its cores rather
    than each starting a thread per core. Set before NumPy and Numba load (_runtime.set_threads).
 3. Ranks 1..N-1 go quiet: their stdout and stderr go to /dev/null, so the log, the progress bar
-   and the messages are rank 0's alone. Their errors still reach the terminal (step 4).
-4. Errors. A user error (TinyAlexError: a bad flag, a missing checkpoint) happens on every rank
+   and the messages are rank 0's alone. Their errors still reach the terminal (step 5).
+4. The ranks compare their options (same_options.py): ranks started with different options
+   all stop with one line naming them, exit status 2.
+5. Errors. A user error (TinyAlexError: a bad flag, a missing checkpoint) happens on every rank
    alike: rank 0 prints its one line and every rank exits with status 2. An error on some
    ranks only would leave the others waiting in their next exchange for ever; a failing rank
    waits a few seconds for the others to fail too (a barrier on a communicator of its own),
@@ -25,7 +27,7 @@ import sys
 import time
 import traceback
 
-from . import INSTALL, launched_size, say, towers_option
+from . import INSTALL, launched_size, say
 
 FAIL_TOGETHER_SECONDS = 10.0
 
@@ -47,17 +49,17 @@ def _start_mpi():
 
 
 def _threads_per_rank(MPI, comm, argv):
-    """--threads if given, else this process's cores / the ranks on this machine (at least 1)."""
+    """--threads if given, else this process's cores / the ranks on this machine (at least 1).
+    Every rank takes part in the split, whatever its --threads (a collective call); a bad
+    value is left to the parser."""
     from .._runtime import available_cores, set_threads
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--threads", type=int, default=None)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--threads", default="")
     given = pre.parse_known_args(argv)[0].threads
-    if given and given > 0:
-        threads = given
-    else:
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        threads = max(1, available_cores() // local.Get_size())
-        local.Free()
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    shared = max(1, available_cores() // local.Get_size())
+    local.Free()
+    threads = int(given) if given.isdigit() and int(given) > 0 else shared
     set_threads(threads)
     return threads
 
@@ -90,11 +92,6 @@ def train_main(argv, prog="train.py"):
         return 2
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    towers = towers_option(argv)
-    if towers == 2 and size != 2:
-        say(f"error: --towers 2 takes exactly 2 processes, not {size}: "
-            "mpiexec -n 2 python train.py --towers 2")
-        return 2
     threads = _threads_per_rank(MPI, comm, argv)
     if rank != 0:
         _quiet()
@@ -102,8 +99,18 @@ def train_main(argv, prog="train.py"):
     from ..errors import TinyAlexError, out_of_memory, printable
     from ..options import train_parser
     from ..train_command import run_train
+    from .same_options import agreed_options
     parser = train_parser(prog=prog)
-    args = parser.parse_args(argv)             # a bad flag: every rank exits 2, rank 0 says why
+    try:
+        args = agreed_options(comm, parser, argv)   # a bad flag on every rank: exit 2, rank 0 says why
+    except TinyAlexError as e:
+        say(f"error: {e}")
+        return 2
+    towers = args.towers
+    if towers == 2 and size != 2:
+        say(f"error: --towers 2 takes exactly 2 processes, not {size}: "
+            "mpiexec -n 2 python train.py --towers 2")
+        return 2
     if towers == 2:
         from .towers import Towers
         processes, mode = Towers(comm), "two towers (model parallel, the paper's split: each holds half the parameters)"

@@ -8,11 +8,20 @@ Every rank runs the same loop on the same batches in the same order, so every co
 (the exchanges, the Allreduce, `agree`) is met by all ranks at the same point.
 """
 
+import contextlib
+import os
+import select
 import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 
 from .. import processes
+from ..errors import TinyAlexError
+
+# After a Ctrl-C or SIGTERM, the seconds a rank waits for the others before it aborts the job
+STOP_SECONDS_VARIABLE, STOP_SECONDS = "TINYALEX_MPI_STOP_SECONDS", 120.0
 
 
 class Traffic:
@@ -24,11 +33,13 @@ class Traffic:
         self.seconds = defaultdict(float)
         self.calls = defaultdict(int)
         self.steps = 0          # training steps (set by the model), to quote figures per step
+        self.last = time.monotonic()    # when the last exchange ended (StopWatchdog reads it)
 
     def add(self, name, nbytes, seconds):
         self.bytes[name] += int(nbytes)
         self.seconds[name] += float(seconds)
         self.calls[name] += 1
+        self.last = time.monotonic()
 
     def reset(self):
         self.__init__()
@@ -65,7 +76,9 @@ class Ranks:
     def agree(self, flag):
         """True on every rank when `flag` is True on at least one (a collective call)."""
         from mpi4py import MPI
-        return bool(self.comm.allreduce(bool(flag), op=MPI.LOR))
+        agreed = bool(self.comm.allreduce(bool(flag), op=MPI.LOR))
+        self.traffic.last = time.monotonic()
+        return agreed
 
     def stop_on_signals(self):
         return StopOnSignals(self)
@@ -79,6 +92,7 @@ class StopOnSignals(processes.StopOnSignals):
     `requested`, read by every rank once per step, asks all of them at once (`agree`): then
     all stop after the same step and save one checkpoint together. A second Ctrl-C stops
     this rank at once (mpiexec itself aborts the job on a second Ctrl-C at its terminal).
+    A rank that never answers (stopped, hung) cannot hold the others for ever: StopWatchdog.
     """
 
     # every rank stops as after a Ctrl-C (exit 130), whichever signal reached whichever rank
@@ -88,6 +102,81 @@ class StopOnSignals(processes.StopOnSignals):
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signum
+
+    def __enter__(self):
+        seconds = stop_seconds()
+        super().__enter__()
+        self.watchdog = StopWatchdog(self.processes, seconds, self.exit_code)
+        return self
+
+    def __exit__(self, *exc):
+        self.watchdog.close()
+        return super().__exit__(*exc)
+
+
+def stop_seconds():
+    """TINYALEX_MPI_STOP_SECONDS, else STOP_SECONDS."""
+    text = os.environ.get(STOP_SECONDS_VARIABLE, "").strip()
+    try:
+        seconds = float(text) if text else STOP_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise TinyAlexError(f"{STOP_SECONDS_VARIABLE}={text!r}: give the seconds a rank waits for "
+                            f"the others after a Ctrl-C or SIGTERM, a number > 0 (unset: {STOP_SECONDS:g})")
+    return seconds
+
+
+class StopWatchdog:
+    """The bound on a stop: once a signal has reached this rank, if no exchange with the other
+    ranks ends for `seconds` (one of them is stopped with kill -STOP, or hung), this rank
+    aborts the whole job (MPI_Abort): the last checkpoint stays as it was.
+
+    The rank's main thread may itself be blocked in an exchange that never ends, where Python
+    runs no signal handler; so a thread watches the signals through `signal.set_wakeup_fd`,
+    to which the C handler writes each signal's number at once. A job with no signal waits
+    for a stopped rank (kill -CONT resumes it): stopping a rank pauses the job.
+    """
+
+    def __init__(self, ranks, seconds, exit_code):
+        self.ranks, self.seconds, self.exit_code = ranks, seconds, exit_code
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="tinyalex-stop-watchdog", daemon=True)
+        self._thread.start()
+
+    def _next_signal(self):
+        """The number of the first SIGINT or SIGTERM to reach this process; None once closed."""
+        while True:
+            select.select([self._read], [], [])
+            if self._closed.is_set():
+                return None
+            signum = os.read(self._read, 1)[0]
+            if signum in StopOnSignals.SIGNALS:
+                return signum
+
+    def _watch(self):
+        signum, since = self._next_signal(), time.monotonic()
+        if signum is None:
+            return
+        while not self._closed.wait(min(1.0, self.seconds / 4)):
+            if time.monotonic() - max(since, self.ranks.traffic.last) > self.seconds:
+                name = signal.Signals(signum).name
+                print(f"stopped by {name}: no exchange between the ranks ended for {self.seconds:g} s "
+                      f"(a rank stopped or hung); aborting the job (rank {self.ranks.rank}), the "
+                      f"last checkpoint stays as it was", file=sys.__stderr__, flush=True)
+                self.ranks.comm.Abort(self.exit_code)
+
+    def close(self):
+        self._closed.set()
+        with contextlib.suppress(BlockingIOError):   # (a full pipe wakes it as well)
+            os.write(self._write, b"\0")              # wakes the thread if no signal came
+        self._thread.join()
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
 
 
 def timed(traffic, name, nbytes, call):

@@ -48,7 +48,8 @@ is therefore the ordinary single-process `.npz` (rank 0 gathers B's rows to writ
 single-process checkpoint is resumed on towers by cutting it. tests/test_mpi.py trains a few
 steps both ways in float64 and compares the weights to 1e-10.
 
-Three details make it exact:
+Three details make it the same arithmetic (only the order of floating-point sums differs:
+equal to 2e-16 in float64; float32 runs drift apart as rounding grows, docs/parallel.md):
 
   LRN. tinyalex's LRN runs over all 96 (or 256) channels, and its window of 5 crosses the
   towers' boundary: channel 47 sums the squares of channels 45-49, two of which are tower B's.
