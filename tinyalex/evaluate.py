@@ -18,7 +18,8 @@ models the crops are windows of the 4-padded image, the extreme training crops).
 
 The scores (top-1, top-5, loss, the confusion matrix): tinyalex/scoring.py.
 
-Which images `evaluate` uses (`--data` takes every source `tinyalex.data` reads):
+Which images `evaluate` uses (`--data` takes every source `tinyalex.data` reads; without
+it, the data the run recorded in the checkpoint, `tinyalex.data.recorded_source`):
 
     --split test   the source's test split (an error if it has none)
     --split val    the validation images held out in training, carved out again exactly as
@@ -32,20 +33,18 @@ some of the classes (`cat/` and `dog/` for a CIFAR-10 model), in any order; a cl
 model does not know is an error. Predictions still range over all the model's classes.
 """
 
-import argparse
 import json
 import os
 
 import numpy as np
-from tqdm import tqdm
 
 from layers.loss import softmax
 from tinyalex.argtypes import add_checkpoint_argument, add_route_argument, non_empty_path, positive_int
 from tinyalex.checkpoint import load_model, model_labels, normalisation
-from tinyalex.data import load_dataset, load_images, subset
+from tinyalex.data import load_dataset, load_images, recorded_source, subset
 from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
 from tinyalex.data.transforms import VIEW_MODES
-from tinyalex.errors import CheckpointError, DataError, TinyAlexError
+from tinyalex.errors import CheckpointError, DataError
 from tinyalex.outfiles import check_new_file, writing
 from tinyalex.pictures import confusion_png
 from tinyalex.scoring import DEFAULT_BATCH_SIZE, TOP_K, predict_logits, score_arrays
@@ -95,6 +94,7 @@ def load_split(ckpt, path, *, data, data_dir, split, skip_bad_images=False):
                             f"(val_size 0); use --split test")
     else:
         val_size, seed = 0, 0        # keep every training image together
+    data, data_dir, how = recorded_source(ckpt.meta, data, data_dir)
     ds = load_dataset(data, data_dir=data_dir, val_size=val_size, seed=seed,
                       skip_bad_images=skip_bad_images)
 
@@ -113,7 +113,7 @@ def load_split(ckpt, path, *, data, data_dir, split, skip_bad_images=False):
         raise DataError(f"{ds.source} has no test split; pass --split val for the "
                         f"validation images held out in training")
 
-    return images, model_labels(ckpt, ds)[labels], f"{ds.source}, {what}"
+    return images, model_labels(ckpt, ds)[labels], f"{ds.source}{how}, {what}"
 
 
 # --------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False)
     uint8 (N, H, W, 3) images and int64 labels. See the module docstring.
     """
     from tinyalex.checkpoint import model_labels
-    from tinyalex.data import load_dataset
+    from tinyalex.data import load_dataset, recorded_source
     from tinyalex.errors import CheckpointError, DataError
     config = ckpt.meta.get("config") or {}
     val_size, seed = config.get("val_size", 0), config.get("seed", 0)
@@ -138,6 +138,7 @@ def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise CheckpointError(f"checkpoint {path} has config[{key!r}] {value!r}; "
                                   f"expected a non-negative integer")
+    data, data_dir, how = recorded_source(ckpt.meta, data, data_dir)
     ds = load_dataset(data, data_dir=data_dir, val_size=val_size, seed=seed,
                       skip_bad_images=skip_bad_images)
     if split is None:
@@ -152,7 +153,7 @@ def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False)
     query_x, query_y = (ds.test_x, ds.test_y) if split == "test" else (ds.val_x, ds.val_y)
 
     to_model = model_labels(ckpt, ds)
-    what = (f"{ds.source}: {split} split as queries ({len(query_y)} images), the training "
+    what = (f"{ds.source}{how}: {split} split as queries ({len(query_y)} images), the training "
             f"split as the images searched (val_size {val_size}, seed {seed})")
     return query_x, to_model[query_y], ds.train_x, to_model[ds.train_y], what
 

@@ -31,6 +31,9 @@ def run_train(args, parser, argv, processes=None):
         config = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "command")}
         out = args.out or os.path.join("runs", f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     config["out"] = out
+    for key in ("data", "data_dir"):          # absolute: evaluate finds them from anywhere
+        if config.get(key):
+            config[key] = os.path.abspath(config[key])
     args.batch_size = config["batch_size"]   # the run's, which cli._run names if memory runs out
     if meta is not None and _finished(meta, config) and os.path.exists(os.path.join(out, "test.json")):
         print(f"{out} holds a finished run ({config['epochs']} of {config['epochs']} epochs; "

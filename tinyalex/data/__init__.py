@@ -23,10 +23,10 @@ Modules, in the order data flows through them:
 
 Images stay uint8 (N, 32, 32, 3) until a batch is made; only batches are float32.
 """
-from .args import add_data_arguments
+from .args import add_data_arguments, recorded_source
 from .dataset import Dataset, load_dataset, subset
 from .loader import BatchLoader
 from .transforms import eval_views, load_images
 
 __all__ = ["Dataset", "load_dataset", "BatchLoader", "eval_views", "load_images",
-           "add_data_arguments", "subset"]
+           "add_data_arguments", "recorded_source", "subset"]

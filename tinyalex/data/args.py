@@ -1,9 +1,12 @@
 """The data options the tinyalex commands share, each declared once here: --data, --data-dir,
 --split, --skip-bad-images (a command may word a help text its own way), and train's whole
-group (add_data_arguments)."""
+group (add_data_arguments); and where a command on a trained model takes its images from
+when --data is not given (recorded_source)."""
 import argparse
+import os
 
 from ..argtypes import non_negative_int, non_empty_path
+from ..errors import DataError
 from .transforms import AUGMENTS
 
 
@@ -43,3 +46,26 @@ def add_data_arguments(parser: argparse.ArgumentParser):
                             "(default basic)")
     add_skip_bad_images_argument(group, "skip unreadable image files with a warning instead of stopping")
     return group
+
+
+def recorded_source(meta, data, data_dir):
+    """(data, data_dir, how) for a command on a trained model (`evaluate`, `neighbours`): each
+    as given, else as the run recorded it in the checkpoint, so that the images the model was
+    trained on are found again without a download. `how` says which, for the command's
+    report: "" when both were given, else " (--data as recorded in the checkpoint)" or the
+    like."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    taken = []
+    recorded = config.get("data")
+    if data is None and isinstance(recorded, str) and recorded:
+        if not os.path.exists(recorded):
+            raise DataError(f"the checkpoint was trained on --data {recorded}, which is not "
+                            f"there any more; pass --data with the images to use")
+        data = recorded
+        taken.append("--data")
+    recorded = config.get("data_dir")
+    if data_dir is None and isinstance(recorded, str) and recorded and os.path.isdir(recorded):
+        data_dir = recorded
+        taken.append("--data-dir")
+    how = f" ({' and '.join(taken)} as recorded in the checkpoint)" if taken else ""
+    return data, data_dir, how
