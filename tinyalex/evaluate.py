@@ -3,6 +3,7 @@
     python -m tinyalex evaluate CKPT [--data PATH] [--split test|val] [--tta flip|none|10crop]
                                      [--batch-size N] [--json] [--confusion-png FILE]
     python -m tinyalex predict CKPT IMAGE... [--top K] [--json]
+    predict_files(model, ckpt, paths, top)      the same from Python (README)
 
 The model comes from `checkpoint.load_model`, the scores from `scoring.score_arrays` (the same
 scorer training's validation uses); here: which images (`load_split`) and the report.
@@ -192,20 +193,29 @@ def run_evaluate(args):
     return 0
 
 
-def run_predict(args):
-    model, ckpt = load_model(args.checkpoint, route=getattr(args, "route", "fast"))
-    mean, std = normalisation(ckpt, args.checkpoint)
+def predict_files(model, ckpt, paths, top=5):
+    """[(path, [(class name, probability), ...]), ...]: the `top` most probable classes of
+    each image file, most probable first, as `predict` prints them. `model, ckpt` come from
+    checkpoint.load_model; the images are normalised with the checkpoint's mean and std."""
+    mean, std = normalisation(ckpt)
     classes = ckpt.meta["classes"]
-    k = min(args.top, model.num_classes)
+    k = min(top, model.num_classes)
     results = []
     # a chunk of files at a time: 128 images for the 224 model are 77 MB of floats
-    for start in range(0, len(args.images), DEFAULT_BATCH_SIZE):
-        paths = args.images[start:start + DEFAULT_BATCH_SIZE]
-        x = load_images(paths, model.input_shape[1], mean, std)      # (B, 3, S, S)
+    for start in range(0, len(paths), DEFAULT_BATCH_SIZE):
+        chunk = [os.fspath(p) for p in paths[start:start + DEFAULT_BATCH_SIZE]]
+        x = load_images(chunk, model.input_shape[1], mean, std)      # (B, 3, S, S)
         probs = softmax(predict_logits(model, x))                     # (B, K)
-        for path, p in zip(paths, probs):
+        for path, p in zip(chunk, probs):
             best = np.argsort(-p, kind="stable")[:k]
             results.append((path, [(classes[j], float(p[j])) for j in best]))
+    return results
+
+
+def run_predict(args):
+    model, ckpt = load_model(args.checkpoint, route=getattr(args, "route", "fast"))
+    classes = ckpt.meta["classes"]
+    results = predict_files(model, ckpt, args.images, args.top)
     if args.json:
         print(json.dumps([{"image": path, "top": [{"class": c, "probability": p}
                                                   for c, p in top]}

@@ -64,7 +64,8 @@ def add_train_arguments(parser):
                    help="learning rate: the peak for onecycle (default 0.05 cifar, 0.02 paper), "
                         "the start for step and plateau (default 0.01)")
     g.add_argument("--schedule", choices=tuple(SCHEDULES), default="onecycle",
-                   help="onecycle: linear warm-up over 15%% of the steps from lr/25, then linear "
+                   help="onecycle: linear warm-up over 15%% of the steps (at least 100, or half a "
+                        "short run) from lr/25, then linear "
                         "decay to lr/25e4, every step (default); step: x0.1 after epochs 5 and 8; "
                         "plateau: /10 when validation accuracy stalls for --patience epochs")
     g.add_argument("--patience", type=positive_int, default=2, help="epochs without improvement for plateau (default 2)")
