@@ -4,16 +4,6 @@ layers/fast/): see tinyalex/gradcheck.py.
     python gradcheck.py [--route readable|fast|both] [--layer NAME] [--seed N]
 """
 
-import os
-
-from tinyalex import _runtime
-
-# The checks use tiny arrays: one BLAS thread (tinyalex.gradcheck also limits it with
-# threadpoolctl when that is installed). Set before numpy is first imported.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-_runtime.apply()
-
-from tinyalex.gradcheck import main  # noqa: E402
-
-raise SystemExit(main())
+if __name__ == "__main__":
+    from tinyalex.startup import run   # Ctrl-C and SIGTERM wait while the libraries load
+    raise SystemExit(run("tinyalex.cli", "gradcheck_main"))

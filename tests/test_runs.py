@@ -293,24 +293,12 @@ def test_a_hand_edited_training_state_is_refused_by_resume(paused, data, tmp_pat
 
 # --- 10, 16: signals --------------------------------------------------------------------------
 
-def _train_process(data, out, *extra, data_dir=None, entry="train.py"):
-    start = [os.path.join(ROOT, "train.py")] if entry == "train.py" else ["-m", "tinyalex", "train"]
-    cmd = [sys.executable, *start, *args(data, out, *extra, data_dir=data_dir)]
+def _train_process(data, out, *extra, data_dir=None):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args(data, out, *extra, data_dir=data_dir)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
-# (on an idle machine a run is past its imports and training 0.4 s after launch)
-@pytest.mark.parametrize("entry, delay", [("train.py", 0.15), ("train.py", 0.25), ("-m", 0.15)])
-def test_ctrl_c_while_python_loads_the_libraries(data, tmp_path, entry, delay):
-    out = str(tmp_path / "run")
-    proc = _train_process(data, out, "--epochs", "1", data_dir=str(tmp_path / "d"), entry=entry)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("interrupted"), err
-    assert not os.path.exists(out)
-
+# (a signal while the libraries load: tests/test_startup.py)
 
 def test_a_second_ctrl_c_while_the_loader_stops_reaches_the_caller(data, tmp_path, monkeypatch, capfd):
     """The first Ctrl-C stops the loop; the second arrives while the loader's thread is still

@@ -1,9 +1,3 @@
-import sys
+from .startup import run   # Ctrl-C and SIGTERM wait while the libraries load
 
-try:
-    from .cli import main
-    status = main()
-except KeyboardInterrupt:   # Ctrl-C while NumPy and Numba load
-    print("interrupted", file=sys.stderr)
-    status = 130
-raise SystemExit(status)
+raise SystemExit(run("tinyalex.cli", "main"))

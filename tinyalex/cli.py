@@ -6,7 +6,9 @@ and the thread count is known, because BLAS reads both from the environment when
 commands' modules are imported inside the functions below, and only the named command's.
 The options of `train` are in tinyalex/options.py, its handler in tinyalex/train_command.py.
 Every user error (TinyAlexError), and running out of memory, becomes one line on stderr and
-exit status 2; Ctrl-C during training saves and exits with 130.
+exit status 2; Ctrl-C during training saves and exits with 130. Ctrl-C and SIGTERM wait while
+the modules load (tinyalex/startup.py: the entry points start through it, `_run` lets the
+signals through).
 """
 
 import argparse
@@ -14,7 +16,7 @@ import importlib
 import os
 import sys
 
-from . import _runtime
+from . import _runtime, startup
 from .argtypes import add_threads_argument
 
 # command -> the module whose register() adds it (train's parser is options.py's)
@@ -25,9 +27,7 @@ COMMANDS = {"train": None, "evaluate": "evaluate", "predict": "evaluate", "filte
 
 
 def _pre_threads(argv):
-    """Set the thread count from --threads, then load NumPy. A Ctrl-C while NumPy loads is held
-    until it has loaded (NumPy turns an interrupted import into an ImportError about a "bad
-    install"), then raised as the KeyboardInterrupt it was."""
+    """Set the thread count from --threads, before NumPy loads."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--threads", type=int, default=None)
     known, _ = pre.parse_known_args(argv)
@@ -39,19 +39,6 @@ def _pre_threads(argv):
             print(f"error: {var}={value!r} is not a number of threads; unset it or use --threads N",
                   file=sys.stderr)
             raise SystemExit(2)
-    import signal
-    held = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    except ValueError:          # not the main thread: nothing to hold
-        import numpy  # noqa: F401
-        return
-    try:
-        import numpy  # noqa: F401,F811
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        raise KeyboardInterrupt
 
 
 def run_train(args, parser, argv):
@@ -59,11 +46,15 @@ def run_train(args, parser, argv):
     return run(args, parser, argv)
 
 
-def _run(func, args):
-    """Run a command; its errors are one line (control characters in a name written as escapes)
-    and exit status 2, running out of memory too (naming the command's --batch-size)."""
+def _run(func, args=None):
+    """Run a command whose modules are loaded. NumPy and Numba load first (every command but
+    exercise uses them); only then may Ctrl-C and SIGTERM stop it (tinyalex/startup.py). Its
+    errors are one line (control characters in a name written as escapes) and exit status 2,
+    running out of memory too (naming the command's --batch-size)."""
     from .errors import TinyAlexError, out_of_memory, printable
     try:
+        import numba  # noqa: F401
+        startup.release()
         return func()
     except TinyAlexError as e:
         print(f"error: {printable(e)}", file=sys.stderr)
@@ -71,9 +62,8 @@ def _run(func, args):
     except MemoryError as e:
         print(f"error: {out_of_memory(e, getattr(args, 'batch_size', None))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return startup.report(e)
 
 
 def train_main(argv=None):
@@ -88,6 +78,7 @@ def train_main(argv=None):
     from .options import train_parser
     parser = train_parser(prog="train.py")
     args = parser.parse_args(argv)
+    from . import train_command  # noqa: F401  (the trainer's modules, before _run)
     return _run(lambda: run_train(args, parser, argv), args)
 
 
@@ -118,4 +109,15 @@ def main(argv=None):
         if not any("--threads" in action.option_strings for action in command_parser._actions):
             add_threads_argument(command_parser)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        from . import train_command  # noqa: F401  (the trainer's modules, before _run)
     return _run(lambda: args.func(args), args)
+
+
+def gradcheck_main(argv=None):
+    """`python gradcheck.py ...`: its arrays are tiny, so one BLAS thread (set before NumPy loads)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    _runtime.apply()
+    from .gradcheck import main as check
+    return _run(lambda: check(argv))

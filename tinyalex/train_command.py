@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 
+from . import startup
 from .checkpoint import describe_position, read_meta
 from .outfiles import atomic_write
 from .errors import TinyAlexError
@@ -134,7 +135,7 @@ def _saved_position(run):
 
 
 def _signal_word(signals):
-    return "interrupted" if signals.name == "SIGINT" else f"stopped by {signals.name}"
+    return startup.describe(signals.name)
 
 
 def _saved(out):

@@ -27,6 +27,7 @@ import sys
 import time
 import traceback
 
+from .. import startup
 from . import INSTALL, launched_size, say
 
 FAIL_TOGETHER_SECONDS = 10.0
@@ -121,6 +122,7 @@ def train_main(argv, prog="train.py"):
         print(f"MPI: {size} processes, {mode}, {threads} thread{'s' * (threads > 1)} each "
               f"({MPI.Get_library_version().splitlines()[0].strip()})", flush=True)
     try:
+        startup.release()                      # the modules are loaded: signals may stop it now
         status = run_train(args, parser, argv, processes)
         if processes.traffic.steps and rank == 0:
             print(f"MPI: {processes.traffic.summary()}", flush=True)
