@@ -613,3 +613,19 @@ def test_python_m_tinyalex_evaluate_and_a_bad_image(world, tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"error: cannot read image {broken}")
     assert done.stderr.count("\n") == 1
+
+
+def test_the_confusion_picture_says_which_images_and_which_tta(world, capsys, tmp_path,
+                                                                monkeypatch):
+    import tinyalex.pictures as pictures
+    texts, real = [], pictures.draw_text
+    monkeypatch.setattr(pictures, "draw_text",
+                        lambda draw, xy, text, **o: texts.append(text) or real(draw, xy, text, **o))
+    for tta, words in (("10crop", "10-crop TTA (4 corners + centre, and their mirrors)"),
+                       ("none", "no TTA (the centre image)")):
+        texts.clear()
+        png = tmp_path / f"confusion-{tta}.png"
+        report = run_json(["evaluate", world["ckpt"], "--data", world["folder"], "--data-dir",
+                           world["data_dir"], "--tta", tta, "--confusion-png", str(png)], capsys)
+        subtitle = [t for t in texts if t.endswith(words)]
+        assert subtitle == [f"{report['data']}; {words}"] and "all images" in subtitle[0]

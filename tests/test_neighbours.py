@@ -156,3 +156,31 @@ def test_neighbours_bad_input(world, folder, capsys, tmp_path):
         assert code == 2 and out == "", argv
         assert err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "no").exists()
+
+
+def _spy_text(monkeypatch):
+    """Every text the figure draws (pictures.draw_text draws them all)."""
+    import tinyalex.pictures as pictures
+    texts, real = [], pictures.draw_text
+
+    def spy(draw, xy, text, **options):
+        texts.append(text)
+        real(draw, xy, text, **options)
+    monkeypatch.setattr(pictures, "draw_text", spy)
+    return texts
+
+
+@pytest.mark.parametrize("split, name", [("val", "validation"), ("test", "test")])
+def test_the_figure_names_the_split_of_its_queries_and_says_what_red_means(
+        world, folder, capsys, tmp_path, monkeypatch, split, name):
+    texts = _spy_text(monkeypatch)
+    fig = tmp_path / "fig4.png"
+    code, out, err = run(["neighbours", world["ckpt"], "--data", folder["root"], "--data-dir",
+                          world["data_dir"], "--split", split, "--count", "2", "--out", str(fig)],
+                         capsys)
+    assert code == 0, err
+    assert f"{name} images and their top labels" in texts and f"{name} image" in texts
+    other = "test" if split == "val" else "validation"
+    assert not any(t.startswith(other) for t in texts)
+    legend = [t for t in texts if t.startswith("red bar: the correct label")]
+    assert len(legend) == 1 and "red underline: a neighbour of the query's class" in legend[0]

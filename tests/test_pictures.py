@@ -188,3 +188,53 @@ def test_confusion_png_rejects_bad_input(tmp_path):
         confusion_png(np.zeros((2, 2)), ["a"], tmp_path / "c.png")
     with pytest.raises(ValueError, match=">= 0"):
         confusion_png(-np.ones((2, 2)), ["a", "b"], tmp_path / "c.png")
+
+
+def _spy_text(monkeypatch):
+    """Record every text any picture draws (they all go through pictures.draw_text)."""
+    import tinyalex.pictures as pictures
+    texts, real = [], pictures.draw_text
+
+    def spy(draw, xy, text, **options):
+        texts.append(text)
+        real(draw, xy, text, **options)
+    monkeypatch.setattr(pictures, "draw_text", spy)
+    return texts
+
+
+def _spy_panels(monkeypatch):
+    import tinyalex.pictures as pictures
+    panels, real = [], pictures._draw_panel
+
+    def spy(draw, box, title, xs, series, **options):
+        panels.append(dict(options, title=title))
+        real(draw, box, title, xs, series, **options)
+    monkeypatch.setattr(pictures, "_draw_panel", spy)
+    return panels
+
+
+def test_the_accuracy_axis_is_0_to_100_with_a_chance_line(tmp_path, monkeypatch):
+    """A run at chance (accuracy 9.5-11.5%) is drawn low on a 0-100% axis beside a dashed
+    chance line with its legend entry, the legend kept off the curves."""
+    panels, texts = _spy_panels(monkeypatch), _spy_text(monkeypatch)
+    rows = [{"epoch": e, "train_loss": 2.3, "train_acc": 0.095 + 0.005 * e,
+             "val_loss": 2.31, "val_acc": 0.115 - 0.005 * e} for e in range(1, 5)]
+    plot_curves(rows, tmp_path / "curves.png", chance=0.1)
+    loss, accuracy = panels
+    lo, hi, ticks = accuracy["y_range"]
+    assert accuracy["title"] == "Accuracy (%)" and lo <= 0 and hi >= 100
+    assert ticks[0] == 0 and ticks[-1] == 100
+    assert [(label, y) for label, _, y in accuracy["levels"]] == [("chance 10%", 10.0)]
+    assert "chance 10%" in texts and loss["levels"] == []
+    assert accuracy["legend_corner"] == "top"       # the curves run along the bottom
+    panels.clear()
+    plot_curves(_rows(3), tmp_path / "curves.png")  # no chance given: no line, the same axis
+    assert panels[1]["levels"] == [] and panels[1]["y_range"] == accuracy["y_range"]
+
+
+def test_confusion_png_says_which_images_and_views(tmp_path, monkeypatch):
+    texts = _spy_text(monkeypatch)
+    subtitle = "test split; flip TTA (image + mirror)"
+    confusion_png(np.array([[3, 1], [0, 2]]), ["no", "yes"], tmp_path / "c.png", subtitle=subtitle)
+    assert subtitle in texts
+    assert Image.open(tmp_path / "c.png").size[0] > 260      # wide enough for the subtitle

@@ -12,8 +12,14 @@ from tinyalex.cli import main  # noqa: E402
 from tinyalex.optim import make_schedule  # noqa: E402
 
 
-def test_two_epochs_learn_and_write_metrics_with_tinyalex_s_schedule(data, tmp_path, capsys):
+def test_two_epochs_learn_and_write_metrics_with_tinyalex_s_schedule(data, tmp_path, capsys,
+                                                                   monkeypatch):
     out = str(tmp_path / "torch")
+    import tinyalex.trainer as trainer
+    chances, plot = [], trainer.plot_curves
+    monkeypatch.setattr(trainer, "plot_curves",
+                        lambda rows, path, chance=None: chances.append(chance)
+                        or plot(rows, path, chance=chance))
     assert main(["torch-train", "--model", "tiny", "--data", data, "--data-dir", str(tmp_path / "cache"),
                  "--val-size", "30", "--batch-size", "15", "--epochs", "2", "--lr", "0.02",
                  "--out", out, "--no-progress", "--threads", "1"]) == 0
@@ -23,6 +29,7 @@ def test_two_epochs_learn_and_write_metrics_with_tinyalex_s_schedule(data, tmp_p
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert all(0 <= float(r["val_acc"]) <= 1 for r in rows)
     assert os.path.getsize(os.path.join(out, "curves.png")) > 0
+    assert chances == [0.1, 0.1]                          # curves.png's chance line: 10 classes
     # PyTorch's OneCycleLR and tinyalex's onecycle give the same rate at the last step of each
     # epoch (90 images, batch 15: 6 steps an epoch)
     ours = make_schedule("onecycle", lr=0.02, epochs=2, steps_per_epoch=6, model="tiny")

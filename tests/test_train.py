@@ -29,9 +29,15 @@ def read_metrics(out):
         return list(csv.DictReader(f))
 
 
-def test_two_epochs_lower_the_loss_and_write_every_file(data, tmp_path, capsys):
+def test_two_epochs_lower_the_loss_and_write_every_file(data, tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "run")
+    import tinyalex.trainer as trainer
+    chances, plot = [], trainer.plot_curves
+    monkeypatch.setattr(trainer, "plot_curves",
+                        lambda rows, path, chance=None: chances.append(chance)
+                        or plot(rows, path, chance=chance))
     assert train_main(args(data, out, "--epochs", "2")) == 0
+    assert chances == [0.1, 0.1]                          # curves.png's chance line: 10 classes
     for name in ("config.json", "metrics.csv", "curves.png", "last.npz", "best.npz", "test.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     rows = read_metrics(out)

@@ -44,7 +44,7 @@ from tinyalex.argtypes import add_checkpoint_argument, add_route_argument, non_e
 from tinyalex.checkpoint import load_model, model_labels, normalisation
 from tinyalex.data import load_dataset, load_images, recorded_source, subset
 from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
-from tinyalex.data.transforms import VIEW_MODES
+from tinyalex.data.transforms import VIEW_MODES, VIEW_NAMES
 from tinyalex.errors import CheckpointError, DataError
 from tinyalex.outfiles import check_new_file, writing
 from tinyalex.pictures import confusion_png
@@ -133,7 +133,7 @@ def format_report(result, classes):
     lines = []
     if "centre" in result:     # flip TTA: the headline, and the centre image alone under it
         c = result["centre"]
-        label = f"   flip TTA (image + mirror), {result['n']} images"
+        label = f"   {VIEW_NAMES['flip']}, {result['n']} images"
         lines.append(f"top-1 {100 * c['top1']:.2f}%   top-5 {100 * c['top5']:.2f}%   "
                      f"loss {c['loss']:.4f}   centre image only")
     lines[:0] = [f"top-1 {100 * result['top1']:.2f}%   top-5 {100 * result['top5']:.2f}%   "
@@ -171,7 +171,8 @@ def run_evaluate(args):
     classes = ckpt.meta["classes"]
     if args.confusion_png:
         with writing(args.confusion_png):
-            confusion_png(result["confusion"], classes, args.confusion_png)
+            confusion_png(result["confusion"], classes, args.confusion_png,
+                          subtitle=f"{where}; {VIEW_NAMES[args.tta]}")
     if args.json:
         per_class = result["per_class"]
         print(json.dumps({

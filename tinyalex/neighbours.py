@@ -5,9 +5,9 @@
 
 Section 6.1 of the paper looks inside the trained network in two ways, drawn side by side:
 
-    left    test images, each with its five most probable labels as bars (the correct
-            label written under the image, and its bar marked when it is among the five)
-    right   for each of those test images, the six training images whose feature vectors
+    left    test (or validation) images, each with its five most probable labels as bars
+            (the correct label written under the image, its bar red when among the five)
+    right   for each of those images, the six training images whose feature vectors
             in the last hidden layer are nearest to its own in Euclidean distance
 
 The feature vector is fc7's output after its ReLU (`model.forward(x, upto="relu7")`, dropout
@@ -126,8 +126,9 @@ def nearest_training_images(model, queries, train_images, *, mean, std, k=NEIGHB
 def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False):
     """The query split and the training split, labels in the checkpoint's class order.
 
-    Returns (query images, query labels, training images, training labels, description):
-    uint8 (N, H, W, 3) images and int64 labels. See the module docstring.
+    Returns (query images, query labels, training images, training labels, description,
+    split): uint8 (N, H, W, 3) images, int64 labels, and the query split used ("test" or
+    "val"). See the module docstring.
     """
     from tinyalex.checkpoint import model_labels
     from tinyalex.data import load_dataset, recorded_source
@@ -155,7 +156,7 @@ def load_images_for(ckpt, path, *, data, data_dir, split, skip_bad_images=False)
     to_model = model_labels(ckpt, ds)
     what = (f"{ds.source}{how}: {split} split as queries ({len(query_y)} images), the training "
             f"split as the images searched (val_size {val_size}, seed {seed})")
-    return query_x, to_model[query_y], ds.train_x, to_model[ds.train_y], what
+    return query_x, to_model[query_y], ds.train_x, to_model[ds.train_y], what, split
 
 
 def pick_queries(n, count, seed, indices=None):
@@ -192,10 +193,11 @@ BAR = (95, 120, 200)           # a label's bar
 CORRECT = (214, 39, 40)        # the correct label's bar (the paper's red)
 TRACK = (232, 232, 236)        # the bar's background
 FRAME = (214, 39, 40)
+SPLIT_NAMES = {"test": "test", "val": "validation"}     # the query split, as the figure names it
 
 
 def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classes, path, *,
-                scale=3, title=None):
+                scale=3, title=None, split="test"):
     """Draw the paper's Figure 4 to a PNG: top-5 bars on the left, nearest neighbours on the right.
 
     Inputs:
@@ -203,9 +205,11 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
     - top: Q lists of (class index, probability), most probable first.
     - neighbour_images: uint8 (Q, k, H, W, 3); neighbour_labels: (Q, k) class indices.
     - classes: the class names; path: the PNG (written atomically); scale: pixel enlargement.
+    - split: where the queries come from, "test" or "val", named in the headings.
     Left, two columns of queries, each with its correct label under it and its top labels
     as bars (the correct one red). Right, a row per query: the query, a gap, its k
-    neighbours; a neighbour of the query's class is underlined.
+    neighbours; a neighbour of the query's class is underlined. A line under the title
+    says what the red means.
     """
     from PIL import Image, ImageDraw
 
@@ -229,7 +233,7 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
     # right half: a row of [query | k neighbours] per query
     row_h = side + 8
     right_w = side + 3 * gap + k * (side + gap)
-    title_h = 34 + 20                               # the title, then the halves' headings
+    title_h = 34 + 18 + 20                 # the title, the legend line, the halves' headings
     width = margin + left_w + 4 * margin + right_w + margin
     height = title_h + margin + max(left_rows * cell_h, Q * row_h) + margin
     image = Image.new("RGB", (width, height), WHITE)
@@ -242,13 +246,18 @@ def figure4_png(queries, labels, top, neighbour_images, neighbour_labels, classe
     title = title or (f"Figure 4: top-{len(top[0]) if Q else 5} labels (left), the {k} nearest "
                       f"training images in fc7's feature space (right)")
     draw_text(draw, (width / 2, 10), title, font=title_font, fill=INK, anchor="mt")
+    draw_text(draw, (width / 2, 32), "red bar: the correct label (left); red underline: a "
+              "neighbour of the query's class (right)", font=label_font, fill=CORRECT,
+              anchor="mt")
+    queries_name = SPLIT_NAMES[split]
     y0 = title_h + margin
     x_right = margin + left_w + 4 * margin
     heading_y = y0 - 6
-    draw_text(draw, (margin + left_w / 2, heading_y), "test images and their top labels",
-              font=label_font, fill=INK, anchor="ms")
-    draw_text(draw, (x_right + side / 2, heading_y), "test image", font=label_font, fill=INK,
+    draw_text(draw, (margin + left_w / 2, heading_y),
+              f"{queries_name} images and their top labels", font=label_font, fill=INK,
               anchor="ms")
+    draw_text(draw, (x_right + side / 2, heading_y), f"{queries_name} image", font=label_font,
+              fill=INK, anchor="ms")
     draw_text(draw, (x_right + side + 3 * gap + (k * (side + gap) - gap) / 2, heading_y),
               f"{k} nearest training images (fc7 features)", font=label_font, fill=INK,
               anchor="ms")
@@ -297,7 +306,7 @@ def run_neighbours(args):
     if args.out:
         check_new_file(args.out, inputs=[args.checkpoint])
     classes = ckpt.meta["classes"]
-    query_x, query_y, train_x, train_y, where = load_images_for(
+    query_x, query_y, train_x, train_y, where, split = load_images_for(
         ckpt, args.checkpoint, data=args.data, data_dir=args.data_dir, split=args.split,
         skip_bad_images=args.skip_bad_images)
     picked = pick_queries(len(query_y), args.count, args.seed, args.indices)
@@ -324,7 +333,7 @@ def run_neighbours(args):
         neighbour_images = train_x[np.maximum(found, 0)]                    # (Q, k, H, W, 3)
         with writing(args.out):
             figure4_png(queries, labels, top, neighbour_images, train_y[np.maximum(found, 0)],
-                        classes, args.out)
+                        classes, args.out, split=split)
     report = {
         "checkpoint": args.checkpoint, "model": model.name, "data": where,
         "feature": f"{FEATURE_LAYER} ({model.params['fc7.w'].shape[0]} values)",
@@ -359,11 +368,12 @@ def register(subparsers):
     from tinyalex.data.args import add_skip_bad_images_argument, add_source_arguments, add_split_argument
     p = subparsers.add_parser(
         "neighbours", allow_abbrev=False,
-        help="the paper's Figure 4: top-5 labels of test images and their nearest training "
-             "images in fc7's feature space",
-        description="Draw Figure 4 of the AlexNet paper: test images with their five most "
-                    "probable labels, and for each the six training images nearest to it in "
-                    "the last hidden layer (fc7 after ReLU, Euclidean distance).")
+        help="the paper's Figure 4: top-5 labels of test (or validation) images and their "
+             "nearest training images in fc7's feature space",
+        description="Draw Figure 4 of the AlexNet paper: test (or validation) images with "
+                    "their five most probable labels, and for each the six training images "
+                    "nearest to it in the last hidden layer (fc7 after ReLU, Euclidean "
+                    "distance).")
     add_checkpoint_argument(p)
     add_source_arguments(p, "the data the model was trained on: a cifar-10-batches-py directory, "
                             "a .tar.gz archive or an image folder (as for evaluate); default: the "

@@ -1,9 +1,11 @@
 """Pictures drawn with Pillow alone: training curves, conv1 filters, a confusion matrix.
 
-- ``plot_curves(rows, path)``: loss and accuracy per epoch, train and validation.
+- ``plot_curves(rows, path, chance=None)``: loss and accuracy per epoch, train and
+  validation; the accuracy axis always 0-100%, with a dashed line at chance.
 - ``filter_grid(w, path, towers=2)``: the conv1 kernels as an image grid, one block per
   tower as in Figure 3 of the AlexNet paper, and a colourfulness score per tower.
-- ``confusion_png(matrix, classes, path)``: a heatmap of the confusion matrix with counts.
+- ``confusion_png(matrix, classes, path, subtitle=None)``: a heatmap of the confusion matrix
+  with counts, the subtitle saying which images and which test-time views.
 
 Every label goes through ``draw_text``, which writes control characters as escapes (a class
 named "air\\nplane" is drawn as ``air\\nplane``). Every picture is written atomically (a
@@ -29,6 +31,7 @@ VAL_COLOUR = (255, 127, 14)
 INK = (40, 40, 40)
 GRID = (225, 225, 225)
 WHITE = (255, 255, 255)
+CHANCE_COLOUR = (128, 128, 128)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -107,11 +110,13 @@ def _finite(value) -> bool:
         return False
 
 
-def _draw_panel(draw, box, title, xs, series, *, x_range, y_range, legend_corner, s):
+def _draw_panel(draw, box, title, xs, series, *, x_range, y_range, legend_corner, s,
+                levels=()):
     """One chart: frame, grid, ticks, lines with markers and a legend.
 
     box: (left, top, right, bottom) of the plotting area in pixels; series: list of
-    (label, colour, ys) with None for missing points; s: the supersampling factor.
+    (label, colour, ys) with None for missing points; levels: (label, colour, y) drawn as
+    dashed horizontal lines with a legend entry; s: the supersampling factor.
     """
     left, top, right, bottom = box
     x_lo, x_hi, x_ticks = x_range
@@ -140,6 +145,13 @@ def _draw_panel(draw, box, title, xs, series, *, x_range, y_range, legend_corner
     draw_text(draw, ((left + right) / 2, bottom + 30 * s), "epoch", font=tick_font, fill=INK,
               anchor="mt")
 
+    # Reference levels (chance), dashed and under the curves.
+    dash = 10 * s
+    for _, colour, y in levels:
+        _, py = px(x_lo, y)
+        for x0 in range(int(left), int(right), 2 * dash):
+            draw.line([(x0, py), (min(x0 + dash, right), py)], fill=colour, width=2 * s)
+
     # Lines, broken where a value is missing, and a dot on every point (so that a single
     # epoch still shows).
     for _, colour, ys in series:
@@ -160,34 +172,58 @@ def _draw_panel(draw, box, title, xs, series, *, x_range, y_range, legend_corner
                 draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour, outline=WHITE,
                              width=s)
 
-    # Legend in the corner the curves usually leave free.
-    entries = [(label, colour) for label, colour, ys in series
+    # Legend in the right-hand corner legend_corner names (see _legend_corner).
+    entries = [(label, colour, False) for label, colour, ys in series
                if any(y is not None for y in ys)]
+    entries += [(label, colour, True) for label, colour, _ in levels]
     if not entries:
         return
     pad, swatch, line_h = 8 * s, 22 * s, 20 * s
-    width = max(_text_size(draw, label, tick_font)[0] for label, _ in entries)
+    width = max(_text_size(draw, label, tick_font)[0] for label, _, _ in entries)
     width += swatch + 3 * pad
     height = line_h * len(entries) + pad
     lx = right - width - 10 * s
     ly = top + 10 * s if legend_corner == "top" else bottom - height - 10 * s
     draw.rectangle([lx, ly, lx + width, ly + height], fill=WHITE, outline=(190, 190, 190),
                    width=s)
-    for k, (label, colour) in enumerate(entries):
+    for k, (label, colour, dashed) in enumerate(entries):
         cy = ly + pad / 2 + line_h * k + line_h / 2
-        draw.line([(lx + pad, cy), (lx + pad + swatch, cy)], fill=colour, width=3 * s)
+        if dashed:
+            for x0 in (lx + pad, lx + pad + swatch * 0.6):
+                draw.line([(x0, cy), (x0 + swatch * 0.4, cy)], fill=colour, width=2 * s)
+        else:
+            draw.line([(lx + pad, cy), (lx + pad + swatch, cy)], fill=colour, width=3 * s)
         draw_text(draw, (lx + 2 * pad + swatch, cy), label, font=tick_font, fill=INK, anchor="lm")
 
 
-def plot_curves(rows: list[dict], path) -> None:
+def accuracy_range() -> tuple[float, float, list[float]]:
+    """The accuracy axis: always 0-100% (ticks every 20%), so that a run at chance looks flat
+    and low rather than zoomed into a range of a few tenths of a percent."""
+    return _axis_range([0.0, 100.0], lo_limit=0.0, hi_limit=100.0)
+
+
+def _legend_corner(xs, series, x_range, y_range, default):
+    """"top" or "bottom": the corner of the right half that fewer points fall in, so that
+    the legend hides as little as possible (default on a tie)."""
+    x_mid, y_mid = (x_range[0] + x_range[1]) / 2, (y_range[0] + y_range[1]) / 2
+    right = [y for _, _, ys in series for x, y in zip(xs, ys) if y is not None and x >= x_mid]
+    above = sum(y > y_mid for y in right)
+    below = len(right) - above
+    return default if above == below else "top" if above < below else "bottom"
+
+
+def plot_curves(rows: list[dict], path, *, chance: float | None = None) -> None:
     """Draw loss and accuracy per epoch, train and validation, side by side, to a PNG.
 
     Inputs:
     - rows: one dict per epoch with keys ``epoch``, ``train_loss``, ``train_acc``,
-      ``val_loss``, ``val_acc``. Accuracies are fractions in [0, 1] (drawn in %). The
-      validation values may be missing, None or NaN (no validation split); such points are
-      left out, and a non-finite training loss (a diverged run) is left out too.
+      ``val_loss``, ``val_acc``. Accuracies are fractions in [0, 1] (drawn in %, on an axis
+      from 0 to 100%). The validation values may be missing, None or NaN (no validation
+      split); such points are left out, and a non-finite training loss (a diverged run) is
+      left out too.
     - path: the PNG to write (atomically).
+    - chance: the accuracy of guessing, a fraction (1 / number of classes), drawn as a dashed
+      line on the accuracy panel; None draws none.
     """
     if not rows:
         raise ValueError("plot_curves needs at least one row")
@@ -226,15 +262,18 @@ def plot_curves(rows: list[dict], path) -> None:
     x_values = xs if len(set(xs)) > 1 else [xs[0] - 1, xs[0] + 1]
     x_range = _axis_range(x_values, integer=True, max_ticks=10)
     panel_w = (width - 3 * 70) // 2
-    for k, (title, series, corner, limits) in enumerate([
-            ("Loss (cross-entropy)", losses, "top", (0.0, math.inf)),
-            ("Accuracy (%)", accs, "bottom", (0.0, 100.0))]):
-        values = [y for _, _, ys in series for y in ys if y is not None] or [0.0, 1.0]
-        y_range = _axis_range(values, lo_limit=limits[0], hi_limit=limits[1])
+    loss_values = [y for _, _, ys in losses for y in ys if y is not None] or [0.0, 1.0]
+    levels = [] if chance is None else [(f"chance {100 * chance:.3g}%", CHANCE_COLOUR,
+                                         100 * chance)]
+    for k, (title, series, corner, y_range, lines) in enumerate([
+            ("Loss (cross-entropy)", losses, "top",
+             _axis_range(loss_values, lo_limit=0.0), []),
+            ("Accuracy (%)", accs, "bottom", accuracy_range(), levels)]):
         left = 70 + k * (panel_w + 80)
         box = (left * s, 45 * s, (left + panel_w) * s, (height - 60) * s)
+        corner = _legend_corner(xs, series, x_range, y_range, corner)
         _draw_panel(draw, box, title, xs, series, x_range=x_range, y_range=y_range,
-                    legend_corner=corner, s=s)
+                    legend_corner=corner, s=s, levels=lines)
     image = image.resize((width, height), Image.LANCZOS)
     _save_png(image, path)
 
@@ -351,7 +390,8 @@ def _blue(fraction: float) -> tuple[int, int, int]:
     return tuple(int(round(c)) for c in colour)
 
 
-def confusion_png(matrix: np.ndarray, classes: list[str], path) -> None:
+def confusion_png(matrix: np.ndarray, classes: list[str], path, *,
+                  subtitle: str | None = None) -> None:
     """Draw a confusion matrix as a heatmap with class names and counts, to a PNG.
 
     Inputs:
@@ -360,6 +400,8 @@ def confusion_png(matrix: np.ndarray, classes: list[str], path) -> None:
       accuracy) and print the count; each row's accuracy is written on the right.
     - classes: the K class names.
     - path: the PNG to write (atomically).
+    - subtitle: a line under the title, such as which images were scored and with which
+      test-time augmentation (``evaluate`` writes both).
     """
     m = np.asarray(matrix)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
@@ -380,14 +422,16 @@ def confusion_png(matrix: np.ndarray, classes: list[str], path) -> None:
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(_text_size(probe, str(c), label_font)[0] for c in classes)
     left = 40 + label_w + 10                      # room for "true class" and row names
-    top = 60
+    subtitle_font = _font(13)
+    top = 60 + (20 if subtitle else 0)
     grid = n * cell
     right_col = 70                                # per-row accuracy
     acc_text = f", accuracy {100 * accuracy:.1f}%" if total > 0 else ""
     integral = bool(np.all(m == np.round(m)))
     count = str(int(total)) if integral else f"{total:g}"
     title = f"Confusion matrix: {count} images{acc_text}"
-    title_w = _text_size(probe, title, title_font)[0]
+    title_w = max(_text_size(probe, title, title_font)[0],
+                  _text_size(probe, subtitle, subtitle_font)[0] if subtitle else 0)
     width = max(left + grid + right_col + 20, title_w + 40)
     height = top + grid + 10 + label_w + 40
     image = Image.new("RGB", (width, height), WHITE)
@@ -395,6 +439,8 @@ def confusion_png(matrix: np.ndarray, classes: list[str], path) -> None:
     # centred over the grid if it fits there, else kept inside the picture
     title_x = min(max(left + grid / 2, title_w / 2 + 20), width - title_w / 2 - 20)
     draw_text(draw, (title_x, 20), title, font=title_font, fill=INK, anchor="mt")
+    if subtitle:
+        draw_text(draw, (title_x, 42), subtitle, font=subtitle_font, fill=INK, anchor="mt")
     draw_text(draw, (left + grid + right_col / 2, top - 6), "correct", font=label_font, fill=INK,
               anchor="ms")
     for i in range(n):

@@ -29,16 +29,26 @@ the mean drop over the placements covering it: positive (red) where hiding the p
 the class probability, negative (blue) where hiding it helps. Defaults: a quarter of the
 image side for the patch (8 pixels for 32x32 inputs, 56 for 224), a sixteenth for the
 stride (2 and 14), so 13 x 13 placements.
+
+At chance. Both maps are drawn whatever the model knows: an untrained model's maps look as
+structured as a trained one's. So when the model's top probability for an image is below
+twice the uniform 1/K (`at_chance`; at most halfway from 1/K to 1 when K is small), the
+picture says under its title that the model is at chance there and the maps show noise, not
+evidence, and the command prints one warning line. The title always names the class
+explained and its probability.
 """
 
 import json
 import os
+import sys
 
 import numpy as np
 
 OCCLUSION_FILL = 0.0       # normalised units: the training split's mean colour
 GRADIENT_PERCENTILE = 99   # top of the gradient heat map's scale
 DEFAULT_BATCH_SIZE = 128
+CHANCE_FACTOR = 2          # a top probability below this many times 1/K counts as chance
+CHANCE_NOTE = "the model is at chance on this image: the maps show noise, not evidence"
 
 
 # --------------------------------------------------------------------------------------
@@ -70,6 +80,19 @@ def input_gradient(model, x, classes=None):
 def gradient_map(dx):
     """S = max over channels of |dx|: (N, C, H, W) -> (N, H, W)."""
     return np.abs(dx).max(axis=1)
+
+
+def chance_threshold(k):
+    """The top probability below which a K-class model counts as at chance on an image:
+    CHANCE_FACTOR / K (0.2 for 10 classes), but at most halfway from 1/K to 1 (0.75 for 2)."""
+    return min(CHANCE_FACTOR / k, (1 + 1 / k) / 2)
+
+
+def at_chance(probabilities):
+    """True when one image's top class probability is below chance_threshold: the model
+    hardly prefers any class, so its maps explain nothing."""
+    p = np.asarray(probabilities)
+    return bool(p.max() < chance_threshold(len(p)))
 
 
 def patch_starts(side, patch, stride):
@@ -138,13 +161,15 @@ def colour_ramp(values, ramp):
     return np.rint(ramp[k] + (ramp[k + 1] - ramp[k]) * t).astype(np.uint8)
 
 
-def saliency_png(image, grad, drops, path, *, title, class_name="the class", side=None):
+def saliency_png(image, grad, drops, path, *, title, class_name="the class", side=None,
+                 note=None):
     """Draw the image, its gradient map and its occlusion map side by side, to a PNG.
 
     Inputs: image uint8 (h, w, 3) (the picture shown, resized to the maps' size);
     grad (H, W) >= 0, the gradient saliency; drops (H, W), the occlusion drops (blue below
     0, white at 0, red above, symmetric about 0); title, a line above; class_name for the
-    caption. side: pixels per panel (default: the maps' size, at least 192).
+    caption. side: pixels per panel (default: the maps' size, at least 192). note: a second
+    line under the title, in red (such as CHANCE_NOTE).
     """
     from PIL import Image, ImageDraw
 
@@ -162,12 +187,16 @@ def saliency_png(image, grad, drops, path, *, title, class_name="the class", sid
          .resize((side, side), Image.NEAREST),
          [f"occlusion: drop in p({class_name})", f"-{top_d:.2g} (blue) to +{top_d:.2g} (red)"]),
     ]
-    gap, margin, title_h, line_h = 12, 14, 30, 16
+    gap, margin, line_h = 12, 14, 16
+    title_h = 30 + (line_h if note else 0)
     width = 2 * margin + len(panels) * side + (len(panels) - 1) * gap
     height = margin + title_h + side + 6 + 2 * line_h + margin
     picture = Image.new("RGB", (width, height), WHITE)
     draw = ImageDraw.Draw(picture)
     draw_text(draw, (width / 2, margin), title, font=_font(15), fill=INK, anchor="mt")
+    if note:
+        draw_text(draw, (width / 2, margin + 20), note, font=_font(12), fill=(214, 39, 40),
+                  anchor="mt")
     for i, (panel, caption) in enumerate(panels):
         x = margin + i * (side + gap)
         picture.paste(panel, (x, margin + title_h))
@@ -237,11 +266,19 @@ def run_saliency(args):
                      + ("" if cls == predicted else f"; predicted {classes[predicted]} "
                                                     f"(p {p[predicted]:.2f})"))
             with writing(out):
-                saliency_png(pixels, grad, per_pixel, out, title=title, class_name=classes[cls])
+                saliency_png(pixels, grad, per_pixel, out, title=title, class_name=classes[cls],
+                             note=CHANCE_NOTE if at_chance(p) else None)
             results.append({"image": path, "class": classes[cls], "probability": float(p[cls]),
-                            "predicted": classes[predicted], "out": out,
+                            "predicted": classes[predicted], "at_chance": at_chance(p),
+                            "out": out,
                             "largest_drop": float(drops[i, j]),
                             "largest_drop_at": {"x": int(x0), "y": int(y0), "size": patch}})
+    chance = [r["image"] for r in results if r["at_chance"]]
+    if chance:
+        which = chance[0] if len(chance) == 1 else f"{len(chance)} of the {len(results)} images"
+        print(f"warning: the model is at chance on {which} (top probability below "
+              f"{chance_threshold(len(classes)):.2f}): the maps show noise, not evidence",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(results))
         return 0

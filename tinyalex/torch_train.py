@@ -198,7 +198,7 @@ def _train(torch, args, out):
                      "seconds": round(seconds + time.perf_counter() - t0, 3),
                      "img_per_s": round(seen / seconds, 1)})
         with writing(os.path.join(out, "metrics.csv")):
-            write_metrics(out, rows)
+            write_metrics(out, rows, classes=data.num_classes)
         shown = f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}%" if val is not None else "no validation split"
         print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {loss_sum / seen:.4f} "
               f"acc {100 * correct / seen:.2f}%  {shown}  {rows[-1]['seconds']:.0f}s "

@@ -111,8 +111,11 @@ def base_lr(config):
     return ONECYCLE_PEAK[config["model"]] if config["schedule"] == "onecycle" else DEFAULT_LR
 
 
-def write_metrics(out_dir, rows):
-    """OUT_DIR/metrics.csv (a row per epoch, METRICS_FIELDS) and OUT_DIR/curves.png, atomically."""
+def write_metrics(out_dir, rows, *, classes=None):
+    """OUT_DIR/metrics.csv (a row per epoch, METRICS_FIELDS) and OUT_DIR/curves.png, atomically.
+
+    classes: how many classes the run learns, for the chance line of curves.png (None: no line).
+    """
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -120,7 +123,8 @@ def write_metrics(out_dir, rows):
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRICS_FIELDS})
     text = buf.getvalue()
     atomic_write(os.path.join(out_dir, "metrics.csv"), lambda f: f.write(text.encode()))
-    plot_curves(rows, os.path.join(out_dir, "curves.png"))
+    plot_curves(rows, os.path.join(out_dir, "curves.png"),
+                chance=1 / classes if classes else None)
 
 
 def dropout_rng(seed, epoch, batch):
@@ -262,7 +266,7 @@ class Run:
         if not self.processes.is_root:
             return
         try:
-            write_metrics(self.out_dir, self.progress.metrics)
+            write_metrics(self.out_dir, self.progress.metrics, classes=self.data.num_classes)
         except OSError as e:
             where = e.filename or os.path.join(self.out_dir, "metrics.csv")
             raise TrainingError(f"cannot write {where}: {e.strerror or e}; the checkpoint of "

@@ -44,6 +44,9 @@ from .pixels import crop_flip_normalize, resize_crop_flip_normalize, resize_tabl
 
 AUGMENTS = ("none", "basic", "paper")
 VIEW_MODES = ("none", "flip", "10crop")
+# how reports and pictures name each test-time augmentation
+VIEW_NAMES = {"none": "no TTA (the centre image)", "flip": "flip TTA (image + mirror)",
+              "10crop": "10-crop TTA (4 corners + centre, and their mirrors)"}
 LIGHTING_STD = 0.1          # std of the alphas of PCA lighting
 PAPER_RESIZE = 256 / 224    # the paper resizes to 256 and crops 224
 
