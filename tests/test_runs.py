@@ -543,3 +543,27 @@ def test_a_data_dir_that_is_a_file_is_one_line(data, tmp_path, capsys):
     code, _, err = train_quietly(args(data, str(tmp_path / "r"), data_dir=str(tmp_path / "a-file")), capsys)
     one_line_error(code, err, f"--data-dir {tmp_path / 'a-file'} is a file, not a directory")
     assert not os.path.exists(tmp_path / "r")
+
+
+def test_a_signal_while_the_last_epoch_ends_is_obeyed_not_lost(data, data_dir, tmp_path, monkeypatch, capsys):
+    """SIGTERM while the last epoch is validated, saved and plotted (the loop is over): the run
+    stops with 143 instead of going on to score and exit 0; a resume does the scoring."""
+    import tinyalex.trainer
+    real = tinyalex.trainer.Run.write_metrics
+
+    def write_then_signal(run):
+        real(run)
+        if run.progress.epoch == run.config["epochs"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(tinyalex.trainer.Run, "write_metrics", write_then_signal)
+    out = str(tmp_path / "run")
+    code, _, err = train_quietly(args(data, out, "--epochs", "1", data_dir=data_dir), capsys)
+    assert code == 143, err
+    assert err.strip().splitlines()[-1] == (f"stopped by SIGTERM: saved {out}/last.npz (the end of "
+                                            f"epoch 1); continue with: python train.py --resume {out}")
+    assert not os.path.exists(os.path.join(out, "test.json"))
+    monkeypatch.setattr(tinyalex.trainer.Run, "write_metrics", real)
+    code, printed, err = train_quietly(["--resume", out, "--no-progress"], capsys)
+    assert code == 0, err
+    assert "all 1 epochs are trained; scoring the final parameters" in printed
+    assert os.path.exists(os.path.join(out, "test.json"))

@@ -95,7 +95,7 @@ def _train(config, out, ckpt_path, signals, processes, same_run=False):
     signals.armed = True
     status = run.train(stop_requested=lambda: signals.requested, show_progress=not config["no_progress"])
     signals.armed = False
-    if status == "interrupted":
+    if status == "interrupted" or signals.received:   # (a signal during the last epoch's end)
         print(f"{_signal_word(signals)}: saved {os.path.join(out, 'last.npz')} ("
               f"{_saved_position(run)}); continue with: python train.py --resume {out}",
               file=sys.stderr)
