@@ -113,3 +113,18 @@ def test_a_short_run_with_the_default_recipe_learns(tmp_path):
     rows = open(os.path.join(out, "metrics.csv")).read().splitlines()[1:]
     val_acc = [float(r.split(",")[4]) for r in rows]
     assert val_acc[-1] >= 0.25, val_acc
+
+
+def test_the_readme_python_snippet_runs(tmp_path, capsys, monkeypatch):
+    """The README's snippet, as written, on a small trained checkpoint and a sample image."""
+    from trained_tiny import fitted_tiny, write_checkpoint
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md")).read()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    ckpt = write_checkpoint(tmp_path / "best.npz", fitted_tiny())
+    monkeypatch.chdir(root)                                    # samples/ is the project's
+    exec(snippet.replace("runs/RUN/best.npz", str(ckpt)), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("samples/ship.png [(")
+    top = eval(printed[0][len("samples/ship.png "):])
+    assert len(top) == 3 and abs(sum(p for _, p in top) - 1) < 1 and all(isinstance(c, str) for c, _ in top)
