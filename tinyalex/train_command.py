@@ -16,6 +16,7 @@ from .processes import OneProcess
 from .rundir import RunDir
 from .trainer import Run, write_config
 from .warm_up import warm_up
+from .words import plural
 
 
 def run_train(args, parser, argv, processes=None):
@@ -77,8 +78,8 @@ def _train(config, out, ckpt_path, signals, processes, same_run=False):
             f"{len(run.val_loader.labels) if run.val_loader else 0} val"
             + (f" / {len(run.test_loader.labels)} test" if run.test_loader else "") + " images")
     log(f"model: {config['model']} ({sum(p.size for p in run.model.params.values()):,} parameters), "
-        f"{config['epochs']} epochs of {len(run.train_loader)} steps, batch {config['batch_size']}, "
-        f"{run.schedule.name} schedule; run directory {out}")
+        f"{plural(config['epochs'], 'epoch')} of {plural(len(run.train_loader), 'step')}, "
+        f"batch {config['batch_size']}, {run.schedule.name} schedule; run directory {out}")
     ops = getattr(run.model, "ops", None)
     if hasattr(ops, "theirs"):                       # a student's folder (tinyalex/student.py)
         log(ops.describe())
