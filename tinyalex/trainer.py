@@ -125,13 +125,14 @@ def write_metrics(out_dir, rows):
 
 
 def epoch_line(row, epochs):
-    """The line an epoch ends with (train.py and torch-train), within 80 columns: epoch,
-    training loss and accuracy, validation loss and accuracy, seconds, images per second
-    (metrics.csv keeps every figure in full)."""
+    """The line an epoch ends with (train.py and torch-train), short enough not to wrap at 80
+    columns: epoch, training loss and accuracy, validation loss and accuracy, seconds, images
+    per second (metrics.csv keeps every figure in full)."""
     val = (f"val {row['val_loss']:.3f} {100 * row['val_acc']:.2f}%" if row["val_acc"] is not None
            else "no validation")
     return (f"epoch {row['epoch']:3d}/{epochs}  train loss {row['train_loss']:.3f} acc "
-            f"{100 * row['train_acc']:.2f}%  {val}  {row['seconds']:.0f}s {row['img_per_s']:.0f} img/s")
+            f"{100 * row['train_acc']:.2f}%  {val}  {row['seconds']:.0f}s "
+            f"{row['img_per_s']:.0f} img/s")
 
 
 def dropout_rng(seed, epoch, batch):
