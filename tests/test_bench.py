@@ -182,7 +182,7 @@ def test_vs_torch_without_torch_is_one_line(monkeypatch, capsys):
     assert cli.main(QUICK + ["--vs-torch"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error:")
-    assert 'pip install -e ".[bench]"' in err
+    assert 'pip install -e ".[torch]"' in err
 
 
 def test_rss_only_refuses_the_comparison(capsys):

@@ -144,7 +144,11 @@ def test_corrupt_archive_path_leaves_nothing_behind(tmp_path):
     (tmp_path / "c.tar.gz").write_bytes(data[:len(data) // 2])
     with pytest.raises(DataError, match="truncated or corrupt"):
         load_dataset(str(tmp_path / "c.tar.gz"), data_dir=str(tmp_path / "d"))
-    assert os.listdir(tmp_path / "d") == []
+    assert not os.path.exists(tmp_path / "d")        # the data directory it made, removed
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_dataset(str(tmp_path / "c.tar.gz"), data_dir=str(tmp_path / "d"))
+    assert os.listdir(tmp_path / "d") == []          # one that was there stays
 
 
 def test_archive_does_not_overwrite_a_folder_it_did_not_make(tmp_path):
@@ -463,7 +467,7 @@ def test_add_data_arguments():
     add_data_arguments(parser)
     args = parser.parse_args([])
     assert (args.data, args.data_dir, args.val_size, args.augment, args.skip_bad_images) == (
-        None, None, 5000, "basic", False)
+        None, None, None, "basic", False)           # val_size None: load_dataset's default
     args = parser.parse_args(["--data", "x", "--data-dir", "y", "--val-size", "0",
                               "--augment", "paper", "--skip-bad-images"])
     assert (args.data, args.data_dir, args.val_size, args.augment, args.skip_bad_images) == (

@@ -77,6 +77,7 @@ from layers.fast import threads as fast_threads
 from tinyalex.errors import TinyAlexError
 from tinyalex.model import MODELS
 from tinyalex.torch_twin import INSTALL_HINT, import_torch, torch_model
+from tinyalex.words import plural
 
 LR = 0.01            # learning rate of the timed steps; any value costs the same
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
@@ -419,11 +420,11 @@ def describe_runtime(info):
             parts = [" ".join(str(p) for p in (pool["internal_api"], pool["version"]) if p)]
             if pool.get("architecture"):
                 parts.append(f"{pool['architecture']} kernels")
-            parts.append(f"{pool['num_threads']} threads")
+            parts.append(plural(pool['num_threads'], 'thread'))
             if pool.get("threading_layer"):
                 parts.append(pool["threading_layer"])
             lines.append(f"{'BLAS' if api == 'blas' else 'OpenMP'}: {', '.join(parts)} ({pool['library']})")
-    lines.append(f"Numba kernels: {info['kernel_threads']} threads (layers/fast/kernels.py)")
+    lines.append(f"Numba kernels: {plural(info['kernel_threads'], 'thread')} (layers/fast/kernels.py)")
     return lines
 
 
@@ -475,7 +476,7 @@ def run_bench(args):
     say = (lambda *a: None) if args.json else print
     arch = ARCHS[args.model]
     x, y = random_batch(arch.input_shape, 10, args.batch_size, args.seed)
-    say(f"tinyalex bench: model {args.model}, batch {args.batch_size}, {threads} threads, "
+    say(f"tinyalex bench: model {args.model}, batch {args.batch_size}, {plural(threads, 'thread')}, "
         f"{args.steps} timed rounds after {args.warmup} warm-up; load average "
         f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     result = {"model": args.model, "batch": args.batch_size, "threads": threads,

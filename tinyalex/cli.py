@@ -82,16 +82,25 @@ def train_main(argv=None):
     return _run(lambda: run_train(args, parser, argv), args)
 
 
+def _prog():
+    """How the user started the command line: `tinyalex` (the console script pyproject.toml
+    installs) or `python -m tinyalex`, for its usage lines."""
+    name = os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "")
+    script = name.lower().removesuffix(".exe").removesuffix("-script.py")
+    return "tinyalex" if script == "tinyalex" else "python -m tinyalex"
+
+
 def main(argv=None):
-    """`python -m tinyalex COMMAND ...`"""
+    """`python -m tinyalex COMMAND ...` (or `tinyalex COMMAND ...`)"""
     argv = sys.argv[1:] if argv is None else argv
     _runtime.apply()
+    prog = _prog()
     from . import mpi
     if argv[:1] == ["train"] and mpi.requested(argv[1:]):   # as in train_main
         from .mpi.launch import train_main as train_on_mpi
-        return train_on_mpi(argv[1:], prog="python -m tinyalex train")
+        return train_on_mpi(argv[1:], prog=f"{prog} train")
     _pre_threads(argv)
-    parser = argparse.ArgumentParser(prog="python -m tinyalex", allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False,
                                      description="tinyalex: AlexNet from scratch in NumPy and Numba.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the named command's parser is built (all of them for --help or a mistyped command):

@@ -1,6 +1,6 @@
 """The one exception the command line turns into a one-line error and a non-zero exit, and the
-wording of the two other things it makes one line of: names holding control characters, and
-running out of memory."""
+wording of the other things it makes one line of: names holding control characters, running
+out of memory, and the command that installs a missing optional package."""
 
 import re
 
@@ -15,6 +15,12 @@ class DataError(TinyAlexError):
 
 class CheckpointError(TinyAlexError):
     """A missing, corrupt or incompatible checkpoint."""
+
+
+def install_hint(extra) -> str:
+    """The command that installs the optional extra `extra` of pyproject.toml, written as the
+    README installs tinyalex (from the repository's root), for every missing-package message."""
+    return f'pip install -e ".[{extra}]"'
 
 
 def printable(text) -> str:

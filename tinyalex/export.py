@@ -4,8 +4,8 @@
     python -m tinyalex export runs/RUN/best.npz alexnet.pt --format torch
 
 `--format onnx` (the default) writes a standard ONNX graph (opset 17), built node by node
-with the `onnx` package's helper API (pip install -e ".[onnx]"; the library core never
-needs it). Each layer of the model's plan becomes one node:
+with the `onnx` package's helper API (`pip install -e ".[onnx]"` brings it and ONNX Runtime;
+the library core never needs them). Each layer of the model's plan becomes one node:
 
     plan kind   ONNX node                                 notes
     conv        Conv(kernel_shape, strides, pads, group)  group=2 where the towers split;
@@ -33,8 +33,8 @@ float32, RGB, and the normalisation x = (pixel / 255 - mean) / std with the trai
 split's per-channel mean and std from the checkpoint, the resizing tinyalex applies, the
 class names in output order, and where the model came from.
 
-The check. Unless `--no-check`, the exported graph runs in ONNX Runtime (when installed:
-`pip install onnxruntime`) on random inputs, and its logits are compared with tinyalex's
+The check. Unless `--no-check`, the exported graph runs in ONNX Runtime (when installed; the
+`onnx` extra brings it) on random inputs, and its logits are compared with tinyalex's
 own forward pass: the largest difference, relative to the largest logit, must be at most
 1e-4 (float32; the engines add in different orders). Nothing is written when it fails.
 
@@ -53,7 +53,7 @@ import time
 import numpy as np
 
 from tinyalex import __version__
-from tinyalex.errors import TinyAlexError
+from tinyalex.errors import TinyAlexError, install_hint
 from tinyalex.model import layer_plan
 
 FORMATS = ("onnx", "torch")
@@ -61,7 +61,7 @@ OPSET = 17              # LRN 13, Conv 11, MaxPool 12, Gemm 13, Flatten 13, Soft
 IR_VERSION = 8          # the IR version that goes with opset 17; ONNX Runtime 1.13 and later run both
 CHECK_BATCH = 2         # random images per check
 CHECK_TOLERANCE = 1e-4  # max |ours - theirs| / max |ours|, float32
-ONNX_HINT = 'pip install -e ".[onnx]"'
+ONNX_HINT = install_hint("onnx")     # brings onnx and onnxruntime
 
 
 def import_onnx():
@@ -207,8 +207,7 @@ def run_onnxruntime(model_bytes, x):
     """The outputs of a serialised ONNX model on x, computed by ONNX Runtime (CPU)."""
     ort = import_onnxruntime()
     if ort is None:
-        raise TinyAlexError("onnxruntime is not installed; the check needs it: "
-                            "pip install onnxruntime")
+        raise TinyAlexError(f"onnxruntime is not installed; the check needs it: {ONNX_HINT}")
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
@@ -256,8 +255,8 @@ def run_export(args):
         import_onnx()
         ort = import_onnxruntime()
         if args.check and ort is None:
-            raise TinyAlexError("onnxruntime is not installed; --check needs it: "
-                                "pip install onnxruntime (or leave out --check)")
+            raise TinyAlexError(f"onnxruntime is not installed; --check needs it: {ONNX_HINT} "
+                                "(or leave out --check)")
         check = args.check is not False and ort is not None
     else:
         from tinyalex.torch_twin import import_torch
@@ -301,7 +300,7 @@ def run_export(args):
                    f"relative difference {diff:.1e} (<= {CHECK_TOLERANCE:.0e}) "
                    f"[{time.perf_counter() - start:.1f} s]")
     elif args.format == "onnx" and args.check is not False:
-        verdict = "not checked: onnxruntime is not installed (pip install onnxruntime)"
+        verdict = f"not checked: onnxruntime is not installed ({ONNX_HINT})"
 
     with writing(args.out):
         atomic_write(args.out, lambda f: f.write(data))
@@ -333,8 +332,7 @@ def register(subparsers):
     add_checkpoint_argument(p)
     p.add_argument("out", metavar="OUT", help="the file to write (model.onnx, model.pt)")
     p.add_argument("--format", choices=FORMATS, default="onnx",
-                   help="onnx: an ONNX graph, needs the onnx package (pip install -e "
-                        "\".[onnx]\"; default); torch: a PyTorch state_dict (.pt) for "
+                   help=f"onnx: an ONNX graph, needs the onnx package ({ONNX_HINT}; default); torch: a PyTorch state_dict (.pt) for "
                         "tinyalex.torch_twin.torch_model")
     p.add_argument("--softmax", action="store_true",
                    help="end the ONNX graph with Softmax: probabilities instead of logits")

@@ -63,6 +63,7 @@ import numpy as np
 
 from tinyalex.errors import CheckpointError, TinyAlexError
 from tinyalex.model import ROUTES
+from tinyalex.words import plural
 
 
 def sgd_update(w, g, v, lr, *, momentum, weight_decay, nesterov):
@@ -223,7 +224,7 @@ class Schedule:
         """The 0-based global iteration number; ValueError outside the run."""
         if not (0 <= epoch < self.epochs and 0 <= step < self.steps_per_epoch):
             raise ValueError(f"lr_at(epoch={epoch}, step={step}) is outside the schedule's "
-                             f"{self.epochs} epochs of {self.steps_per_epoch} steps")
+                             f"{plural(self.epochs, 'epoch')} of {plural(self.steps_per_epoch, 'step')}")
         return epoch * self.steps_per_epoch + step
 
 

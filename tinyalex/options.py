@@ -8,7 +8,7 @@ import os
 
 from .argtypes import add_route_argument, add_seed_argument, add_threads_argument, number_in, non_empty_path, positive_int
 from .data import add_data_arguments
-from .errors import CheckpointError, TinyAlexError
+from .errors import CheckpointError, TinyAlexError, install_hint
 from .model import INITS, MODELS, ROUTES
 from .optim import DEFAULT_WEIGHT_DECAY, SCHEDULES
 
@@ -96,7 +96,7 @@ def add_train_arguments(parser):
     r.add_argument("--towers", type=int, choices=(1, 2), default=1,
                    help="2: the paper's two towers on two MPI processes, mpiexec -n 2 python train.py "
                         "--towers 2; under mpiexec without it, the processes train data-parallel "
-                        "(needs pip install 'tinyalex[mpi]'; docs/parallel.md)")
+                        f"(needs {install_hint('mpi')}; docs/parallel.md)")
 
 
 def train_parser(prog=None):

@@ -38,6 +38,7 @@ import numpy as np
 
 from .errors import TinyAlexError
 from .outfiles import writing
+from .words import plural
 
 
 
@@ -137,7 +138,7 @@ def _train(torch, args, out):
     from .optim import DEFAULT_LR, ONECYCLE_PEAK
     from .scoring import score_loader, score_loader_views
     from .torch_twin import torch_model
-    from .trainer import build_loaders, write_metrics
+    from .trainer import build_loaders, epoch_line, write_metrics
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -156,9 +157,10 @@ def _train(torch, args, out):
                           nesterov=args.nesterov and args.momentum > 0)
     scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train))
     print(f"data: {data.summary()}")
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads: {args.model}, "
-          f"{args.epochs} epochs of {len(train)} steps, batch {args.batch_size}, {args.schedule} "
-          f"schedule from lr {peak:g}, init {args.init}, label smoothing {args.label_smoothing:g}, "
+    print(f"PyTorch {torch.__version__}, {plural(torch.get_num_threads(), 'thread')}: {args.model}, "
+          f"{plural(args.epochs, 'epoch')} of {plural(len(train), 'step')}, batch {args.batch_size}, "
+          f"{args.schedule} schedule from lr {peak:g}, init {args.init}, label smoothing "
+          f"{args.label_smoothing:g}, "
           f"{'Nesterov' if args.nesterov else 'plain'} momentum {args.momentum:g}, weight decay "
           f"{args.weight_decay:g}{'' if args.bias_decay else ' (not on biases)'}; metrics in {out}")
     rows = []
@@ -199,10 +201,7 @@ def _train(torch, args, out):
                      "img_per_s": round(seen / seconds, 1)})
         with writing(os.path.join(out, "metrics.csv")):
             write_metrics(out, rows, classes=data.num_classes)
-        shown = f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}%" if val is not None else "no validation split"
-        print(f"epoch {epoch + 1:3d}/{args.epochs}  train loss {loss_sum / seen:.4f} "
-              f"acc {100 * correct / seen:.2f}%  {shown}  {rows[-1]['seconds']:.0f}s "
-              f"({rows[-1]['img_per_s']:.0f} img/s)")
+        print(epoch_line(rows[-1], args.epochs))
     for split, loader in (("validation", val), ("test", test)):
         if loader is None:
             continue

@@ -13,10 +13,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from tinyalex.errors import TinyAlexError
+from tinyalex.errors import TinyAlexError, install_hint
 from tinyalex.model import layer_plan, param_shapes
 
-INSTALL_HINT = 'pip install -e ".[bench]"'
+INSTALL_HINT = install_hint("torch")
 
 
 def import_torch():

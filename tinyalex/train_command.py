@@ -17,6 +17,7 @@ from .processes import OneProcess
 from .rundir import RunDir
 from .trainer import Run, write_config
 from .warm_up import warm_up
+from .words import plural
 
 
 def run_train(args, parser, argv, processes=None):
@@ -78,14 +79,15 @@ def _train(config, out, ckpt_path, signals, processes, same_run=False):
             f"{len(run.val_loader.labels) if run.val_loader else 0} val"
             + (f" / {len(run.test_loader.labels)} test" if run.test_loader else "") + " images")
     log(f"model: {config['model']} ({sum(p.size for p in run.model.params.values()):,} parameters), "
-        f"{config['epochs']} epochs of {len(run.train_loader)} steps, batch {config['batch_size']}, "
-        f"{run.schedule.name} schedule; run directory {out}")
+        f"{plural(config['epochs'], 'epoch')} of {plural(len(run.train_loader), 'step')}, "
+        f"batch {config['batch_size']}, {run.schedule.name} schedule; run directory {out}")
     ops = getattr(run.model, "ops", None)
     if hasattr(ops, "theirs"):                       # a student's folder (tinyalex/student.py)
         log(ops.describe())
     if ckpt_path and _finished({"epoch": run.progress.epoch, "batch": run.progress.batch}, config):
-        log(f"resuming {ckpt_path}: all {config['epochs']} epochs are trained; scoring the final "
-            f"parameters")
+        log(f"resuming {ckpt_path}: {'its' if config['epochs'] == 1 else 'all'} "
+            f"{plural(config['epochs'], 'epoch')} {'is' if config['epochs'] == 1 else 'are'} "
+            f"trained; scoring the final parameters")
     elif ckpt_path:
         log(f"resuming {ckpt_path} at epoch {run.progress.epoch + 1}, batch {run.progress.batch}")
     if root and same_run:

@@ -50,6 +50,7 @@ from .optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, ONECYCLE_PEAK, SGD, make_sc
 from .pictures import plot_curves
 from .processes import OneProcess
 from .scoring import score_loader, score_loader_views
+from .words import plural
 
 METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s"]
 IMAGE_SIZE = {name: arch.input_shape[1] for name, arch in ARCHS.items()}   # square inputs
@@ -127,6 +128,17 @@ def write_metrics(out_dir, rows, *, classes=None):
                 chance=1 / classes if classes else None)
 
 
+def epoch_line(row, epochs):
+    """The line an epoch ends with (train.py and torch-train), short enough not to wrap at 80
+    columns: epoch, training loss and accuracy, validation loss and accuracy, seconds, images
+    per second (metrics.csv keeps every figure in full)."""
+    val = (f"val {row['val_loss']:.3f} {100 * row['val_acc']:.2f}%" if row["val_acc"] is not None
+           else "no validation")
+    return (f"epoch {row['epoch']:3d}/{epochs}  train loss {row['train_loss']:.3f} acc "
+            f"{100 * row['train_acc']:.2f}%  {val}  {row['seconds']:.0f}s "
+            f"{row['img_per_s']:.0f} img/s")
+
+
 def dropout_rng(seed, epoch, batch):
     return np.random.default_rng([seed, DROPOUT_STREAM, epoch, batch])
 
@@ -142,6 +154,7 @@ class Run:
         self.log = log
         self.config_pending = False    # True: write config.json with the first save (train_command)
         self.data, self.train_loader, self.val_loader, self.test_loader = build_loaders(config)
+        config["val_size"] = len(self.data.val_y)     # the default resolved, for config.json
         if config["schedule"] == "plateau" and self.val_loader is None:
             raise TrainingError("--schedule plateau watches the validation accuracy: use --val-size > 0")
         data = self.data
@@ -163,6 +176,7 @@ class Run:
         self.sgd = SGD(self.model.params, momentum=config["momentum"],
                        weight_decay=config["weight_decay"], nesterov=config["nesterov"],
                        no_decay=() if config["bias_decay"] else biases, route=route)
+        config["lr"] = base_lr(config)           # the default resolved, for config.json
         self.schedule = make_schedule(config["schedule"], lr=config["lr"], epochs=config["epochs"],
                                       steps_per_epoch=len(self.train_loader),
                                       patience=config["patience"], model=config["model"])
@@ -215,7 +229,8 @@ class Run:
         epochs, steps = self.config["epochs"], len(self.train_loader)
         if meta["batch"] > steps or (meta["epoch"], meta["batch"]) > (epochs, 0):
             raise TrainingError(f"{path} stopped at {describe_position(meta)}, outside this "
-                                f"run's {epochs} epochs of {steps} batches")
+                                f"run's {plural(epochs, 'epoch')} of "
+                                f"{plural(steps, 'batch', 'batches')}")
         if meta["schedule"].get("epochs") != epochs:
             raise TrainingError(f"{path}: its schedule is for {meta['schedule'].get('epochs')} "
                                 f"epochs, its config says {epochs}")
@@ -260,7 +275,7 @@ class Run:
         self.schedule.load_state_dict(state)
         self.config["lr_changes"] = list(meta["config"].get("lr_changes", [])) + [
             {"epoch": meta["epoch"] + 1, "batch": meta["batch"],
-             "from": meta["config"]["lr"], "to": self.config["lr"]}]
+             "from": base_lr(meta["config"]), "to": self.config["lr"]}]
 
     def write_metrics(self):
         if not self.processes.is_root:
@@ -373,9 +388,7 @@ class Run:
             self.save("best.npz")
         self.save("last.npz")
         self.write_metrics()
-        val = f"val loss {val_loss:.4f} acc {100 * val_acc:.2f}%" if val_acc is not None else "no validation split"
-        self.log(f"epoch {epoch + 1:3d}/{self.config['epochs']}  train loss {row['train_loss']:.4f} "
-                 f"acc {100 * row['train_acc']:.2f}%  {val}  {row['seconds']:.0f}s ({row['img_per_s']:.0f} img/s)")
+        self.log(epoch_line(row, self.config["epochs"]))
 
     def final_scores(self, show_progress=False):
         """Loss, top-1 and top-5 of the final parameters on the validation and test splits

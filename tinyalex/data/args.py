@@ -36,9 +36,10 @@ def add_data_arguments(parser: argparse.ArgumentParser):
     """Add --data, --data-dir, --val-size, --augment, --skip-bad-images; returns the group."""
     group = parser.add_argument_group("data")
     add_source_arguments(group)
-    group.add_argument("--val-size", type=non_negative_int, default=5000, metavar="N",
+    group.add_argument("--val-size", type=non_negative_int, default=None, metavar="N",
                        help="training images held out for validation, class-balanced "
-                            "(default 5000; 0 trains on all of them)")
+                            "(default: a tenth of them, at most 5000: 5000 for CIFAR-10; 0 "
+                            "trains on all of them); config.json records the number taken")
     group.add_argument("--augment", choices=AUGMENTS, default="basic",
                        help="training augmentation: none; basic = random mirror + random "
                             "crop of the 4-padded image (32x32) or upscaling (224); paper = "

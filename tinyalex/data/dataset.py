@@ -11,10 +11,12 @@ Sources (``data=``):
 ``data_dir`` defaults to ``$TINYALEX_DATA_DIR``, else ``./data``. It holds the download,
 the unpacked archives and the image-folder cache (``data_dir/.tinyalex-cache/``).
 
-Splits: the validation split is carved out of the training images, ``val_size`` of them,
-class-balanced (stratified: each class gives its share, rounded so the total is exact)
-and chosen by a generator seeded with ``seed``, so the same arguments always give the same
-split. The test split, when the source has one, is left alone for the final evaluation.
+Splits: the validation split is carved out of the training images, ``val_size`` of them
+(default: a tenth, at most 5000, so CIFAR-10's 50,000 give the usual 45,000/5,000 and a small
+folder still has training images left), class-balanced (stratified: each class gives its
+share, rounded so the total is exact) and chosen by a generator seeded with ``seed``, so
+the same arguments always give the same split. The test split, when the source has one, is
+left alone for the final evaluation.
 
 Statistics, all from the training split only and in 0..1 pixel units (``v / 255``):
 ``mean`` and ``std`` per channel, and the eigen-decomposition of the 3x3 RGB covariance
@@ -29,6 +31,7 @@ from typing import List, Optional
 import numpy as np
 
 from tinyalex.errors import DataError
+from tinyalex.outfiles import new_folders_removed_on_failure
 
 from . import cifar
 from .download import safe_extract
@@ -37,6 +40,7 @@ from .pixels import channel_moments
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 CACHE_DIRNAME = ".tinyalex-cache"
+DEFAULT_VAL_SIZE = 5000
 
 
 @dataclass
@@ -70,25 +74,34 @@ def default_data_dir() -> str:
     return os.environ.get("TINYALEX_DATA_DIR") or "data"
 
 
-def load_dataset(data=None, *, data_dir=None, val_size=5000, seed=0, skip_bad_images=False,
+def default_val_size(n_train: int) -> int:
+    """--val-size's default for ``n_train`` training images: a tenth of them, at most 5000."""
+    return min(DEFAULT_VAL_SIZE, n_train // 10)
+
+
+def load_dataset(data=None, *, data_dir=None, val_size=None, seed=0, skip_bad_images=False,
                  download=True) -> Dataset:
-    """Load a source (see the module docstring), split off validation, compute statistics."""
+    """Load a source (see the module docstring), split off validation (``val_size`` images,
+    None: default_val_size), compute statistics."""
     data_dir = os.path.expanduser(data_dir or default_data_dir())
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"--data-dir {data_dir} is a file, not a directory; choose another "
                         f"--data-dir")
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, np.integer)) or val_size < 0:
+    if val_size is not None and (isinstance(val_size, bool) or
+                                 not isinstance(val_size, (int, np.integer)) or val_size < 0):
         raise DataError(f"--val-size must be a non-negative integer, got {val_size!r}")
-    if data is None:
-        try:
-            root = cifar.official_batches_dir(data_dir, download_ok=download)
-        except OSError as e:
-            raise DataError(f"cannot download CIFAR-10 into {_unwritable(data_dir, e)}") from None
-        parts, source = cifar.read_batches_dir(root), f"CIFAR-10 ({root})"
-    else:
-        parts, source = _load_path(os.path.expanduser(str(data)), data_dir, skip_bad_images)
+    with new_folders_removed_on_failure(data_dir):   # a failed first run leaves no empty data/
+        if data is None:
+            try:
+                root = cifar.official_batches_dir(data_dir, download_ok=download)
+            except OSError as e:
+                raise DataError(f"cannot download CIFAR-10 into {_unwritable(data_dir, e)}") from None
+            parts, source = cifar.read_batches_dir(root), f"CIFAR-10 ({root})"
+        else:
+            parts, source = _load_path(os.path.expanduser(str(data)), data_dir, skip_bad_images)
     train_x, train_y, test_x, test_y, classes = parts
-
+    if val_size is None:
+        val_size = default_val_size(len(train_y))
     train_idx, val_idx = split_indices(train_y, val_size, seed=seed)
     ds_train_x, ds_train_y = train_x[train_idx], train_y[train_idx]
     mean, std, eigval, eigvec = channel_statistics(ds_train_x)

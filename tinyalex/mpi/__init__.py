@@ -4,7 +4,7 @@
     mpiexec -n N python train.py               data parallel, any N (data_parallel.py)
 
 Both run on MPI through mpi4py, with an MPI installed from the package index: the optional
-extra `pip install 'tinyalex[mpi]'` brings mpi4py and MPICH (whose wheel provides `mpiexec`).
+extra `pip install -e ".[mpi]"` brings mpi4py and MPICH (whose wheel provides `mpiexec`).
 
     towers.py         AlexNet cut in two along every layer, one tower per process, exchanging
                       activations (and gradients) only where the paper's Figure 2 joins them
@@ -26,7 +26,9 @@ import argparse
 import os
 import sys
 
-INSTALL = "pip install 'tinyalex[mpi]' (mpi4py and MPICH, which provides mpiexec)"
+from ..errors import install_hint
+
+INSTALL = f"{install_hint('mpi')} (mpi4py and MPICH, which provides mpiexec)"
 # What the common launchers tell their processes: MPICH's and Intel MPI's Hydra, Slurm's PMI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), PMIx launchers (PMIX_SIZE is not always set).
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")

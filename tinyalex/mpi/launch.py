@@ -28,6 +28,7 @@ import time
 import traceback
 
 from .. import startup
+from ..words import plural
 from . import INSTALL, launched_size, say
 
 FAIL_TOGETHER_SECONDS = 10.0
@@ -119,7 +120,7 @@ def train_main(argv, prog="train.py"):
         from .data_parallel import DataParallel
         processes, mode = DataParallel(comm), f"data parallel, {args.batch_size} images per step in all"
     if rank == 0:
-        print(f"MPI: {size} processes, {mode}, {threads} thread{'s' * (threads > 1)} each "
+        print(f"MPI: {size} processes, {mode}, {plural(threads, 'thread')} each "
               f"({MPI.Get_library_version().splitlines()[0].strip()})", flush=True)
     try:
         startup.release()                      # the modules are loaded: signals may stop it now

@@ -65,6 +65,8 @@ import json
 import sys
 import time
 
+from ..words import plural
+
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m tinyalex.mpi.scaling", description=__doc__.split("\n\n")[0])
@@ -143,7 +145,8 @@ def main(argv=None):
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{args.mode}: {report['ranks']} process(es) x {threads} thread(s), model {args.model}, "
+    print(f"{args.mode}: {plural(report['ranks'], 'process', 'processes')} x "
+          f"{plural(threads, 'thread')}, model {args.model}, "
           f"batch {B}: {report['img_per_s']} img/s ({1e3 * step:.0f} ms per step)")
     if parallel:
         print(f"  MPI per step: {1e3 * report['mpi_s_per_step']:.0f} ms, "
