@@ -163,13 +163,13 @@ def test_archive_does_not_overwrite_a_folder_it_did_not_make(tmp_path):
 def test_archive_with_a_data_dir_that_cannot_be_written(tmp_path, unwritable_dir):
     write_cifar_archive(str(tmp_path / "c.tar.gz"), per_batch=4)
     (tmp_path / "a-file").write_text("not a directory")
-    for data_dir, words in [(str(tmp_path / "a-file"), "it is a file, not a directory"),
-                            (str(tmp_path / "a-file" / "under"), "Not a directory"),
+    for data_dir, words in [(str(tmp_path / "a-file" / "under"), "Not a directory"),
                             (unwritable_dir, "pass a writable directory as --data-dir")]:
         with pytest.raises(DataError, match=f"cannot unpack .*c.tar.gz into --data-dir .*{words}"):
             load_dataset(str(tmp_path / "c.tar.gz"), data_dir=data_dir)
-    with pytest.raises(DataError, match="cannot download CIFAR-10 into --data-dir .*a-file: it is a file"):
-        load_dataset(None, data_dir=str(tmp_path / "a-file"))
+    for data in (str(tmp_path / "c.tar.gz"), None):         # a file: refused before anything
+        with pytest.raises(DataError, match="--data-dir .*a-file is a file, not a directory; choose another"):
+            load_dataset(data, data_dir=str(tmp_path / "a-file"))
 
 
 def test_missing_path_and_unsupported_file(tmp_path):
@@ -402,8 +402,8 @@ def test_cache_serves_the_second_load_and_follows_changes(tmp_path, monkeypatch)
 def test_unwritable_cache_only_warns(tmp_path, capsys):
     root = tmp_path / "pics"
     write_image_folder(str(root), per_class=1)
-    (tmp_path / "d").write_text("a file where the data directory should be")
-    ds = load_dataset(str(root), data_dir=str(tmp_path / "d"), val_size=0)
+    (tmp_path / "d").write_text("a file above where the data directory should be")
+    ds = load_dataset(str(root), data_dir=str(tmp_path / "d" / "data"), val_size=0)
     assert len(ds.train_y) == 3
     assert "cannot write the image cache" in capsys.readouterr().err
 
