@@ -87,6 +87,12 @@ def release():
         raise Stopped(_noted[0])
 
 
+def main():
+    """The `tinyalex` command (pyproject.toml's console script): `python -m tinyalex`, started
+    the same way."""
+    return run("tinyalex.cli", "main")
+
+
 def run(module, function):
     """An entry point: `function()` of `module` (which calls `release()` when its modules are
     loaded), with SIGINT and SIGTERM held until then; returns its exit status."""
