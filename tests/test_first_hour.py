@@ -128,3 +128,19 @@ def test_the_readme_python_snippet_runs(tmp_path, capsys, monkeypatch):
     assert len(printed) == 1 and printed[0].startswith("samples/ship.png [(")
     top = eval(printed[0][len("samples/ship.png "):])
     assert len(top) == 3 and abs(sum(p for _, p in top) - 1) < 1 and all(isinstance(c, str) for c, _ in top)
+
+
+def test_evaluate_without_split_on_training_images_alone_scores_the_validation_split(tmp_path, capsys):
+    """An image folder ROOT/train/ with no test/: the README's evaluate line (no --split)
+    scores the validation images the run held out, and says so."""
+    images = str(tmp_path / "pictures")
+    write_image_folder(images, per_class=20, split="train")
+    out = str(tmp_path / "run")
+    assert train_main(["--model", "tiny", "--data", images, "--data-dir", str(tmp_path / "cache"),
+                       "--val-size", "15", "--batch-size", "15", "--epochs", "1", "--out", out,
+                       "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", os.path.join(out, "best.npz")]) == 0
+    said = capsys.readouterr().out
+    assert "validation split (val_size 15, seed 0); the data has no test split" in said
+    assert "flip TTA (image + mirror), 15 images" in said

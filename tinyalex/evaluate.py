@@ -27,7 +27,8 @@ it, the data the run recorded in the checkpoint, `tinyalex.data.recorded_source`
                    the trainer did: the same source, `val_size` and `seed` (from the
                    checkpoint's config), and only the `limit_val` sampled if that was set
     no --split     the test split if there is one; a single-split image folder
-                   ROOT/<class>/* is evaluated whole (all its images)
+                   ROOT/<class>/* is evaluated whole (all its images); otherwise (a
+                   ROOT/train/ folder alone) the validation split, as --split val
 
 The source's classes are matched to the checkpoint's by name, so a folder may hold just
 some of the classes (`cat/` and `dog/` for a CIFAR-10 model), in any order; a class the
@@ -95,6 +96,7 @@ def load_split(ckpt, path, *, data, data_dir, split, skip_bad_images=False):
                             f"(val_size 0); use --split test")
     else:
         val_size, seed = 0, 0        # keep every training image together
+    given = data, data_dir
     data, data_dir, how = recorded_source(ckpt.meta, data, data_dir)
     ds = load_dataset(data, data_dir=data_dir, val_size=val_size, seed=seed,
                       skip_bad_images=skip_bad_images)
@@ -110,6 +112,11 @@ def load_split(ckpt, path, *, data, data_dir, split, skip_bad_images=False):
     elif _single_split_folder(ds):
         raise DataError(f"{ds.source} has no test split; leave out --split to evaluate "
                         f"all its images, or pass --split val")
+    elif split is None and (ckpt.meta.get("config") or {}).get("val_size"):
+        # the run's own training images, without a test split: score what it held out
+        images, labels, where = load_split(ckpt, path, data=given[0], data_dir=given[1],
+                                           split="val", skip_bad_images=skip_bad_images)
+        return images, labels, f"{where}; the data has no test split"
     else:
         raise DataError(f"{ds.source} has no test split; pass --split val for the "
                         f"validation images held out in training")
