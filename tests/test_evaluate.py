@@ -553,7 +553,6 @@ def test_bad_inputs(world, odd_images, capsys, tmp_path):
         (["predict", world["ckpt"], str(tmp_path / "nope.jpg")], "nope.jpg"),
         (["evaluate", world["ckpt"], "--data", unknown, *data], "'unicorn'"),
         (["evaluate", world["ckpt"], "--data", notest, "--split", "test", *data], "no test split"),
-        (["evaluate", world["ckpt"], "--data", notest, *data], "--split val"),
         (["evaluate", world["ckpt"], "--data", world["folder"], "--split", "test", *data],
          "no test split"),
         (["evaluate", no_val, "--data", world["cifar"], "--split", "val", *data],
@@ -568,6 +567,9 @@ def test_bad_inputs(world, odd_images, capsys, tmp_path):
         code, out, err = run(argv, capsys)
         assert code == 2 and out == "", argv
         assert err.startswith("error: ") and words in err and err.count("\n") == 1, (argv, err)
+    # no --split and no test split: the validation images the run held out, said so
+    code, out, err = run(["evaluate", world["ckpt"], "--data", notest, *data], capsys)
+    assert code == 0 and "validation split" in out and "the data has no test split" in out, err
 
 
 def test_predict_on_a_fifo_is_an_error_not_a_hang(world, tmp_path, capsys, no_hang):
