@@ -80,3 +80,20 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")
     write_cifar_batches(str(root / "cifar-10-batches-py"), per_batch=24, n_test=20)   # 120 train
     return str(root)
+
+
+@pytest.fixture
+def drawn_texts(monkeypatch):
+    """drawn_texts(): from then on, every text a picture draws (they all go through
+    pictures.draw_text) is appended to the list it returns."""
+    import tinyalex.pictures as pictures
+
+    def start():
+        texts, real = [], pictures.draw_text
+
+        def spy(draw, xy, text, **options):
+            texts.append(text)
+            real(draw, xy, text, **options)
+        monkeypatch.setattr(pictures, "draw_text", spy)
+        return texts
+    return start

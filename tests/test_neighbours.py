@@ -158,22 +158,10 @@ def test_neighbours_bad_input(world, folder, capsys, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
-def _spy_text(monkeypatch):
-    """Every text the figure draws (pictures.draw_text draws them all)."""
-    import tinyalex.pictures as pictures
-    texts, real = [], pictures.draw_text
-
-    def spy(draw, xy, text, **options):
-        texts.append(text)
-        real(draw, xy, text, **options)
-    monkeypatch.setattr(pictures, "draw_text", spy)
-    return texts
-
-
 @pytest.mark.parametrize("split, name", [("val", "validation"), ("test", "test")])
 def test_the_figure_names_the_split_of_its_queries_and_says_what_red_means(
-        world, folder, capsys, tmp_path, monkeypatch, split, name):
-    texts = _spy_text(monkeypatch)
+        world, folder, capsys, tmp_path, monkeypatch, split, name, drawn_texts):
+    texts = drawn_texts()
     fig = tmp_path / "fig4.png"
     code, out, err = run(["neighbours", world["ckpt"], "--data", folder["root"], "--data-dir",
                           world["data_dir"], "--split", split, "--count", "2", "--out", str(fig)],

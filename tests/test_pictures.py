@@ -190,18 +190,6 @@ def test_confusion_png_rejects_bad_input(tmp_path):
         confusion_png(-np.ones((2, 2)), ["a", "b"], tmp_path / "c.png")
 
 
-def _spy_text(monkeypatch):
-    """Record every text any picture draws (they all go through pictures.draw_text)."""
-    import tinyalex.pictures as pictures
-    texts, real = [], pictures.draw_text
-
-    def spy(draw, xy, text, **options):
-        texts.append(text)
-        real(draw, xy, text, **options)
-    monkeypatch.setattr(pictures, "draw_text", spy)
-    return texts
-
-
 def _spy_panels(monkeypatch):
     import tinyalex.pictures as pictures
     panels, real = [], pictures._draw_panel
@@ -213,10 +201,10 @@ def _spy_panels(monkeypatch):
     return panels
 
 
-def test_the_accuracy_axis_is_0_to_100_with_a_chance_line(tmp_path, monkeypatch):
+def test_the_accuracy_axis_is_0_to_100_with_a_chance_line(tmp_path, monkeypatch, drawn_texts):
     """A run at chance (accuracy 9.5-11.5%) is drawn low on a 0-100% axis beside a dashed
     chance line with its legend entry, the legend kept off the curves."""
-    panels, texts = _spy_panels(monkeypatch), _spy_text(monkeypatch)
+    panels, texts = _spy_panels(monkeypatch), drawn_texts()
     rows = [{"epoch": e, "train_loss": 2.3, "train_acc": 0.095 + 0.005 * e,
              "val_loss": 2.31, "val_acc": 0.115 - 0.005 * e} for e in range(1, 5)]
     plot_curves(rows, tmp_path / "curves.png", chance=0.1)
@@ -232,8 +220,8 @@ def test_the_accuracy_axis_is_0_to_100_with_a_chance_line(tmp_path, monkeypatch)
     assert panels[1]["levels"] == [] and panels[1]["y_range"] == accuracy["y_range"]
 
 
-def test_confusion_png_says_which_images_and_views(tmp_path, monkeypatch):
-    texts = _spy_text(monkeypatch)
+def test_confusion_png_says_which_images_and_views(tmp_path, monkeypatch, drawn_texts):
+    texts = drawn_texts()
     subtitle = "test split; flip TTA (image + mirror)"
     confusion_png(np.array([[3, 1], [0, 2]]), ["no", "yes"], tmp_path / "c.png", subtitle=subtitle)
     assert subtitle in texts

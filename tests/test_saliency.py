@@ -200,32 +200,20 @@ def test_saliency_bad_input(world, capsys, tmp_path):
     assert not (tmp_path / "out").exists()                   # nothing created on the way
 
 
-def _spy_text(monkeypatch):
-    """Every text the picture draws (pictures.draw_text draws them all)."""
-    import tinyalex.pictures as pictures
-    texts, real = [], pictures.draw_text
-
-    def spy(draw, xy, text, **options):
-        texts.append(text)
-        real(draw, xy, text, **options)
-    monkeypatch.setattr(pictures, "draw_text", spy)
-    return texts
-
-
 def test_at_chance():
     assert saliency.at_chance(np.full(10, 0.1)) and saliency.at_chance([0.19] + [0.09] * 9)
     assert not saliency.at_chance([0.21] + [0.79 / 9] * 9)
     assert saliency.at_chance([0.6, 0.4]) and not saliency.at_chance([0.8, 0.2])  # 2 classes: 0.75
 
 
-def test_a_model_at_chance_is_said_to_be(world, capsys, tmp_path, monkeypatch):
+def test_a_model_at_chance_is_said_to_be(world, capsys, tmp_path, monkeypatch, drawn_texts):
     """An fc8 of zeros gives every class 1/10: the picture and the command say the maps are
     noise; the fitted model's pictures and output carry no such note."""
     model = fitted_tiny()
     model.params["fc8.w"][:] = 0
     model.params["fc8.b"][:] = 0
     ckpt = write_checkpoint(tmp_path / "chance.npz", model)
-    texts = _spy_text(monkeypatch)
+    texts = drawn_texts()
     code, out, err = run(["saliency", ckpt, *world["paths"][:2], "--out", str(tmp_path / "a"),
                           "--json"], capsys)
     assert code == 0, err
