@@ -15,6 +15,8 @@ not the whole run. Each problem is a one-line TinyAlexError.
                              the block fails leaving them empty
     new_folders_removed_on_failure(path)
                              that rule for any block that makes folders (the data download)
+    missing_folders(path), remove_empty_folders(folders)
+                             its two halves, for a longer life (tinyalex/rundir.py)
     writing(path)            a context: an OSError while writing becomes a one-line error
 """
 
@@ -90,19 +92,30 @@ def out_dir(path):
 def new_folders_removed_on_failure(path):
     """For a block that may create the folder `path` and its parents: if it raises, those of
     them that did not exist before it and are empty are removed again."""
-    made, head = [], os.path.abspath(path)
-    while not os.path.lexists(head):
-        made.append(head)                 # the leaf first
-        head = os.path.dirname(head)
+    made = missing_folders(path)
     try:
         yield
     except BaseException:
-        for folder in made:
-            try:
-                os.rmdir(folder)          # only if empty
-            except OSError:
-                break
+        remove_empty_folders(made)
         raise
+
+
+def missing_folders(path):
+    """`path` and those of its parents that do not exist, the leaf first."""
+    missing, head = [], os.path.abspath(path)
+    while not os.path.lexists(head) and head != os.path.dirname(head):
+        missing.append(head)
+        head = os.path.dirname(head)
+    return missing
+
+
+def remove_empty_folders(folders):
+    """Remove `folders` (the leaf first) while they are empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ import os
 
 from .checkpoint import describe_position, read_meta
 from .errors import CheckpointError, TinyAlexError
+from .outfiles import missing_folders, remove_empty_folders
 
 try:
     import fcntl
@@ -60,7 +61,7 @@ class RunDir:
         self.path = path
         self.log = log
         self.keeps = keeps
-        self.made = []               # the directories this run made, outermost first
+        self.made = []               # the directories this run made, the leaf first
         self._lock = None
         self._before = set()
 
@@ -96,14 +97,10 @@ class RunDir:
 
     def _make_dirs(self):
         """Make the directory and its missing parents, remembering which this run made."""
-        missing, parent = [], os.path.abspath(self.path)
-        while not os.path.lexists(parent) and parent != os.path.dirname(parent):
-            missing.append(parent)
-            parent = os.path.dirname(parent)
-        for directory in reversed(missing):
+        for directory in reversed(missing_folders(self.path)):     # the outermost first
             try:
                 os.mkdir(directory)
-                self.made.append(directory)
+                self.made.insert(0, directory)
             except FileExistsError:   # another run, started at the same moment, made it
                 if not os.path.isdir(directory):
                     raise
@@ -148,7 +145,7 @@ class RunDir:
         os.close(self._lock)              # releases the lock
         self._lock = None
         if failed:
-            self._remove_made_dirs()
+            remove_empty_folders(self.made)
         return False
 
     def _clean_up_unlocked(self):
@@ -166,14 +163,7 @@ class RunDir:
                 pass
             os.close(self._lock)
             self._lock = None
-        self._remove_made_dirs()
-
-    def _remove_made_dirs(self):
-        for directory in reversed(self.made):
-            try:
-                os.rmdir(directory)       # only if empty
-            except OSError:
-                return
+        remove_empty_folders(self.made)
 
     def _remove_stale_temporaries(self):
         stale = [p for name in RUN_FILES for p in glob.glob(os.path.join(self.path, f".{name}.*.tmp"))]
