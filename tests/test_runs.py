@@ -565,5 +565,5 @@ def test_a_signal_while_the_last_epoch_ends_is_obeyed_not_lost(data, data_dir, t
     monkeypatch.setattr(tinyalex.trainer.Run, "write_metrics", real)
     code, printed, err = train_quietly(["--resume", out, "--no-progress"], capsys)
     assert code == 0, err
-    assert "its 1 epoch is trained; scoring the final parameters" in printed
+    assert "training is complete (1 epoch); scoring the final parameters" in printed
     assert os.path.exists(os.path.join(out, "test.json"))

@@ -85,9 +85,8 @@ def _train(config, out, ckpt_path, signals, processes, same_run=False):
     if hasattr(ops, "theirs"):                       # a student's folder (tinyalex/student.py)
         log(ops.describe())
     if ckpt_path and _finished({"epoch": run.progress.epoch, "batch": run.progress.batch}, config):
-        log(f"resuming {ckpt_path}: {'its' if config['epochs'] == 1 else 'all'} "
-            f"{plural(config['epochs'], 'epoch')} {'is' if config['epochs'] == 1 else 'are'} "
-            f"trained; scoring the final parameters")
+        log(f"resuming {ckpt_path}: training is complete ({plural(config['epochs'], 'epoch')}); "
+            f"scoring the final parameters")
     elif ckpt_path:
         log(f"resuming {ckpt_path} at epoch {run.progress.epoch + 1}, batch {run.progress.batch}")
     if root and same_run:
