@@ -17,33 +17,58 @@ def rel_err(ours, ref):
     return float(np.max(np.abs(ours.astype(np.float64) - ref))) / max(float(np.max(np.abs(ref))), 1e-30)
 
 
-def test_one_dimensional_identity():
-    """y = A^T [(G g) * (B^T d)] is the 3-tap correlation y[i] = sum_k d[i + k] g[k], i = 0..3."""
+@pytest.mark.parametrize("K", [3, 5])
+def test_one_dimensional_identity(K):
+    """y = A^T [(G g) * (B^T d)] is the K-tap correlation y[i] = sum_k d[i + k] g[k], i = 0..3."""
+    T = winograd.transforms(K)
+    a = T.BT.shape[0]
+    assert a == 4 + K - 1 and T.G.shape == (a, K) and T.AT.shape == (4, a)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        d, g = rng.standard_normal(6), rng.standard_normal(3)
-        y = winograd.AT @ ((winograd.G @ g) * (winograd.BT @ d))
-        np.testing.assert_allclose(y, [d[i:i + 3] @ g for i in range(4)], rtol=0, atol=1e-13)
+        d, g = rng.standard_normal(a), rng.standard_normal(K)
+        y = T.AT @ ((T.G @ g) * (T.BT @ d))
+        np.testing.assert_allclose(y, [d[i:i + K] @ g for i in range(4)], rtol=0, atol=1e-13)
 
 
-def test_two_dimensional_identity():
-    """Y = A^T [(G g G^T) * (B^T d B)] A is the 4x4 correlation of a 6x6 tile with a 3x3 filter."""
+@pytest.mark.parametrize("K", [3, 5])
+def test_two_dimensional_identity(K):
+    """Y = A^T [(G g G^T) * (B^T d B)] A is the 4x4 correlation of an a x a tile with a KxK filter."""
+    T = winograd.transforms(K)
+    a = T.BT.shape[0]
     rng = np.random.default_rng(1)
-    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
-    AT, G, BT = winograd.AT, winograd.G, winograd.BT
-    y = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
-    direct = [[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(4)] for i in range(4)]
+    d, g = rng.standard_normal((a, a)), rng.standard_normal((K, K))
+    y = T.AT @ ((T.G @ g @ T.G.T) * (T.BT @ d @ T.BT.T)) @ T.AT.T
+    direct = [[np.sum(d[i:i + K, j:j + K] * g) for j in range(4)] for i in range(4)]
     np.testing.assert_allclose(y, direct, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("K", [3, 5])
 @pytest.mark.parametrize("helper, matrix", [("_bt", "BT"), ("_b", "BT.T"), ("_at", "AT"), ("_a", "AT.T")])
-def test_written_out_transforms_are_the_matrices(helper, matrix):
-    """The kernels' written-out products (_bt = B^T v, _b = B v, _at = A^T v, _a = A v) apply
-    exactly the matrices above: column k is the helper applied to the k-th unit vector."""
-    fn = getattr(winograd, helper).py_func
-    want = eval(matrix, {"BT": winograd.BT, "AT": winograd.AT})
-    columns = [fn(*np.eye(want.shape[1])[k]) for k in range(want.shape[1])]
-    np.testing.assert_array_equal(np.array(columns, dtype=np.float64).T, want)
+def test_written_out_transforms_are_the_matrices(helper, matrix, K):
+    """The kernels' written-out products (_bt6 = B^T v, _b6 = B v, _at6 = A^T v, _a6 = A v for
+    3x3 filters, _bt8 ... for 5x5) apply exactly the matrices above: column k is the helper
+    applied to the k-th unit vector. The dispatching helpers (_bt, ...) pick the one of the
+    right size."""
+    T = winograd.transforms(K)
+    want = eval(matrix, {"BT": T.BT, "AT": T.AT})
+    size = T.BT.shape[0]
+    for fn in (getattr(winograd, f"{helper}{size}").py_func, getattr(winograd, helper)):
+        columns = []
+        for k in range(want.shape[1]):
+            out = np.full(want.shape[0], np.nan)
+            fn(np.eye(want.shape[1])[k], out)
+            columns.append(out)
+        np.testing.assert_array_equal(np.array(columns).T, want)
+
+
+def test_transformed_rows_are_an_odd_number_of_cache_lines():
+    """V's and M's rows hold NT numbers but are _row_length apart: at least NT, an odd number of
+    64-byte lines (so that the kernels' a*a rows do not share a few cache sets)."""
+    for itemsize in (4, 8):
+        for NT in (1, 15, 16, 17, 512, 1024, 1200, 4096):
+            row = winograd._row_length(NT, itemsize)
+            lines, rest = divmod(row * itemsize, 64)
+            assert row >= NT and rest == 0 and lines % 2 == 1 and row - NT < 2 * 64 // itemsize
 
 
 # (N, C, H, W, F, K, pad, groups): sizes that are not multiples of the 4x4 tile, H != W, one
@@ -58,7 +83,7 @@ SHAPES = [
     (2, 16, 15, 15, 8, 5, 2, 2),   # cifar's conv2 size, groups
     (1, 8, 9, 7, 6, 5, 2, 1),      # 5x5, H != W
     (2, 8, 7, 6, 4, 5, 0, 1),      # 5x5, no padding: input rows no tile reads
-    (1, 8, 3, 2, 4, 5, 3, 1),      # 5x5, padding 3: whole pieces in the padding
+    (1, 8, 3, 2, 4, 5, 3, 1),      # 5x5, padding 3: whole tiles in the padding
 ]
 
 
@@ -118,7 +143,7 @@ def test_chunks_of_images_give_the_same_answer(K, monkeypatch):
 @pytest.mark.parametrize("K", [3, 5])
 def test_input_gradient_is_the_adjoint_of_the_forward(K):
     """<conv(x), dy> = <x, dx(dy)> for the bias-free convolution: the backward's transforms are
-    the forward's transposed, tile overlaps, pieces and padding included."""
+    the forward's transposed, tile overlaps and padding included."""
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal((2, 8, 9, 5)), rng.standard_normal((4, 8, K, K))
     out, cache = layers.fast.conv_forward(x, w, np.zeros(4), stride=1, pad=2)
@@ -144,4 +169,4 @@ def test_which_layers_take_the_winograd_route():
     assert not conv_module.uses_winograd((8, 16, 3, 5), 1)          # not square
     assert not conv_module.uses_winograd((8, 16, 7, 7), 1)          # neither 3x3 nor 5x5
     with pytest.raises(ValueError, match="3x3 and 5x5"):
-        winograd.pieces(7)
+        winograd.transforms(7)
