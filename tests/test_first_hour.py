@@ -104,15 +104,17 @@ def colour_classes(root, per_class, seed=0):
 
 def test_a_short_run_with_the_default_recipe_learns(tmp_path):
     """The quick run's recipe (the default one-cycle schedule, peak rate, augmentation) at
-    reduced size: 2 epochs of 16 steps take the tiny model well above chance (10%)."""
+    reduced size: 4 epochs of 16 steps take the tiny model well above chance (10%). (After 2
+    epochs the figure still depends on the seed and the last bit of rounding: 20-70% over
+    seeds 0-5; after 4, 60-80%.)"""
     data = colour_classes(str(tmp_path / "colours"), per_class=60)
     out = str(tmp_path / "run")
     assert train_main(["--model", "tiny", "--data", data, "--data-dir", str(tmp_path / "cache"),
-                       "--val-size", "100", "--batch-size", "32", "--epochs", "2", "--out", out,
+                       "--val-size", "100", "--batch-size", "32", "--epochs", "4", "--out", out,
                        "--no-progress"]) == 0
     rows = open(os.path.join(out, "metrics.csv")).read().splitlines()[1:]
     val_acc = [float(r.split(",")[4]) for r in rows]
-    assert val_acc[-1] >= 0.25, val_acc
+    assert val_acc[-1] >= 0.4, val_acc
 
 
 def test_the_readme_python_snippet_runs(tmp_path, capsys, monkeypatch):
