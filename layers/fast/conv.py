@@ -8,7 +8,7 @@ answers (to rounding), and three tricks the readable version leaves out.
 
 1. Winograd. Stride-1 layers with 3x3 or 5x5 filters and at least WINOGRAD_MIN_CHANNELS input
    channels per group (conv2 to conv5) go through `winograd.py`: Winograd's minimal
-   filtering, 2.6-6x fewer multiplications. Everything else takes im2col below.
+   filtering, 2.6-5.8x fewer multiplications. Everything else takes im2col below.
 2. Fused ReLU. In AlexNet every convolution is followed by a ReLU. `conv_relu_forward`
    applies it in the pass that adds the bias and lays the product out as NCHW (one pass over
    the output instead of two, one array instead of two); `conv_backward` on its cache applies
@@ -43,7 +43,7 @@ WINOGRAD_MIN_CHANNELS = 8
 
 def uses_winograd(w_shape, stride):
     """Whether a convolution with weights of shape (F, C/groups, KH, KW) and this stride runs
-    through winograd.py (the same maths, 2.6-6x fewer multiplications)."""
+    through winograd.py (the same maths, 2.6-5.8x fewer multiplications)."""
     F, Cg, KH, KW = w_shape
     return KH == KW and KH in (3, 5) and stride == 1 and Cg >= WINOGRAD_MIN_CHANNELS
 

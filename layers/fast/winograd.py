@@ -2,7 +2,7 @@
 path for 3x3 and 5x5 filters (conv2 to conv5 of both models).
 
 This computes the same convolution as `layers/conv.py` (and as the plain loops in
-`layers/reference.py`, which stay the definition), with 2.6-6x fewer multiplications. In the
+`layers/reference.py`, which stay the definition), with 2.6-5.8x fewer multiplications. In the
 `cifar` model the matrix products of those four layers were most of a training step. Read
 conv.py first.
 
