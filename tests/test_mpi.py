@@ -66,12 +66,12 @@ def train_args(data, out, *extra):
             "--out", out, "--no-progress", *extra]
 
 
-def single_process_run(data, out, epochs=2, stop=None):
+def single_process_run(data, out, epochs=2, stop=None, extra=()):
     """A Run in this process with train.py's options (stop: a predicate on its progress)."""
     from tinyalex.options import train_parser
     from tinyalex.trainer import write_config
     config = {k: v for k, v in vars(train_parser().parse_args(
-        train_args(data, out, "--epochs", str(epochs)))).items() if k != "resume"}
+        train_args(data, out, "--epochs", str(epochs), *extra))).items() if k != "resume"}
     os.makedirs(out, exist_ok=True)
     run = Run(config, out, log=lambda s: None)
     write_config(out, config)
@@ -228,6 +228,24 @@ def test_towers_resume_a_single_process_run_and_write_its_checkpoints(data, tmp_
     towers_test, report = json.load(open(os.path.join(out, "test.json"))), json.loads(ev.stdout)
     assert abs(report["top1"] - towers_test["test_top1_flip"]) < 1e-9          # flip TTA
     assert abs(report["centre"]["top1"] - towers_test["test_top1"]) < 1e-9    # the image alone
+
+
+@needs_mpi
+def test_towers_resume_a_run_that_averages_its_weights(data, tmp_path):
+    """--ema on two towers: each keeps the average of its half, and the checkpoint joins them
+    (param/ the average, train/ the trained weights) as one process writes it."""
+    whole = single_process_run(data, str(tmp_path / "whole"), extra=("--ema", "0.9"))
+    out = str(tmp_path / "run")
+    single_process_run(data, out, stop=lambda p: p.batch == 3, extra=("--ema", "0.9"))
+    proc = mpiexec(2, [os.path.join(ROOT, "train.py"), "--resume", out, "--towers", "2", "--no-progress"],
+                   env=environment())
+    assert proc.returncode == 0, proc.stderr
+    last = os.path.join(out, "last.npz")
+    assert_same_weights(last, whole.average.average, 1e-5)
+    trained = load_checkpoint(last).trained
+    for name, value in whole.model.params.items():
+        np.testing.assert_allclose(trained[name], value, rtol=0, atol=1e-5, err_msg=name)
+    assert not np.allclose(trained["fc6.w"], whole.average.average["fc6.w"], rtol=0, atol=1e-4)
 
 
 @needs_mpi

@@ -4,6 +4,8 @@ Layout of the file (``np.load(path)`` works, no ``allow_pickle`` needed):
 
     param/<name>    a model parameter, e.g. ``param/conv1.w`` (F, C, KH, KW)
     optim/<name>    the optimizer's state for that parameter (SGD: its velocity)
+    train/<name>    only in a run that averages its weights (--ema): the weights training goes
+                    on from; param/ then holds their average, the weights the run scores
     array/<name>    any other array: data mean and std, RNG states as integer arrays, ...
     meta            a 0-d unicode array holding a JSON object: config, metrics rows,
                     schedule state, epoch, step, class names, model name ("model"),
@@ -57,7 +59,7 @@ from tinyalex.outfiles import atomic_write
 
 FORMAT_VERSION = 1
 
-_PREFIXES = ("param/", "optim/", "array/")
+_PREFIXES = ("param/", "optim/", "train/", "array/")
 # Bounds on an entry's size as the zip's directory states it, checked before anything is
 # decompressed (a few MB of zip can hold gigabytes of zeros): meta is a page of JSON, the
 # statistics under array/ are a few numbers, and a parameter (or its optimizer state) holds
@@ -74,17 +76,20 @@ class Checkpoint:
     optimizer: dict[str, np.ndarray]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    trained: dict[str, np.ndarray] = field(default_factory=dict)   # train/: see the layout
 
 
 def save_checkpoint(path: str | os.PathLike, *, params: dict[str, np.ndarray],
                     optimizer: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
-                    meta: dict[str, Any]) -> None:
+                    meta: dict[str, Any], trained: dict[str, np.ndarray] | None = None) -> None:
     """Write a checkpoint atomically (see the module docstring for the layout).
 
     Inputs:
     - params: dict name -> parameter array.
     - optimizer: dict name -> optimizer state array (``SGD.state_dict()``), may be empty.
     - arrays: dict name -> any other numeric array.
+    - trained: dict name -> the weights training goes on from, when params holds their
+      average (a run with --ema); None or empty otherwise.
     - meta: a JSON-serialisable dict (NumPy scalars and arrays are converted to numbers and
       lists); "format_version" and "tinyalex_version" are added. Store the model name under
       "model" so that ``load_checkpoint(..., model_name=...)`` can check it.
@@ -93,7 +98,8 @@ def save_checkpoint(path: str | os.PathLike, *, params: dict[str, np.ndarray],
     for an array NumPy could only store by pickling, TypeError for meta that is not JSON.
     """
     entries: dict[str, np.ndarray] = {}
-    for prefix, group in (("param/", params), ("optim/", optimizer), ("array/", arrays)):
+    for prefix, group in (("param/", params), ("optim/", optimizer), ("train/", trained or {}),
+                          ("array/", arrays)):
         for name, value in group.items():
             value = np.asarray(value)
             if value.dtype.hasobject:
@@ -135,20 +141,23 @@ def load_checkpoint(path: str | os.PathLike, *, model_name: str | None = None,
     for key, value in entries.items():
         prefix = next(p for p in _PREFIXES if key.startswith(p))     # (_entry_sizes checked)
         groups[prefix][key[len(prefix):]] = value
-    params, optimizer = groups["param/"], groups["optim/"]
+    params, optimizer, trained = groups["param/"], groups["optim/"], groups["train/"]
     if not params:
         raise CheckpointError(f"checkpoint {path} has no parameters")
-    if optimizer:
-        if set(optimizer) != set(params):
-            missing = sorted(set(params) - set(optimizer))
-            extra = sorted(set(optimizer) - set(params))
-            raise CheckpointError(f"checkpoint {path}: optimizer state does not match the "
+    for what, group in (("optimizer state", optimizer), ("trained weights (train/)", trained)):
+        if not group:
+            continue
+        if set(group) != set(params):
+            missing = sorted(set(params) - set(group))
+            extra = sorted(set(group) - set(params))
+            raise CheckpointError(f"checkpoint {path}: its {what} does not match the "
                                   f"parameters (missing {missing}, unexpected {extra})")
-        for name, state in optimizer.items():
+        for name, state in group.items():
             if state.shape != params[name].shape:
-                raise CheckpointError(f"checkpoint {path}: optimizer state for {name} has "
+                raise CheckpointError(f"checkpoint {path}: its {what} for {name} has "
                                       f"shape {state.shape}, the parameter {params[name].shape}")
-    return Checkpoint(params=params, optimizer=optimizer, arrays=groups["array/"], meta=meta)
+    return Checkpoint(params=params, optimizer=optimizer, arrays=groups["array/"], meta=meta,
+                      trained=trained)
 
 
 def read_meta(path: str | os.PathLike, *, model_name: str | None = None) -> dict[str, Any]:
@@ -211,7 +220,7 @@ def _check_sizes(sizes: dict[str, int], shapes: dict[str, tuple], path: str) -> 
         prefix, _, name = key.partition("/")
         if prefix == "array":
             _check_size(path, key, size, MAX_ARRAY_BYTES)
-        elif prefix in ("param", "optim"):
+        elif prefix in ("param", "optim", "train"):
             _check_size(path, key, size,
                         NPY_HEADER_BYTES + 16 * math.prod(shapes.get(name, (largest,))))
 
@@ -331,6 +340,10 @@ def _check_training_state(ckpt: Checkpoint, path: str) -> None:
         raise bad("it has no optimizer state")
     for key, value in ckpt.optimizer.items():
         _check_floats(value, f"checkpoint {path}: the optimizer state of {key}")
+    if meta["config"].get("ema") and not ckpt.trained:
+        raise bad("it averages its weights (--ema) but holds no train/ weights")
+    for key, value in ckpt.trained.items():
+        _check_floats(value, f"checkpoint {path}: the trained weights of {key}")
     _check_arrays(ckpt, path, {"pca_eigval": (3,), "pca_eigvec": (3, 3)})
 
 

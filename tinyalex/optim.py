@@ -84,16 +84,26 @@ def sgd_update(w, g, v, lr, *, momentum, weight_decay, nesterov):
         w += v                                             # w <- w + v
 
 
-def route_update(route):
-    """The update function of a route: sgd_update above (readable, and a student's own layers)
-    or its Numba twin layers.fast.sgd_update (fast), imported only then (it loads Numba)."""
+def average_update(a, w, decay):
+    """a <- decay * a + (1 - decay) * w, in place: one step of the moving average `a` of a
+    parameter `w` (class Average). The readable route's; the fast route runs
+    layers.fast.average_update, the same operations in one pass."""
+    t = w.dtype.type
+    a *= t(decay)
+    a += t(1 - decay) * w
+
+
+def route_update(route, what="sgd"):
+    """The update function of a route, what="sgd" or "average": sgd_update or average_update
+    above (readable, and a student's own layers) or its Numba twin in layers/fast/sgd.py
+    (fast), imported only then (it loads Numba)."""
     from .student import is_student_route
     if route not in ROUTES and not is_student_route(route):
         raise ValueError(f"unknown route {route!r}; choose one of {', '.join(ROUTES)}")
     if route != "fast":
-        return sgd_update
-    from layers.fast.sgd import sgd_update as fast_update
-    return fast_update
+        return sgd_update if what == "sgd" else average_update
+    from layers.fast import sgd as fast
+    return fast.sgd_update if what == "sgd" else fast.average_update
 
 
 class SGD:
@@ -172,6 +182,41 @@ class SGD:
                 raise CheckpointError(f"optimizer state for {name} has shape {saved.shape}, "
                                       f"the parameter has {v.shape}")
             np.copyto(v, saved, casting="same_kind")
+
+
+class Average:
+    """An exponential moving average of the parameters (Polyak averaging), the weights a run
+    that averages (--ema DECAY) scores and keeps in its checkpoints. After step t (1, 2, ...):
+
+        a <- d_t a + (1 - d_t) w,     d_t = min(DECAY, (1 + t) / (10 + t))
+
+    The average starts at the initial weights; the ramp d_t lets it forget them in the first
+    steps (d_1 = 0.18: mostly the new weights), after which it weighs the last 1 / (1 - DECAY)
+    steps most (DECAY = 0.999: about 1,000 steps, three epochs of `cifar` at batch 128).
+
+    Inputs: params (dict name -> array, copied as the start of the average), decay in (0, 1),
+    route: whose update runs (as SGD's)."""
+
+    def __init__(self, params: dict[str, np.ndarray], decay: float, route: str = "fast"):
+        if not 0.0 < decay < 1.0:
+            raise TinyAlexError(f"the average's decay must be in (0, 1), got {decay}")
+        self.decay = float(decay)
+        self.update = route_update(route, "average")
+        self.average = {name: w.copy() for name, w in params.items()}
+
+    def step(self, params: dict[str, np.ndarray], t: int) -> None:
+        """Fold in the parameters after step t (counted from 1 over the whole run)."""
+        d = min(self.decay, (1 + t) / (10 + t))
+        for name, a in self.average.items():
+            self.update(a, params[name], d)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The averaged parameters by name (the live arrays)."""
+        return dict(self.average)
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for name, a in self.average.items():
+            np.copyto(a, state[name], casting="same_kind")
 
 
 # ---------------------------------------------------------------------------------------------

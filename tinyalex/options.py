@@ -19,7 +19,7 @@ RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", 
 RESUME_CHANGES = {"lr"}
 # options added after runs were already being saved: a checkpoint without one trained as this
 # (the versions policy: tinyalex/checkpoint.py)
-OLD_DEFAULTS = {"nesterov": False, "bias_decay": True, "label_smoothing": 0.0}
+OLD_DEFAULTS = {"nesterov": False, "bias_decay": True, "label_smoothing": 0.0, "ema": 0.0}
 # options stored under an older name: old -> new
 RENAMED = {"impl": "route"}
 
@@ -75,6 +75,9 @@ def add_train_arguments(parser):
                             "your own (python -m tinyalex exercise), tinyalex's readable ones where "
                             "yours are not written yet")
     add_recipe_arguments(g)
+    g.add_argument("--ema", type=number_in(0, 1), default=0.0, metavar="DECAY",
+                   help="score and keep a moving average of the weights, DECAY per step "
+                        "(e.g. 0.999: about the last 1,000 steps; default 0: the weights as trained)")
     add_data_arguments(parser)
     r = parser.add_argument_group("run")
     r.add_argument("--out", metavar="DIR", type=non_empty_path, default=None,

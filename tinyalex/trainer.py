@@ -9,6 +9,11 @@ A run directory holds:
                   minutes mid-epoch, and on Ctrl-C or SIGTERM
     best.npz      the checkpoint with the best validation accuracy so far
 
+Weight averaging (--ema DECAY). The run keeps a moving average of its weights
+(optim.Average) beside the weights it trains; validation, best.npz and the final scores are
+the average's, and a checkpoint holds the average as its parameters (what evaluate, predict
+and export load) and the trained weights under train/ (what a resume goes on from).
+
 (tinyalex/rundir.py decides which run may write into a directory.)
 
 Exact resumption. Every random draw of a step is a pure function of its position: the data
@@ -46,7 +51,7 @@ from .data import BatchLoader, load_dataset, subset
 from .errors import TinyAlexError
 from .outfiles import atomic_write, writing
 from .model import ARCHS, build_model
-from .optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, ONECYCLE_PEAK, SGD, make_schedule
+from .optim import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, ONECYCLE_PEAK, SGD, Average, make_schedule
 from .pictures import plot_curves
 from .processes import OneProcess
 from .scoring import score_loader, score_loader_views
@@ -176,6 +181,8 @@ class Run:
         self.sgd = SGD(self.model.params, momentum=config["momentum"],
                        weight_decay=config["weight_decay"], nesterov=config["nesterov"],
                        no_decay=() if config["bias_decay"] else biases, route=route)
+        self.average = (Average(self.model.params, config["ema"], route=route)
+                        if config.get("ema") else None)
         config["lr"] = base_lr(config)           # the default resolved, for config.json
         self.schedule = make_schedule(config["schedule"], lr=config["lr"], epochs=config["epochs"],
                                       steps_per_epoch=len(self.train_loader),
@@ -205,16 +212,20 @@ class Run:
                 if not np.isfinite(value).all():
                     raise self._diverged(f"the {group} {key} is no longer finite")
         data = self.data
-        params, optimizer = self.model.params, self.sgd.state_dict()
-        params, optimizer = self.processes.full_state(params, optimizer)   # every process calls it
-        if not self.processes.is_root:
+        trained = None
+        if self.average is None:
+            params, optimizer = self.processes.full_state(self.model.params, self.sgd.state_dict())
+        else:                                   # the average is what the run scores
+            params, optimizer = self.processes.full_state(self.average.state_dict(), self.sgd.state_dict())
+            trained, _ = self.processes.full_state(self.model.params, {})
+        if not self.processes.is_root:          # (every process calls full_state above)
             return
         if self.config_pending:                 # a resumed run's options, with its first save
             write_config(self.out_dir, self.config)
             self.config_pending = False
         path = os.path.join(self.out_dir, name)
         with writing(path):                     # a full disk: one line, and the run resumes
-            save_checkpoint(path, params=params, optimizer=optimizer,
+            save_checkpoint(path, params=params, optimizer=optimizer, trained=trained,
                             arrays={"mean": data.mean, "std": data.std, "pca_eigval": data.pca_eigval,
                                     "pca_eigvec": data.pca_eigvec},
                             meta=self._meta())
@@ -234,10 +245,13 @@ class Run:
         if meta["schedule"].get("epochs") != epochs:
             raise TrainingError(f"{path}: its schedule is for {meta['schedule'].get('epochs')} "
                                 f"epochs, its config says {epochs}")
-        for name, value in ckpt.params.items():
+        trained = ckpt.trained if self.average is not None else ckpt.params
+        for name, value in trained.items():
             if name not in self.model.params or self.model.params[name].shape != value.shape:
                 raise TrainingError(f"{path}: parameter {name} does not fit the {self.config['model']} model")
             self.model.params[name][...] = value
+        if self.average is not None:
+            self.average.load_state_dict(ckpt.params)
         self.sgd.load_state_dict(ckpt.optimizer)
         self.schedule.load_state_dict(meta["schedule"])
         if self.schedule.steps_per_epoch != len(self.train_loader):
@@ -342,6 +356,8 @@ class Run:
                                              f"batch {progress.batch + 1} (lr {lr:.3g})")
                     with np.errstate(over="ignore", invalid="ignore"):   # the next loss tells
                         self.sgd.step(self.model.params, step.grads, lr)
+                        if self.average is not None:
+                            self.average.step(self.model.params, epoch * steps + progress.batch + 1)
                     dt, t0 = time.perf_counter() - t0, time.perf_counter()
                     progress.batch += 1
                     progress.loss_sum += loss * len(y)
@@ -364,11 +380,28 @@ class Run:
             self._end_epoch(epoch, lr, show_progress)
         return "done"
 
+    @contextlib.contextmanager
+    def scored_weights(self):
+        """Inside: the model holds the weights the run scores (the average, with --ema)."""
+        if self.average is None:
+            yield
+            return
+        trained = {name: w.copy() for name, w in self.model.params.items()}
+        for name, w in self.model.params.items():
+            w[...] = self.average.average[name]
+        try:
+            yield
+        finally:
+            for name, w in self.model.params.items():
+                w[...] = trained[name]
+
     def _end_epoch(self, epoch, lr, show_progress=False):
         progress = self.progress
         t0 = time.perf_counter()
-        val_loss, val_acc, _ = (score_loader(self.model, self.val_loader, desc="validating" if show_progress else None)
-                                if self.val_loader else (None, None, None))
+        with self.scored_weights():
+            val_loss, val_acc, _ = (score_loader(self.model, self.val_loader,
+                                                 desc="validating" if show_progress else None)
+                                    if self.val_loader else (None, None, None))
         row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / max(1, progress.seen),
                "train_acc": progress.correct / max(1, progress.seen), "val_loss": val_loss, "val_acc": val_acc,
                "lr": lr, "seconds": round(progress.seconds + time.perf_counter() - t0, 3),
@@ -400,8 +433,9 @@ class Run:
             if loader is None:
                 continue
             name = "validation" if split == "val" else split
-            views = score_loader_views(self.model, loader,
-                                       desc=f"scoring {name}" if show_progress else None)
+            with self.scored_weights():
+                views = score_loader_views(self.model, loader,
+                                           desc=f"scoring {name}" if show_progress else None)
             for tta, suffix in (("none", ""), ("flip", "_flip")):
                 loss, top1, top5 = views[tta]
                 scores.update({f"{split}_loss{suffix}": loss, f"{split}_top1{suffix}": top1,

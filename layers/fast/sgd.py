@@ -1,7 +1,7 @@
-"""The optimizer's update on the fast route: `tinyalex/optim.py`'s sgd_update (plain NumPy,
-the definition) as one threaded Numba pass over w, g and v instead of five NumPy passes with
-their temporaries. The same float operations in the same order, so the same bits; the tests
-hold the two equal."""
+"""The optimizer's updates on the fast route: `tinyalex/optim.py`'s sgd_update and
+average_update (plain NumPy, the definitions) as one threaded Numba pass each, instead of
+several NumPy passes with their temporaries. The same float operations in the same order, so
+the same bits; the tests hold each pair equal."""
 
 import numpy as np
 
@@ -27,3 +27,16 @@ def sgd_update(w, g, v, lr, *, momentum, weight_decay, nesterov):
     t = w.dtype.type  # the scalars in the parameters' dtype, as NumPy would use them
     _update(bool(nesterov), t(momentum), t(weight_decay * lr), t(lr),
             np.ascontiguousarray(g, dtype=w.dtype).reshape(-1), w.reshape(-1), v.reshape(-1))
+
+
+@threaded_kernel(lambda decay, rest, w, a: a.shape[0])
+def _average(lo, hi, decay, rest, w, a):
+    for i in range(lo, hi):
+        a[i] = decay * a[i] + rest * w[i]
+
+
+def average_update(a, w, decay):
+    """a (C-contiguous, updated in place) <- decay * a + (1 - decay) * w. As
+    tinyalex.optim.average_update."""
+    t = w.dtype.type
+    _average(t(decay), t(1 - decay), np.ascontiguousarray(w).reshape(-1), a.reshape(-1))

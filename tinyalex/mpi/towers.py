@@ -368,4 +368,5 @@ class Towers(Ranks):
     def local_checkpoint(self, ckpt):
         """A single-process checkpoint cut to this tower's rows."""
         cut = lambda group: {k: v[own_rows(len(v), self.rank)] for k, v in group.items()}  # noqa: E731
-        return replace(ckpt, params=cut(ckpt.params), optimizer=cut(ckpt.optimizer))
+        return replace(ckpt, params=cut(ckpt.params), optimizer=cut(ckpt.optimizer),
+                       trained=cut(ckpt.trained))
