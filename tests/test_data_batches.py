@@ -134,6 +134,42 @@ def test_basic_32_is_an_in_bounds_crop_of_the_padded_image_maybe_mirrored():
     assert tops.min() < 2 and tops.max() > 6 and lefts.min() < 2 and lefts.max() > 6
 
 
+@pytest.mark.parametrize("size, cutout", [(32, 8), (32, 1), (224, 56)])
+def test_cutout_blanks_one_square_per_image_and_changes_nothing_else(size, cutout):
+    """Each training image is the batch without cutout except for one clipped KxK square set
+    to 0 (the mean colour), all channels; the placements are those of a run without cutout;
+    validation images have none."""
+    images = _images(64, seed=2)
+    kw = dict(batch_size=64, augment="basic", seed=4, image_size=size, prefetch=0)
+    plain, _ = next(iter(_loader(images, **kw).epoch(1)))
+    x, _ = next(iter(_loader(images, cutout=cutout, **kw).epoch(1)))
+    zero = x == 0
+    assert (zero == zero[:, :1]).all()                                       # every channel
+    np.testing.assert_array_equal(np.where(zero, plain, x), plain)           # the rest untouched
+    areas, heights = [], []
+    for b in range(64):
+        rows, cols = np.nonzero(zero[b, 0] & (plain[b, 0] != 0))
+        if cutout > 1:
+            assert len(rows), f"image {b} has no square"
+        square = zero[b, 0, rows.min():rows.max() + 1, cols.min():cols.max() + 1] if len(rows) else None
+        if square is not None:
+            assert square.all() and square.shape[0] <= cutout and square.shape[1] <= cutout
+            areas.append(square.size)
+            heights.append(square.shape[0])
+    assert max(heights) == cutout                                            # whole squares
+    assert cutout == 1 or min(areas) < cutout * cutout                       # and squares clipped at the edges
+    validation, _ = next(iter(_loader(images, cutout=cutout, train=False, **{**kw, "augment": "none"}).epoch(0)))
+    np.testing.assert_array_equal(validation, next(iter(_loader(images, train=False, **kw).epoch(0)))[0])
+
+
+def test_cutout_batches_are_a_function_of_seed_epoch_and_batch():
+    images = _images(20, seed=7)
+    kw = dict(batch_size=4, augment="basic", seed=3, cutout=6)
+    single = _all(_loader(images, prefetch=0, **kw), 2)
+    assert _same(_all(_loader(images, prefetch=2, **kw), 2, start=3), single[3:])
+    assert not _same(_all(_loader(images, prefetch=0, **{**kw, "seed": 4}), 2), single)
+
+
 def test_224_basic_is_the_upscaled_image_or_its_exact_mirror():
     images = _images(12, seed=2)
     loader = _loader(images, batch_size=12, augment="basic", image_size=224, seed=1)

@@ -84,14 +84,15 @@ def _config(data, out, epochs=2):
 def test_the_recipe_s_defaults_and_its_options_recorded(data, tmp_path):
     from tinyalex.options import train_parser
     defaults = train_parser().parse_args([])
-    assert (defaults.init, defaults.nesterov, defaults.bias_decay, defaults.label_smoothing) \
-        == ("he", True, False, 0.1)
+    assert (defaults.init, defaults.nesterov, defaults.bias_decay, defaults.label_smoothing,
+            defaults.ema, defaults.cutout) == ("he", True, False, 0.1, 0.0, 0)
     out = str(tmp_path / "run")
     assert train_main(args(data, out, "--epochs", "1", "--init", "torch", "--no-nesterov",
-                           "--bias-decay", "--label-smoothing", "0.05")) == 0
+                           "--bias-decay", "--label-smoothing", "0.05", "--ema", "0.99",
+                           "--cutout", "8")) == 0
     config = json.load(open(os.path.join(out, "config.json")))
-    assert (config["init"], config["nesterov"], config["bias_decay"], config["label_smoothing"]) \
-        == ("torch", False, True, 0.05)
+    assert (config["init"], config["nesterov"], config["bias_decay"], config["label_smoothing"],
+            config["ema"], config["cutout"]) == ("torch", False, True, 0.05, 0.99, 8)
 
 
 @pytest.mark.parametrize("flags,nesterov,exempt", [

@@ -19,7 +19,8 @@ RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", 
 RESUME_CHANGES = {"lr"}
 # options added after runs were already being saved: a checkpoint without one trained as this
 # (the versions policy: tinyalex/checkpoint.py)
-OLD_DEFAULTS = {"nesterov": False, "bias_decay": True, "label_smoothing": 0.0, "ema": 0.0}
+OLD_DEFAULTS = {"nesterov": False, "bias_decay": True, "label_smoothing": 0.0, "ema": 0.0,
+                "cutout": 0}
 # options stored under an older name: old -> new
 RENAMED = {"impl": "route"}
 

@@ -90,7 +90,7 @@ def build_loaders(config):
     common = dict(batch_size=config["batch_size"], image_size=IMAGE_SIZE[config["model"]],
                   mean=data.mean, std=data.std, seed=seed)
     train = BatchLoader(train_x, train_y, train=True, augment=config["augment"],
-                        pca=(data.pca_eigval, data.pca_eigvec), **common)
+                        cutout=config.get("cutout", 0), pca=(data.pca_eigval, data.pca_eigvec), **common)
     val = BatchLoader(val_x, val_y, train=False, **common) if len(val_y) else None
     test = None
     if data.test_x is not None and len(data.test_y):

@@ -33,7 +33,7 @@ def add_skip_bad_images_argument(parser, help="skip unreadable files of an image
 
 
 def add_data_arguments(parser: argparse.ArgumentParser):
-    """Add --data, --data-dir, --val-size, --augment, --skip-bad-images; returns the group."""
+    """Add --data, --data-dir, --val-size, --augment, --cutout, --skip-bad-images; returns the group."""
     group = parser.add_argument_group("data")
     add_source_arguments(group)
     group.add_argument("--val-size", type=non_negative_int, default=None, metavar="N",
@@ -45,6 +45,9 @@ def add_data_arguments(parser: argparse.ArgumentParser):
                             "crop of the 4-padded image (32x32) or upscaling (224); paper = "
                             "upscale to 256, random 224 crops and mirrors, PCA lighting "
                             "(default basic)")
+    group.add_argument("--cutout", type=non_negative_int, default=0, metavar="K",
+                       help="also blank a random KxK square of each training image (set to the "
+                            "mean colour; cutout, DeVries and Taylor 2017); default 0: none")
     add_skip_bad_images_argument(group, "skip unreadable image files with a warning instead of stopping")
     return group
 

@@ -22,7 +22,8 @@ import threading
 
 import numpy as np
 
-from .transforms import AUGMENTS, check_images, render, train_placement, view_placements
+from .transforms import (AUGMENTS, apply_cutout, check_images, cutout_squares, render, train_placement,
+                         view_placements)
 
 
 class _Failure:
@@ -38,13 +39,15 @@ _DONE = object()
 class BatchLoader:
     """Iterate over (x, y) mini-batches: x float32 (B, 3, S, S) normalised, y int64 (B,).
 
-    ``train=True`` shuffles every epoch and applies ``augment``; ``train=False`` keeps the
+    ``train=True`` shuffles every epoch and applies ``augment`` (and ``cutout``, a square's
+    side, 0 for none); ``train=False`` keeps the
     order and only resizes to ``image_size`` (validation and test). ``len(loader)`` is the
     number of batches per epoch; the last one is smaller unless ``drop_last``.
     """
 
     def __init__(self, images, labels, *, batch_size=128, train=True, augment="basic",
-                 image_size=32, mean, std, pca=None, seed=0, prefetch=2, drop_last=False):
+                 image_size=32, mean, std, pca=None, seed=0, prefetch=2, drop_last=False,
+                 cutout=0):
         self.images = check_images(images)
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.shape != (len(self.images),):
@@ -55,8 +58,8 @@ class BatchLoader:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         if train and augment == "paper" and pca is None:
             raise ValueError("augment='paper' needs pca=(eigval, eigvec) for the lighting")
-        if int(seed) < 0 or int(prefetch) < 0:
-            raise ValueError("seed and prefetch must be >= 0")
+        if int(seed) < 0 or int(prefetch) < 0 or int(cutout) < 0:
+            raise ValueError("seed, prefetch and cutout must be >= 0")
         self.mean = np.asarray(mean, np.float32).reshape(3)
         self.std = np.asarray(std, np.float32).reshape(3)
         if not (self.std > 0).all():
@@ -64,6 +67,7 @@ class BatchLoader:
         self.batch_size = int(batch_size)
         self.train = bool(train)
         self.augment = augment if train else "none"
+        self.cutout = int(cutout) if train else 0
         self.image_size = int(image_size)
         self.pca = pca
         self.seed = int(seed)
@@ -93,6 +97,8 @@ class BatchLoader:
                                         size=self.image_size, mode="none")[0]
         x = render(self.images, index, placement, size=self.image_size, mean=self.mean,
                    std=self.std)
+        if self.cutout:
+            apply_cutout(x, cutout_squares(rng, len(index), size=self.image_size, cutout=self.cutout))
         return x, self.labels[index]
 
     # --- the epoch ----------------------------------------------------------------------

@@ -14,6 +14,11 @@ Training (``--augment``), source side H = 32:
     paper  basic + PCA lighting                 the paper: resize H -> T = S*256/224 (256),
                                                 random SxS crop, random mirror, PCA lighting
 
+Cutout (``--cutout K``, DeVries and Taylor 2017), after any of these: a K x K square of each
+training image, centred on a random pixel (so it may hang over the edge and show less), is
+set to 0 after normalisation: the training set's mean colour. The draws come after the
+placement's, so a run without cutout sees the very same batches as before the option existed.
+
 PCA lighting (Krizhevsky et al. 2012, section 4.1) adds ``sum_i alpha_i lambda_i p_i`` to
 every pixel of an image, ``alpha_i ~ N(0, 0.1)`` drawn per image each time it is used,
 ``lambda_i, p_i`` the eigenvalues/vectors of the training set's RGB covariance. The scale
@@ -100,6 +105,22 @@ def train_placement(rng: np.random.Generator, batch: int, *, side: int, size: in
         alpha = rng.normal(0.0, LIGHTING_STD, size=(batch, 3))
         delta = ((alpha * eigval) @ eigvec.T).astype(np.float32)   # row b: sum_i a_bi l_i p_i
     return Placement(resized, pad, offsets.astype(np.int64), flips, delta)
+
+
+def cutout_squares(rng: np.random.Generator, batch: int, *, size: int, cutout: int) -> np.ndarray:
+    """(B, 4) int64 rows (top, bottom, left, right): the square of each image that cutout
+    sets to 0, rows top..bottom-1 and columns left..right-1, clipped to the S x S image."""
+    centres = rng.integers(0, size, size=(batch, 2))
+    low = np.clip(centres - cutout // 2, 0, size)
+    high = np.clip(centres - cutout // 2 + cutout, 0, size)
+    return np.stack([low[:, 0], high[:, 0], low[:, 1], high[:, 1]], axis=1).astype(np.int64)
+
+
+def apply_cutout(x: np.ndarray, squares: np.ndarray) -> np.ndarray:
+    """x (B, C, S, S) with each image's square (cutout_squares) set to 0, in place."""
+    for b, (top, bottom, left, right) in enumerate(squares):
+        x[b, :, top:bottom, left:right] = 0.0
+    return x
 
 
 def view_placements(batch: int, *, side: int, size: int, mode: str) -> list:
