@@ -1,6 +1,7 @@
 """Weight averaging (--ema, tinyalex.optim.Average): the update on both routes, the run that
 scores and saves the average, and its exact resume."""
 
+import json
 import os
 
 import numpy as np
@@ -9,11 +10,12 @@ import pytest
 from layers.fast import sgd as fast_sgd
 from tinyalex.checkpoint import load_checkpoint, load_model, save_checkpoint
 from tinyalex.cli import main, train_main
+from tinyalex.data.synthetic import write_cifar_batches
 from tinyalex.optim import Average, average_update
 from tinyalex.scoring import score_loader
-from tinyalex.trainer import Run
+from tinyalex.trainer import Run, build_loaders
 
-from test_train import interrupted_run, learn_config, learnable  # noqa: F401 (a fixture)
+from test_train import learn_config, learnable  # noqa: F401 (learnable: a fixture)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -126,3 +128,26 @@ def test_a_checkpoint_of_an_ema_run_without_its_trained_weights_cannot_resume(wh
                     meta=ckpt.meta, trained=wrong)
     with pytest.raises(Exception, match="trained weights"):
         load_checkpoint(path)
+
+
+def test_the_end_of_an_ema_run_reports_the_average_and_the_weights_as_trained(tmp_path, capsys):
+    data = str(tmp_path / "data")
+    write_cifar_batches(os.path.join(data, "cifar-10-batches-py"), per_batch=12, n_test=20, seed=3)
+    out = str(tmp_path / "run")
+    assert train_main(["--model", "tiny", "--data", data, "--data-dir", str(tmp_path / "cache"),
+                       "--val-size", "10", "--batch-size", "10", "--epochs", "2", "--ema", "0.9",
+                       "--out", out, "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "(the average of the weights, --ema)" in said and "(the final weights as trained)" in said
+    scores = json.load(open(os.path.join(out, "test.json")))
+    _, _, val, test = build_loaders(json.load(open(os.path.join(out, "config.json"))))
+    last = load_checkpoint(os.path.join(out, "last.npz"))
+    for tag, weights in (("", last.params), ("_trained", last.trained)):
+        model, _ = load_model(os.path.join(out, "last.npz"))
+        for name, w in model.params.items():
+            w[...] = weights[name]
+        for split, loader in (("val", val), ("test", test)):
+            loss, top1, _ = score_loader(model, loader)
+            assert top1 == scores[f"{split}_top1{tag}"]
+            assert np.isclose(loss, scores[f"{split}_loss{tag}"], rtol=1e-12)
+    assert scores["test_loss"] != scores["test_loss_trained"]

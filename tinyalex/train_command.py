@@ -107,7 +107,11 @@ def _train(config, out, ckpt_path, signals, processes, same_run=False):
         log(f"best validation accuracy {100 * best:.2f}% ({os.path.join(out, 'best.npz')})")
     for split, name in (("val", "validation"), ("test", "test")):
         if f"{split}_top1" in scores and root:
-            log(f"{name}: {_scores_line(scores, split)} (final parameters)")
+            averaged = f"{split}_top1_trained" in scores
+            log(f"{name}: {_scores_line(scores, split)} "
+                f"({'the average of the weights, --ema' if averaged else 'final parameters'})")
+            if averaged:
+                log(f"{name}: {_scores_line(scores, split, '_trained')} (the final weights as trained)")
     if "test_top1" in scores and root:
         text = json.dumps({"headline": "test_top1_flip", **scores}, indent=2) + "\n"
         try:
@@ -123,12 +127,14 @@ def _finished(meta, config):
     return meta["epoch"] >= config["epochs"] and meta["batch"] == 0
 
 
-def _scores_line(scores, split):
-    """The end-of-run line of a split: flip-TTA first (the headline), then the centre image."""
-    return (f"top-1 {100 * scores[f'{split}_top1_flip']:.2f}% with flip TTA (image + mirror), "
-            f"{100 * scores[f'{split}_top1']:.2f}% centre only; top-5 "
-            f"{100 * scores[f'{split}_top5_flip']:.2f}% / {100 * scores[f'{split}_top5']:.2f}%; "
-            f"loss {scores[f'{split}_loss_flip']:.4f} / {scores[f'{split}_loss']:.4f}")
+def _scores_line(scores, split, tag=""):
+    """The end-of-run line of a split: flip-TTA first (the headline), then the centre image.
+    tag "_trained": the scores of the weights as trained, in a run that averages them."""
+    def pick(what):
+        return scores[f"{split}_{what}{tag}"]
+    return (f"top-1 {100 * pick('top1_flip'):.2f}% with flip TTA (image + mirror), "
+            f"{100 * pick('top1'):.2f}% centre only; top-5 {100 * pick('top5_flip'):.2f}% / "
+            f"{100 * pick('top5'):.2f}%; loss {pick('loss_flip'):.4f} / {pick('loss'):.4f}")
 
 
 def _saved_position(run):

@@ -427,19 +427,25 @@ class Run:
         """Loss, top-1 and top-5 of the final parameters on the validation and test splits
         (those the data has, within --limit-val and --limit-test), each scored twice: on the
         centre image and with flip test-time augmentation.
-        {"val_top1": ..., "val_top1_flip": ..., "test_top1": ..., ...}"""
+        {"val_top1": ..., "val_top1_flip": ..., "test_top1": ..., ...}. A run that averages
+        its weights (--ema) scores the average, and the weights as trained too, under the
+        same names ending in "_trained"."""
         scores = {}
+        weights = [("", self.scored_weights)]
+        if self.average is not None:
+            weights.append(("_trained", contextlib.nullcontext))
         for split, loader in (("val", self.val_loader), ("test", self.test_loader)):
             if loader is None:
                 continue
             name = "validation" if split == "val" else split
-            with self.scored_weights():
-                views = score_loader_views(self.model, loader,
-                                           desc=f"scoring {name}" if show_progress else None)
-            for tta, suffix in (("none", ""), ("flip", "_flip")):
-                loss, top1, top5 = views[tta]
-                scores.update({f"{split}_loss{suffix}": loss, f"{split}_top1{suffix}": top1,
-                               f"{split}_top5{suffix}": top5})
+            for tag, holding in weights:
+                with holding():
+                    views = score_loader_views(self.model, loader,
+                                               desc=f"scoring {name}" if show_progress else None)
+                for tta, suffix in (("none", ""), ("flip", "_flip")):
+                    loss, top1, top5 = views[tta]
+                    scores.update({f"{split}_loss{suffix}{tag}": loss, f"{split}_top1{suffix}{tag}": top1,
+                                   f"{split}_top5{suffix}{tag}": top5})
         return scores
 
 
