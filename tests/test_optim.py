@@ -299,23 +299,27 @@ def test_onecycle_defaults_per_model_and_override():
 
 
 @pytest.mark.parametrize("epochs,steps", [(10, 352), (3, 7), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 3), (7, 1), (2, 100)])
-def test_onecycle_matches_torch(epochs, steps, torch):
+@pytest.mark.parametrize("warmup", [0.15, 0.3])
+def test_onecycle_matches_torch(epochs, steps, warmup, torch):
     """torch-train's scheduler (PyTorch's OneCycleLR, given train.py's warm-up) and tinyalex's
     give the same rate at every iteration."""
     from tinyalex.torch_train import make_scheduler
     peak = 0.05
     w = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([w], lr=peak, momentum=0.9)
-    ref, per_batch = make_scheduler(torch, opt, "onecycle", peak, epochs, steps)
+    ref, per_batch = make_scheduler(torch, opt, "onecycle", peak, epochs, steps, warmup)
     assert per_batch
     torch_lrs = []
     for _ in range(epochs * steps):
         torch_lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         ref.step()
-    ours = _all_lrs(make_schedule("onecycle", lr=peak, epochs=epochs, steps_per_epoch=steps),
-                    epochs, steps)
+    schedule = make_schedule("onecycle", lr=peak, epochs=epochs, steps_per_epoch=steps, warmup=warmup)
+    ours = _all_lrs(schedule, epochs, steps)
     np.testing.assert_allclose(ours, torch_lrs, rtol=1e-9, atol=1e-15)
+    if epochs * steps >= 1000:          # (shorter runs take the 100-step minimum)
+        assert schedule.warmup == warmup * epochs * steps
+        assert int(np.argmax(ours)) == round(warmup * epochs * steps) - 1
 
 
 def test_step_schedule_by_hand_and_against_torch(torch):

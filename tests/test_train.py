@@ -85,14 +85,14 @@ def test_the_recipe_s_defaults_and_its_options_recorded(data, tmp_path):
     from tinyalex.options import train_parser
     defaults = train_parser().parse_args([])
     assert (defaults.init, defaults.nesterov, defaults.bias_decay, defaults.label_smoothing,
-            defaults.ema, defaults.cutout) == ("he", True, False, 0.1, 0.0, 0)
+            defaults.ema, defaults.cutout, defaults.warmup) == ("he", True, False, 0.1, 0.0, 0, 0.15)
     out = str(tmp_path / "run")
     assert train_main(args(data, out, "--epochs", "1", "--init", "torch", "--no-nesterov",
                            "--bias-decay", "--label-smoothing", "0.05", "--ema", "0.99",
-                           "--cutout", "8")) == 0
+                           "--cutout", "8", "--warmup", "0.3")) == 0
     config = json.load(open(os.path.join(out, "config.json")))
     assert (config["init"], config["nesterov"], config["bias_decay"], config["label_smoothing"],
-            config["ema"], config["cutout"]) == ("torch", False, True, 0.05, 0.99, 8)
+            config["ema"], config["cutout"], config["warmup"]) == ("torch", False, True, 0.05, 0.99, 8, 0.3)
 
 
 @pytest.mark.parametrize("flags,nesterov,exempt", [

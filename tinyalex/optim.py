@@ -279,8 +279,8 @@ class OneCycle(Schedule):
     With ``T = epochs * steps_per_epoch`` iterations, iteration ``i = epoch *
     steps_per_epoch + step``, ``start = peak / 25`` and ``final = start / 1e4``:
 
-        warm-up       W = max(0.15 * T, min(MIN_WARMUP_STEPS, T / 2)) iterations
-                      (0.15 * T for T < 4)
+        warm-up       W = max(p * T, min(MIN_WARMUP_STEPS, T / 2)) iterations
+                      (p * T for T < 4), p = pct_start (--warmup, default 0.15)
         warm-up end   e = W - 1                  (a float, as in PyTorch)
         i <= e:       lr = start + (peak - start) * i / e
         i >  e:       lr = peak + (final - peak) * (i - e) / (T - 1 - e)
@@ -298,15 +298,16 @@ class OneCycle(Schedule):
 
     name = "onecycle"
     FIELDS = {"peak": float, "warmup": float, **Schedule.FIELDS}
-    pct_start = 0.15
     div_factor = 25.0
     final_div_factor = 1e4
 
-    def __init__(self, *, peak: float, epochs: int, steps_per_epoch: int):
+    def __init__(self, *, peak: float, epochs: int, steps_per_epoch: int, pct_start: float = 0.15):
         super().__init__(epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.peak = float(peak)
+        if not 0.0 <= pct_start < 1.0:
+            raise TinyAlexError(f"the warm-up must be a fraction of the run in [0, 1), got {pct_start}")
         shortest = min(MIN_WARMUP_STEPS, self.total / 2) if self.total >= 4 else 0
-        self.warmup = max(self.pct_start * self.total, shortest)
+        self.warmup = max(pct_start * self.total, shortest)
 
     @property
     def total(self) -> int:
@@ -316,7 +317,7 @@ class OneCycle(Schedule):
         if isinstance(state, dict) and "warmup" not in state:
             # saved before the warm-up had a minimum length: 15% of the run, as then
             try:
-                state = {**state, "warmup": self.pct_start * int(state["epochs"]) * int(state["steps_per_epoch"])}
+                state = {**state, "warmup": 0.15 * int(state["epochs"]) * int(state["steps_per_epoch"])}
             except (KeyError, TypeError, ValueError):
                 pass                      # refused below, as any damaged state
         super().load_state_dict(state)
@@ -409,7 +410,8 @@ SCHEDULES = {schedule.name: schedule for schedule in (OneCycle, MultiStep, Plate
 
 
 def make_schedule(name: str = "onecycle", *, lr: float | None = None, epochs: int,
-                  steps_per_epoch: int, patience: int = 2, model: str = "cifar"):
+                  steps_per_epoch: int, patience: int = 2, model: str = "cifar",
+                  warmup: float = 0.15):
     """Build a learning-rate schedule.
 
     Inputs:
@@ -420,6 +422,7 @@ def make_schedule(name: str = "onecycle", *, lr: float | None = None, epochs: in
       ``epoch * steps_per_epoch + step``.
     - patience: plateau only, epochs without improvement before the rate drops.
     - model: "cifar", "paper" or "tiny"; chooses onecycle's default peak.
+    - warmup: onecycle only, its warm-up as a fraction of the run (OneCycle's pct_start).
 
     Returns an object with ``.name``, ``.lr_at(epoch, step) -> float``,
     ``.end_epoch(epoch, val_acc)``, ``.state_dict() -> dict`` (JSON-serialisable) and
@@ -440,7 +443,7 @@ def make_schedule(name: str = "onecycle", *, lr: float | None = None, epochs: in
             raise TinyAlexError(f"{what} must be a whole number >= 1, got {value}")
     length = dict(epochs=epochs, steps_per_epoch=steps_per_epoch)
     if name == "onecycle":
-        return OneCycle(peak=ONECYCLE_PEAK[model] if lr is None else lr, **length)
+        return OneCycle(peak=ONECYCLE_PEAK[model] if lr is None else lr, pct_start=warmup, **length)
     if name == "step":
         return MultiStep(lr=DEFAULT_LR if lr is None else lr, **length)
     return Plateau(lr=DEFAULT_LR if lr is None else lr, patience=patience, **length)

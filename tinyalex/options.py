@@ -20,7 +20,7 @@ RESUME_CHANGES = {"lr"}
 # options added after runs were already being saved: a checkpoint without one trained as this
 # (the versions policy: tinyalex/checkpoint.py)
 OLD_DEFAULTS = {"nesterov": False, "bias_decay": True, "label_smoothing": 0.0, "ema": 0.0,
-                "cutout": 0}
+                "cutout": 0, "warmup": 0.15}
 # options stored under an older name: old -> new
 RENAMED = {"impl": "route"}
 
@@ -28,7 +28,7 @@ RENAMED = {"impl": "route"}
 def add_recipe_arguments(g):
     """The optimiser's and the loss's options, shared by train.py and torch-train (which runs
     the same recipe in PyTorch): --momentum, --weight-decay, --nesterov, --bias-decay,
-    --label-smoothing, --init."""
+    --warmup, --label-smoothing, --init."""
     g.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=number_in(0), default=DEFAULT_WEIGHT_DECAY,
                    help=f"weight decay (default {DEFAULT_WEIGHT_DECAY:g})")
@@ -37,6 +37,9 @@ def add_recipe_arguments(g):
     g.add_argument("--bias-decay", action=argparse.BooleanOptionalAction, default=False,
                    help="weight decay on the biases too, as the paper and PyTorch's default do "
                         "(default: weights only)")
+    g.add_argument("--warmup", type=number_in(0, 1), default=0.15, metavar="F",
+                   help="onecycle's warm-up, a fraction F of the run (default 0.15; never fewer "
+                        "than 100 steps, or half a short run)")
     g.add_argument("--label-smoothing", type=number_in(0, 1), default=0.1, metavar="E",
                    help="train towards 1-E+E/classes on the true class and E/classes on the "
                         "others (default 0.1; 0: plain cross-entropy)")

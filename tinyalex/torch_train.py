@@ -76,11 +76,12 @@ def register(subparsers):
     p.set_defaults(func=run_torch_train)
 
 
-def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch):
-    """PyTorch's own scheduler for train.py's schedule `name`, and whether it steps per batch."""
+def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch, warmup=0.15):
+    """PyTorch's own scheduler for train.py's schedule `name` (onecycle's warm-up a fraction of
+    the run, train.py's --warmup), and whether it steps per batch."""
     if name == "onecycle":
         from .optim import OneCycle
-        warmup = OneCycle(peak=peak, epochs=epochs, steps_per_epoch=steps_per_epoch).warmup
+        warmup = OneCycle(peak=peak, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=warmup).warmup
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=peak, total_steps=epochs * steps_per_epoch,
             pct_start=warmup / (epochs * steps_per_epoch),
@@ -155,7 +156,7 @@ def _train(torch, args, out):
     # (PyTorch refuses Nesterov without momentum; with momentum 0 both rules are plain SGD)
     opt = torch.optim.SGD(groups, lr=peak, momentum=args.momentum,
                           nesterov=args.nesterov and args.momentum > 0)
-    scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train))
+    scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train), args.warmup)
     print(f"data: {data.summary()}")
     print(f"PyTorch {torch.__version__}, {plural(torch.get_num_threads(), 'thread')}: {args.model}, "
           f"{plural(args.epochs, 'epoch')} of {plural(len(train), 'step')}, batch {args.batch_size}, "

@@ -186,7 +186,8 @@ class Run:
         config["lr"] = base_lr(config)           # the default resolved, for config.json
         self.schedule = make_schedule(config["schedule"], lr=config["lr"], epochs=config["epochs"],
                                       steps_per_epoch=len(self.train_loader),
-                                      patience=config["patience"], model=config["model"])
+                                      patience=config["patience"], model=config["model"],
+                                      warmup=config["warmup"])
         self.progress = Progress()
         if resume_from is not None:
             self._restore(resume_from)
