@@ -90,7 +90,7 @@ def build_loaders(config):
     common = dict(batch_size=config["batch_size"], image_size=IMAGE_SIZE[config["model"]],
                   mean=data.mean, std=data.std, seed=seed)
     train = BatchLoader(train_x, train_y, train=True, augment=config["augment"],
-                        cutout=config.get("cutout", 0), pca=(data.pca_eigval, data.pca_eigvec), **common)
+                        cutout=config["cutout"], pca=(data.pca_eigval, data.pca_eigvec), **common)
     val = BatchLoader(val_x, val_y, train=False, **common) if len(val_y) else None
     test = None
     if data.test_x is not None and len(data.test_y):
@@ -182,7 +182,7 @@ class Run:
                        weight_decay=config["weight_decay"], nesterov=config["nesterov"],
                        no_decay=() if config["bias_decay"] else biases, route=route)
         self.average = (Average(self.model.params, config["ema"], route=route)
-                        if config.get("ema") else None)
+                        if config["ema"] else None)
         config["lr"] = base_lr(config)           # the default resolved, for config.json
         self.schedule = make_schedule(config["schedule"], lr=config["lr"], epochs=config["epochs"],
                                       steps_per_epoch=len(self.train_loader),
