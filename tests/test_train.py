@@ -353,3 +353,30 @@ def test_the_readable_route_trains_the_same_run(data, tmp_path):
         rows[route] = read_metrics(out)[0]
     for field in ("train_loss", "val_loss"):
         assert float(rows["readable"][field]) == pytest.approx(float(rows["fast"][field]), rel=1e-4), field
+
+
+def test_val_flip_records_the_flip_tta_accuracy_of_every_epoch(data, tmp_path):
+    """--val-flip adds val_acc_flip to metrics.csv: the flip-TTA accuracy of that epoch's
+    weights, as evaluate scores it; the centre columns and the training are those of a run
+    without it. A resume may turn it on."""
+    plain, flip = str(tmp_path / "plain"), str(tmp_path / "flip")
+    assert train_main(args(data, plain, "--epochs", "2")) == 0
+    assert train_main(args(data, flip, "--epochs", "2", "--val-flip")) == 0
+    rows, plain_rows = read_metrics(flip), read_metrics(plain)
+    assert [r["val_acc_flip"] for r in plain_rows] == ["", ""]
+    for r, p in zip(rows, plain_rows):
+        assert (r["val_loss"], r["val_acc"], r["train_loss"]) == (p["val_loss"], p["val_acc"], p["train_loss"])
+    from tinyalex.checkpoint import load_model
+    from tinyalex.scoring import score_loader
+    from tinyalex.trainer import build_loaders
+    model, ckpt = load_model(os.path.join(flip, "last.npz"))
+    _, _, val, _ = build_loaders(ckpt.meta["config"])
+    assert float(rows[-1]["val_acc_flip"]) == score_loader(model, val, tta="flip")[1]
+
+
+def test_a_resume_may_turn_val_flip_on(learnable, tmp_path):
+    out = str(tmp_path / "run")
+    interrupted_run(learnable["a"], out, epoch=1, batch=2)
+    assert train_main(["--resume", out, "--no-progress", "--val-flip"]) == 0
+    flips = [r["val_acc_flip"] for r in read_metrics(out)]
+    assert flips[0] == "" and all(0 <= float(f) <= 1 for f in flips[1:]) and len(flips) == 4

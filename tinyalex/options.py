@@ -14,7 +14,7 @@ from .optim import DEFAULT_WEIGHT_DECAY, SCHEDULES
 
 # options that may differ when resuming: they do not change what the run computes
 RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "route", "towers",
-               "limit_test"}
+               "limit_test", "val_flip"}
 # options a resume may change: the rest of the run follows the new value (config.json says so)
 RESUME_CHANGES = {"lr"}
 # options added after runs were already being saved: a checkpoint without one trained as this
@@ -100,6 +100,9 @@ def add_train_arguments(parser):
     r.add_argument("--save-every", type=number_in(0), default=5.0, metavar="MIN",
                    help="also save last.npz every MIN minutes mid-epoch (default 5; 0: epoch ends only)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    r.add_argument("--val-flip", action="store_true",
+                   help="validate every epoch with flip TTA too (metrics.csv's val_acc_flip; "
+                        "twice the validation time; the end of the run always scores both)")
     r.add_argument("--towers", type=int, choices=(1, 2), default=1,
                    help="2: the paper's two towers on two MPI processes, mpiexec -n 2 python train.py "
                         "--towers 2; under mpiexec without it, the processes train data-parallel "

@@ -3,7 +3,8 @@
 A run directory holds:
 
     config.json   the options of the run
-    metrics.csv   one row per epoch (train/val loss and accuracy, lr, seconds, images/s)
+    metrics.csv   one row per epoch (train/val loss and accuracy, lr, seconds, images/s; with
+                  --val-flip the validation accuracy with flip TTA too)
     curves.png    loss and accuracy per epoch, redrawn after every epoch
     last.npz      the latest checkpoint: written at every epoch end and every --save-every
                   minutes mid-epoch, and on Ctrl-C or SIGTERM
@@ -57,7 +58,8 @@ from .processes import OneProcess
 from .scoring import score_loader, score_loader_views
 from .words import plural
 
-METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s"]
+METRICS_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "img_per_s",
+                  "val_acc_flip"]
 IMAGE_SIZE = {name: arch.input_shape[1] for name, arch in ARCHS.items()}   # square inputs
 DROPOUT_STREAM = 2     # the loader uses streams 0 (shuffle) and 1 (augmentation) of the seed
 
@@ -399,14 +401,18 @@ class Run:
     def _end_epoch(self, epoch, lr, show_progress=False):
         progress = self.progress
         t0 = time.perf_counter()
+        val_loss = val_acc = val_acc_flip = None
+        desc = "validating" if show_progress else None
         with self.scored_weights():
-            val_loss, val_acc, _ = (score_loader(self.model, self.val_loader,
-                                                 desc="validating" if show_progress else None)
-                                    if self.val_loader else (None, None, None))
+            if self.val_loader and self.config["val_flip"]:      # the mirror too: twice the work
+                views = score_loader_views(self.model, self.val_loader, desc=desc)
+                (val_loss, val_acc, _), val_acc_flip = views["none"], views["flip"][1]
+            elif self.val_loader:
+                val_loss, val_acc, _ = score_loader(self.model, self.val_loader, desc=desc)
         row = {"epoch": epoch + 1, "train_loss": progress.loss_sum / max(1, progress.seen),
                "train_acc": progress.correct / max(1, progress.seen), "val_loss": val_loss, "val_acc": val_acc,
                "lr": lr, "seconds": round(progress.seconds + time.perf_counter() - t0, 3),
-               "img_per_s": round(progress.seen / max(progress.seconds, 1e-9), 1)}
+               "img_per_s": round(progress.seen / max(progress.seconds, 1e-9), 1), "val_acc_flip": val_acc_flip}
         if val_loss is not None and not math.isfinite(val_loss):
             raise self._diverged(f"the validation loss became {val_loss} at the end of epoch "
                                  f"{epoch + 1} (lr {lr:.3g})")
