@@ -228,7 +228,9 @@ class Average:
 ONECYCLE_PEAK = {"cifar": 0.05, "paper": 0.02, "tiny": 0.05}
 # The starting rate of the step and plateau schedules (the paper's 0.01).
 DEFAULT_LR = 0.01
-# The shortest one-cycle warm-up, in steps (at most half the run)
+# The one-cycle warm-up: this fraction of the run (--warmup), but never fewer steps than
+# MIN_WARMUP_STEPS (at most half the run)
+DEFAULT_WARMUP = 0.15
 MIN_WARMUP_STEPS = 100
 # the default --weight-decay (the paper's)
 DEFAULT_WEIGHT_DECAY = 5e-4
@@ -280,7 +282,7 @@ class OneCycle(Schedule):
     steps_per_epoch + step``, ``start = peak / 25`` and ``final = start / 1e4``:
 
         warm-up       W = max(p * T, min(MIN_WARMUP_STEPS, T / 2)) iterations
-                      (p * T for T < 4), p = pct_start (--warmup, default 0.15)
+                      (p * T for T < 4), p = pct_start (--warmup, DEFAULT_WARMUP)
         warm-up end   e = W - 1                  (a float, as in PyTorch)
         i <= e:       lr = start + (peak - start) * i / e
         i >  e:       lr = peak + (final - peak) * (i - e) / (T - 1 - e)
@@ -301,7 +303,8 @@ class OneCycle(Schedule):
     div_factor = 25.0
     final_div_factor = 1e4
 
-    def __init__(self, *, peak: float, epochs: int, steps_per_epoch: int, pct_start: float = 0.15):
+    def __init__(self, *, peak: float, epochs: int, steps_per_epoch: int,
+                 pct_start: float = DEFAULT_WARMUP):
         super().__init__(epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.peak = float(peak)
         if not 0.0 <= pct_start < 1.0:
@@ -411,7 +414,7 @@ SCHEDULES = {schedule.name: schedule for schedule in (OneCycle, MultiStep, Plate
 
 def make_schedule(name: str = "onecycle", *, lr: float | None = None, epochs: int,
                   steps_per_epoch: int, patience: int = 2, model: str = "cifar",
-                  warmup: float = 0.15):
+                  warmup: float = DEFAULT_WARMUP):
     """Build a learning-rate schedule.
 
     Inputs:

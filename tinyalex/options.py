@@ -10,7 +10,7 @@ from .argtypes import add_route_argument, add_seed_argument, add_threads_argumen
 from .data import add_data_arguments
 from .errors import CheckpointError, TinyAlexError, install_hint
 from .model import INITS, MODELS, ROUTES
-from .optim import DEFAULT_WEIGHT_DECAY, SCHEDULES
+from .optim import DEFAULT_WARMUP, DEFAULT_WEIGHT_DECAY, MIN_WARMUP_STEPS, SCHEDULES
 
 # options that may differ when resuming: they do not change what the run computes
 RESUME_FREE = {"resume", "threads", "save_every", "out", "no_progress", "data", "data_dir", "route", "towers",
@@ -37,9 +37,9 @@ def add_recipe_arguments(g):
     g.add_argument("--bias-decay", action=argparse.BooleanOptionalAction, default=False,
                    help="weight decay on the biases too, as the paper and PyTorch's default do "
                         "(default: weights only)")
-    g.add_argument("--warmup", type=number_in(0, 1), default=0.15, metavar="F",
-                   help="onecycle's warm-up, a fraction F of the run (default 0.15; never fewer "
-                        "than 100 steps, or half a short run)")
+    g.add_argument("--warmup", type=number_in(0, 1), default=DEFAULT_WARMUP, metavar="F",
+                   help=f"onecycle's warm-up, a fraction F of the run (default {DEFAULT_WARMUP:g}; "
+                        f"never fewer than {MIN_WARMUP_STEPS} steps, or half a short run)")
     g.add_argument("--label-smoothing", type=number_in(0, 1), default=0.1, metavar="E",
                    help="train towards 1-E+E/classes on the true class and E/classes on the "
                         "others (default 0.1; 0: plain cross-entropy)")

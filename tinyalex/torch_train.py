@@ -76,7 +76,7 @@ def register(subparsers):
     p.set_defaults(func=run_torch_train)
 
 
-def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch, warmup=0.15):
+def make_scheduler(torch, opt, name, peak, epochs, steps_per_epoch, warmup):
     """PyTorch's own scheduler for train.py's schedule `name` (onecycle's warm-up a fraction of
     the run, train.py's --warmup), and whether it steps per batch."""
     if name == "onecycle":
