@@ -109,3 +109,36 @@ def test_bad_input_is_one_line(data, tmp_path, capsys):
     assert main(["torch-train", "--data", str(tmp_path / "nowhere"), "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+def test_the_average_is_train_py_s(data, tmp_path, capsys):
+    """--ema: torch-train's average follows optim.Average step for step, validation and the
+    final scores are the average's, and the end scores the weights as trained too."""
+    import torch
+    from tinyalex.optim import Average
+    from tinyalex.torch_train import TorchAverage
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    ours = Average({name: p.detach().numpy().copy() for name, p in net.named_parameters()}, 0.9,
+                   route="readable")
+    theirs = TorchAverage(torch, net, 0.9)
+    rng = np.random.default_rng(0)
+    for t in range(1, 101):                    # the ramp (d_t < 0.9 until t = 80), then 0.9
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.from_numpy(rng.normal(size=tuple(p.shape)).astype(np.float32)))
+        ours.step({name: p.detach().numpy() for name, p in net.named_parameters()}, t)
+        theirs.step(net, t)
+    for name, p in theirs.net.named_parameters():
+        np.testing.assert_allclose(p.detach().numpy(), ours.average[name], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(p.detach().numpy(), dict(net.named_parameters())[name].detach().numpy())
+
+    assert quick_run(data, tmp_path, "--ema", "0.9") == 0
+    printed = capsys.readouterr().out
+    assert ", average of the weights (decay 0.9); metrics in" in printed
+    last = printed.strip().splitlines()[-4:]
+    labels = ["the average of the weights, --ema)", "the final weights as trained)"] * 2
+    assert [line.rsplit(" (", 1)[1] for line in last] == labels
+    assert [line.split(":")[0] for line in last] == ["validation"] * 2 + ["test"] * 2
+    scores = [line.rsplit(" (", 1)[0] for line in last]
+    assert scores[0] != scores[1] and scores[2] != scores[3]   # two different sets of weights

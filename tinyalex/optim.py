@@ -184,6 +184,12 @@ class SGD:
             np.copyto(v, saved, casting="same_kind")
 
 
+def average_decay(decay: float, t: int) -> float:
+    """d_t of class Average: the weight of the old average after step t (1, 2, ...); also
+    torch-train's, so that its average is this one."""
+    return min(decay, (1 + t) / (10 + t))
+
+
 class Average:
     """An exponential moving average of the parameters (Polyak averaging), the weights a run
     that averages (--ema DECAY) scores and keeps in its checkpoints. After step t (1, 2, ...):
@@ -206,7 +212,7 @@ class Average:
 
     def step(self, params: dict[str, np.ndarray], t: int) -> None:
         """Fold in the parameters after step t (counted from 1 over the whole run)."""
-        d = min(self.decay, (1 + t) / (10 + t))
+        d = average_decay(self.decay, t)
         for name, a in self.average.items():
             self.update(a, params[name], d)
 

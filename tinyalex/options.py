@@ -28,7 +28,7 @@ RENAMED = {"impl": "route"}
 def add_recipe_arguments(g):
     """The optimiser's and the loss's options, shared by train.py and torch-train (which runs
     the same recipe in PyTorch): --momentum, --weight-decay, --nesterov, --bias-decay,
-    --warmup, --label-smoothing, --init."""
+    --warmup, --label-smoothing, --init, --ema."""
     g.add_argument("--momentum", type=number_in(0, 1), default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=number_in(0), default=DEFAULT_WEIGHT_DECAY,
                    help=f"weight decay (default {DEFAULT_WEIGHT_DECAY:g})")
@@ -48,6 +48,9 @@ def add_recipe_arguments(g):
                         "for fc8 (default); torch: PyTorch's default uniform +-1/sqrt(fan_in), "
                         "which sits at chance for most of the first epoch; paper: N(0, 0.01) "
                         "with biases 1, the paper's, which stays at chance on CIFAR-10")
+    g.add_argument("--ema", type=number_in(0, 1), default=0.0, metavar="DECAY",
+                   help="score and keep a moving average of the weights, DECAY per step "
+                        "(e.g. 0.999: about the last 1,000 steps; default 0: the weights as trained)")
 
 
 def add_limit_test_argument(group):
@@ -79,9 +82,6 @@ def add_train_arguments(parser):
                             "your own (python -m tinyalex exercise), tinyalex's readable ones where "
                             "yours are not written yet")
     add_recipe_arguments(g)
-    g.add_argument("--ema", type=number_in(0, 1), default=0.0, metavar="DECAY",
-                   help="score and keep a moving average of the weights, DECAY per step "
-                        "(e.g. 0.999: about the last 1,000 steps; default 0: the weights as trained)")
     add_data_arguments(parser)
     r = parser.add_argument_group("run")
     r.add_argument("--out", metavar="DIR", type=non_empty_path, default=None,

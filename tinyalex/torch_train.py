@@ -18,6 +18,10 @@ leaves everything else to PyTorch:
     schedule      onecycle: torch.optim.lr_scheduler.OneCycleLR (linear, train.py's warm-up from
                   peak/25, down to peak/25/1e4, momentum not cycled), stepped every batch;
                   step: MultiStepLR, x0.1 after epochs 5 and 8
+    average       --ema DECAY: a copy of the network whose parameters follow train.py's
+                  moving average (optim.average_decay), updated with torch's in-place
+                  operations after every step; validation and the final scores are the
+                  average's, and the end of the run scores the weights as trained too
 
 The options and their defaults are train.py's, so `torch-train` with no options runs
 train.py's default recipe.
@@ -147,7 +151,6 @@ def _train(torch, args, out):
     peak = args.lr or (ONECYCLE_PEAK[args.model] if args.schedule == "onecycle" else DEFAULT_LR)
     net = torch_model(ARCHS[args.model], data.num_classes)
     init_weights(torch, net, args.init, ARCHS[args.model])
-    scored = numpy_model(torch, net)
     decayed = [w for name, w in net.named_parameters() if args.bias_decay or not name.endswith(".bias")]
     exempt = [w for name, w in net.named_parameters() if not args.bias_decay and name.endswith(".bias")]
     groups = [{"params": decayed, "weight_decay": args.weight_decay}]
@@ -156,6 +159,8 @@ def _train(torch, args, out):
     # (PyTorch refuses Nesterov without momentum; with momentum 0 both rules are plain SGD)
     opt = torch.optim.SGD(groups, lr=peak, momentum=args.momentum,
                           nesterov=args.nesterov and args.momentum > 0)
+    average = TorchAverage(torch, net, args.ema) if args.ema else None
+    scored = numpy_model(torch, average.net if average else net)      # what validation scores
     scheduler, per_batch = make_scheduler(torch, opt, args.schedule, peak, args.epochs, len(train), args.warmup)
     print(f"data: {data.summary()}")
     print(f"PyTorch {torch.__version__}, {plural(torch.get_num_threads(), 'thread')}: {args.model}, "
@@ -163,14 +168,15 @@ def _train(torch, args, out):
           f"{args.schedule} schedule from lr {peak:g}, init {args.init}, label smoothing "
           f"{args.label_smoothing:g}, "
           f"{'Nesterov' if args.nesterov else 'plain'} momentum {args.momentum:g}, weight decay "
-          f"{args.weight_decay:g}{'' if args.bias_decay else ' (not on biases)'}; metrics in {out}")
+          f"{args.weight_decay:g}{'' if args.bias_decay else ' (not on biases)'}"
+          f"{f', average of the weights (decay {args.ema:g})' if average else ''}; metrics in {out}")
     rows = []
     for epoch in range(args.epochs):
         net.train()
         loss_sum, correct, seen, seconds = 0.0, 0, 0, 0.0
         bar = tqdm(total=len(train), desc=f"epoch {epoch + 1}/{args.epochs}", unit="batch",
                    dynamic_ncols=True, leave=False, disable=args.no_progress, file=sys.stderr)
-        for x, y in train.epoch(epoch):
+        for batch, (x, y) in enumerate(train.epoch(epoch)):
             t0 = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
             images, labels = torch.from_numpy(x), torch.from_numpy(y)
@@ -179,6 +185,8 @@ def _train(torch, args, out):
             loss = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
             loss.backward()
             opt.step()
+            if average is not None:
+                average.step(net, epoch * len(train) + batch + 1)
             if per_batch:
                 scheduler.step()
             value = loss.item()
@@ -203,12 +211,33 @@ def _train(torch, args, out):
         with writing(os.path.join(out, "metrics.csv")):
             write_metrics(out, rows, classes=data.num_classes)
         print(epoch_line(rows[-1], args.epochs))
+    weights = [(scored, "the average of the weights, --ema" if average else "final parameters")]
+    if average is not None:
+        weights.append((numpy_model(torch, net), "the final weights as trained"))
     for split, loader in (("validation", val), ("test", test)):
         if loader is None:
             continue
-        views = score_loader_views(scored, loader, desc=None if args.no_progress else f"scoring {split}")
-        centre, flip = views["none"], views["flip"]
-        print(f"{split}: top-1 {100 * flip[1]:.2f}% with flip TTA (image + mirror), "
-              f"{100 * centre[1]:.2f}% centre only; top-5 {100 * flip[2]:.2f}% / "
-              f"{100 * centre[2]:.2f}%; loss {flip[0]:.4f} / {centre[0]:.4f} (final parameters)")
+        for model, which in weights:
+            views = score_loader_views(model, loader, desc=None if args.no_progress else f"scoring {split}")
+            centre, flip = views["none"], views["flip"]
+            print(f"{split}: top-1 {100 * flip[1]:.2f}% with flip TTA (image + mirror), "
+                  f"{100 * centre[1]:.2f}% centre only; top-5 {100 * flip[2]:.2f}% / "
+                  f"{100 * centre[2]:.2f}%; loss {flip[0]:.4f} / {centre[0]:.4f} ({which})")
     return 0
+
+
+class TorchAverage:
+    """train.py's moving average of the weights (optim.Average), kept in a copy of the
+    network: after step t, a <- d_t a + (1 - d_t) w for every parameter."""
+
+    def __init__(self, torch, net, decay):
+        import copy
+        self.torch, self.decay = torch, decay
+        self.net = copy.deepcopy(net)
+
+    def step(self, net, t):
+        from .optim import average_decay
+        d = average_decay(self.decay, t)
+        with self.torch.no_grad():
+            for a, w in zip(self.net.parameters(), net.parameters()):
+                a.mul_(d).add_(w, alpha=1 - d)
