@@ -85,6 +85,25 @@ def test_a_run_with_ema_scores_and_saves_the_average(whole_ema):
     assert main(["evaluate", os.path.join(out, "last.npz"), "--split", "val", "--tta", "none"]) == 0
 
 
+def test_the_average_does_not_change_the_training(learnable, whole_ema, tmp_path):  # noqa: F811
+    """The weights an --ema run trains are those of the same run without it, bit for bit: the
+    average never feeds back, so one run gives both arms of an ablation. (Not a vacuous
+    check: the run's weights depend on its data, and the average differs from them.)"""
+    run, _ = whole_ema
+    out = str(tmp_path / "plain")
+    os.makedirs(out)
+    plain = Run(learn_config(learnable["a"], out), out, log=lambda s: None)
+    assert plain.train(show_progress=False) == "done"
+    for name, w in plain.model.params.items():
+        np.testing.assert_array_equal(run.model.params[name], w, err_msg=name)
+    assert not np.array_equal(run.average.average["fc6.w"], plain.model.params["fc6.w"])
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    moved = Run(learn_config(learnable["b"], other), other, log=lambda s: None)
+    assert moved.train(show_progress=False) == "done"
+    assert not np.array_equal(moved.model.params["fc6.w"], plain.model.params["fc6.w"])
+
+
 @pytest.mark.parametrize("broken", [None, "average not restored", "average from the trained weights"])
 def test_an_interrupted_ema_run_resumed_equals_an_uninterrupted_one(learnable, whole_ema, tmp_path,  # noqa: F811
                                                                      monkeypatch, broken):
