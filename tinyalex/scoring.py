@@ -116,6 +116,20 @@ def score_loader_views(model, loader, desc=None, views=("none", "flip")):
     return result
 
 
+# which weights an end-of-run line scored (train.py and torch-train)
+SCORED_WEIGHTS = {"final": "final parameters", "average": "the average of the weights, --ema",
+                  "trained": "the final weights as trained"}
+
+
+def views_line(views, weights="final"):
+    """The end-of-run line of one split from score_loader_views' {"none": ..., "flip": ...}:
+    flip TTA first (the headline), then the centre image, then which weights were scored."""
+    (loss, top1, top5), (loss_flip, top1_flip, top5_flip) = views["none"], views["flip"]
+    return (f"top-1 {100 * top1_flip:.2f}% with flip TTA (image + mirror), {100 * top1:.2f}% centre "
+            f"only; top-5 {100 * top5_flip:.2f}% / {100 * top5:.2f}%; loss {loss_flip:.4f} / "
+            f"{loss:.4f} ({SCORED_WEIGHTS[weights]})")
+
+
 def score_arrays(model, images, labels, *, mean, std, image_size=None, tta="none",
                     batch_size=DEFAULT_BATCH_SIZE, progress=False):
     """Score a model on uint8 images.

@@ -33,6 +33,7 @@ checkpoints: it is a measurement, not a model to keep. PyTorch is imported only 
 """
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -41,6 +42,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import TinyAlexError
+from .optim import average_decay
 from .outfiles import writing
 from .words import plural
 
@@ -141,7 +143,7 @@ def _train(torch, args, out):
 
     from .model import ARCHS
     from .optim import DEFAULT_LR, ONECYCLE_PEAK
-    from .scoring import score_loader, score_loader_views
+    from .scoring import score_loader, score_loader_views, views_line
     from .torch_twin import torch_model
     from .trainer import build_loaders, epoch_line, write_metrics
     if args.threads:
@@ -211,18 +213,15 @@ def _train(torch, args, out):
         with writing(os.path.join(out, "metrics.csv")):
             write_metrics(out, rows, classes=data.num_classes)
         print(epoch_line(rows[-1], args.epochs))
-    weights = [(scored, "the average of the weights, --ema" if average else "final parameters")]
+    weights = [(scored, "average" if average else "final")]
     if average is not None:
-        weights.append((numpy_model(torch, net), "the final weights as trained"))
+        weights.append((numpy_model(torch, net), "trained"))
     for split, loader in (("validation", val), ("test", test)):
         if loader is None:
             continue
         for model, which in weights:
             views = score_loader_views(model, loader, desc=None if args.no_progress else f"scoring {split}")
-            centre, flip = views["none"], views["flip"]
-            print(f"{split}: top-1 {100 * flip[1]:.2f}% with flip TTA (image + mirror), "
-                  f"{100 * centre[1]:.2f}% centre only; top-5 {100 * flip[2]:.2f}% / "
-                  f"{100 * centre[2]:.2f}%; loss {flip[0]:.4f} / {centre[0]:.4f} ({which})")
+            print(f"{split}: {views_line(views, which)}")
     return 0
 
 
@@ -231,12 +230,10 @@ class TorchAverage:
     network: after step t, a <- d_t a + (1 - d_t) w for every parameter."""
 
     def __init__(self, torch, net, decay):
-        import copy
         self.torch, self.decay = torch, decay
         self.net = copy.deepcopy(net)
 
     def step(self, net, t):
-        from .optim import average_decay
         d = average_decay(self.decay, t)
         with self.torch.no_grad():
             for a, w in zip(self.net.parameters(), net.parameters()):

@@ -15,6 +15,7 @@ from .errors import TinyAlexError
 from .options import explicit_options, raise_error, resume_config
 from .processes import OneProcess
 from .rundir import RunDir
+from .scoring import views_line
 from .trainer import Run, write_config
 from .warm_up import warm_up
 from .words import plural
@@ -108,10 +109,9 @@ def _train(config, out, ckpt_path, signals, processes, same_run=False):
     for split, name in (("val", "validation"), ("test", "test")):
         if f"{split}_top1" in scores and root:
             averaged = f"{split}_top1_trained" in scores
-            log(f"{name}: {_scores_line(scores, split)} "
-                f"({'the average of the weights, --ema' if averaged else 'final parameters'})")
+            log(f"{name}: {_scores_line(scores, split, '', 'average' if averaged else 'final')}")
             if averaged:
-                log(f"{name}: {_scores_line(scores, split, '_trained')} (the final weights as trained)")
+                log(f"{name}: {_scores_line(scores, split, '_trained', 'trained')}")
     if "test_top1" in scores and root:
         text = json.dumps({"headline": "test_top1_flip", **scores}, indent=2) + "\n"
         try:
@@ -127,14 +127,12 @@ def _finished(meta, config):
     return meta["epoch"] >= config["epochs"] and meta["batch"] == 0
 
 
-def _scores_line(scores, split, tag=""):
-    """The end-of-run line of a split: flip-TTA first (the headline), then the centre image.
-    tag "_trained": the scores of the weights as trained, in a run that averages them."""
-    def pick(what):
-        return scores[f"{split}_{what}{tag}"]
-    return (f"top-1 {100 * pick('top1_flip'):.2f}% with flip TTA (image + mirror), "
-            f"{100 * pick('top1'):.2f}% centre only; top-5 {100 * pick('top5_flip'):.2f}% / "
-            f"{100 * pick('top5'):.2f}%; loss {pick('loss_flip'):.4f} / {pick('loss'):.4f}")
+def _scores_line(scores, split, tag, weights):
+    """The end-of-run line of a split (scoring.views_line) from final_scores' dict; tag
+    "_trained": the weights as trained, in a run that averages them."""
+    views = {tta: tuple(scores[f"{split}_{what}{suffix}{tag}"] for what in ("loss", "top1", "top5"))
+             for tta, suffix in (("none", ""), ("flip", "_flip"))}
+    return views_line(views, weights)
 
 
 def _saved_position(run):
