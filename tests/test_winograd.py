@@ -140,6 +140,33 @@ def test_chunks_of_images_give_the_same_answer(K, monkeypatch):
         assert rel_err(ours, theirs) <= 1e-14
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+@pytest.mark.parametrize("K", [3, 5])
+def test_kept_tiles_give_the_rebuilt_tiles_answers(K, chunk_bytes, monkeypatch):
+    """The forward keeps V for the backward when it is small; the backward then computes the
+    same bits as one that rebuilds V, and leaves the kept V as it was (a second backward on
+    the same cache agrees too)."""
+    if chunk_bytes:
+        monkeypatch.setattr(winograd, "CHUNK_BYTES", chunk_bytes)   # one image per chunk
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((3, 16, 9, 6)), rng.standard_normal((6, 8, K, K)), rng.standard_normal(6)
+    out, cache = layers.fast.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
+    assert cache.tiles is not None and len(cache.tiles) == (3 if chunk_bytes else 1)
+    dout = rng.standard_normal(out.shape)
+    kept = [V.copy() for _, _, V in cache.tiles]
+    grads = layers.fast.conv_backward(dout, cache)
+    for (_, _, V), before in zip(cache.tiles, kept):
+        np.testing.assert_array_equal(V, before)
+    for ours, again in zip(grads, layers.fast.conv_backward(dout, cache)):
+        np.testing.assert_array_equal(ours, again)
+    monkeypatch.setattr(winograd, "KEEP_BYTES", 0)                  # nothing kept: rebuilt
+    rebuilt_out, rebuilt_cache = layers.fast.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
+    assert rebuilt_cache.tiles is None
+    np.testing.assert_array_equal(rebuilt_out, out)
+    for ours, theirs in zip(grads, layers.fast.conv_backward(dout, rebuilt_cache)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 @pytest.mark.parametrize("K", [3, 5])
 def test_input_gradient_is_the_adjoint_of_the_forward(K):
     """<conv(x), dy> = <x, dx(dy)> for the bias-free convolution: the backward's transforms are

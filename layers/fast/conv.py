@@ -8,7 +8,8 @@ answers (to rounding), and three tricks the readable version leaves out.
 
 1. Winograd. Stride-1 layers with 3x3 or 5x5 filters and at least WINOGRAD_MIN_CHANNELS input
    channels per group (conv2 to conv5) go through `winograd.py`: Winograd's minimal
-   filtering, 2.6-5.8x fewer multiplications. Everything else takes im2col below.
+   filtering, 2.6-5.8x fewer multiplications; the cache keeps its transformed input tiles
+   for the backward pass when they are small. Everything else takes im2col below.
 2. Fused ReLU. In AlexNet every convolution is followed by a ReLU. `conv_relu_forward`
    applies it in the pass that adds the bias and lays the product out as NCHW (one pass over
    the output instead of two, one array instead of two); `conv_backward` on its cache applies
@@ -55,6 +56,7 @@ class ConvCache(NamedTuple):
     pad: int
     groups: int
     relu_out: Optional[np.ndarray] = None  # the output, when a ReLU was fused in (its mask)
+    tiles: Optional[list] = None           # Winograd's transformed input, kept (winograd.forward)
 
 
 def _image_pieces(x, KH, KW, P):
@@ -87,8 +89,8 @@ def _conv_forward(x, w, b, stride, pad, groups, relu):
     OH, OW = out_size(H, KH, stride, pad), out_size(W, KW, stride, pad)
     P = OH * OW
     if uses_winograd(w.shape, stride):
-        out = winograd.forward(x, np.ascontiguousarray(w), b, pad, groups, relu)
-        return out, ConvCache(x, w, stride, pad, groups, out if relu else None)
+        out, tiles = winograd.forward(x, np.ascontiguousarray(w), b, pad, groups, relu)
+        return out, ConvCache(x, w, stride, pad, groups, out if relu else None, tiles)
 
     w_g = np.ascontiguousarray(w).reshape(G, F // G, K)             # (G, F/G, K)
     out = buffers.empty((N, F, P), x.dtype)                          # (N, F, P)
@@ -111,7 +113,7 @@ def conv_backward(dout, cache, *, need_dx=True):
     Returns: dx (N, C, H, W) (None when need_dx=False: the first layer's input is the image),
              dw (F, C/groups, KH, KW), db (F,).
     """
-    x, w, stride, pad, G, relu_out = cache
+    x, w, stride, pad, G, relu_out, tiles = cache
     N, C, H, W = x.shape
     F, Cg, KH, KW = w.shape
     K = Cg * KH * KW
@@ -120,7 +122,7 @@ def conv_backward(dout, cache, *, need_dx=True):
     P = OH * OW
     dout = np.ascontiguousarray(dout)
     if uses_winograd(w.shape, stride):
-        return winograd.backward(dout, x, np.ascontiguousarray(w), pad, G, relu_out, need_dx)
+        return winograd.backward(dout, x, np.ascontiguousarray(w), pad, G, relu_out, need_dx, tiles)
     dout = dout.reshape(N, F, P)
     if relu_out is not None:
         # forward was out = relu(conv): dout first goes back through the ReLU (dout where

@@ -53,7 +53,8 @@ value in float32, 1e-15 in float64. The gradient checks run on this path.
 
 Memory: V and M take a*a numbers per 4x4 output tile (the im2col matrix takes K*K per
 output), so the batch is processed in chunks of images, like im2col, with buffers that are
-reused.
+reused. The backward pass needs V again (for dU); when V of the whole batch is small
+(KEEP_BYTES) the forward pass keeps it in the cache, else the backward rebuilds it.
 """
 
 from typing import NamedTuple
@@ -118,6 +119,9 @@ TRANSFORMS = {3: F43, 5: F45}   # by filter size K
 M_OUT = 4                       # outputs per tile side, for both
 
 CHUNK_BYTES = 64 * 2**20   # the largest transformed-tile buffer (V or M) a chunk of images may use
+# The forward pass keeps V for the backward when V of the whole batch takes at most this
+# (`cifar`'s four layers: 125 MB in all); larger ones are rebuilt in the backward, chunk by chunk.
+KEEP_BYTES = 64 * 2**20
 
 
 def transforms(K):
@@ -425,20 +429,22 @@ def _row_length(NT, itemsize):
     return (lines + 1 - lines % 2) * 64 // itemsize
 
 
-def _chunks(N, C, F, positions, T, dtype):
+def _chunks(N, C, F, positions, T, dtype, fresh_V=False):
     """Yield (n0, n1, V, M): consecutive chunks [n0, n1) of images whose V (C, positions, nb*T)
     and M (F, positions, nb*T) each fit CHUNK_BYTES, with those two arrays as views of buffers
-    that every chunk reuses (rows _row_length apart)."""
+    that every chunk reuses (rows _row_length apart). fresh_V: each chunk's V in a buffer of
+    its own instead, to be kept after the loop."""
     itemsize = np.dtype(dtype).itemsize
     per_chunk = max(1, min(N, CHUNK_BYTES // (positions * max(C, F) * T * itemsize)))
     row = _row_length(per_chunk * T, itemsize)
-    V_buf = buffers.empty(C * positions * row, dtype)
+    V_buf = None if fresh_V else buffers.empty(C * positions * row, dtype)
     M_buf = buffers.empty(F * positions * row, dtype)
     for n0 in range(0, N, per_chunk):
         n1 = min(N, n0 + per_chunk)
         NT = (n1 - n0) * T
         row = _row_length(NT, itemsize)
-        yield (n0, n1, V_buf[:C * positions * row].reshape(C, positions, row)[:, :, :NT],
+        V = buffers.empty(C * positions * row, dtype) if fresh_V else V_buf[:C * positions * row]
+        yield (n0, n1, V.reshape(C, positions, row)[:, :, :NT],
                M_buf[:F * positions * row].reshape(F, positions, row)[:, :, :NT])
 
 
@@ -450,24 +456,30 @@ def _by_tile_position(A, groups):
 
 
 def forward(x, w, b, pad, groups, relu):
-    """out (N, F, OH, OW) of the stride-1 convolution with 3x3 or 5x5 filters (ReLU fused in
-    when relu=True); x must be C-contiguous."""
+    """(out, tiles): out (N, F, OH, OW) of the stride-1 convolution with 3x3 or 5x5 filters
+    (ReLU fused in when relu=True), and the transformed input tiles [(n0, n1, V)] of each chunk
+    of images, for the backward pass, when they take at most KEEP_BYTES (else None: the
+    backward rebuilds them). x must be C-contiguous."""
     N, C, H, W = x.shape
     F, Cg, K = w.shape[:3]
     OH, OW = H + 2 * pad - K + 1, W + 2 * pad - K + 1
     TH, TW = _tiles(OH, OW)
     U = filter_transform(w, groups)                                    # (a*a, G, F/G, C/G)
+    keep = C * U.shape[0] * N * TH * TW * x.itemsize <= KEEP_BYTES
     out = buffers.empty((N, F, OH, OW), x.dtype)
-    for n0, n1, V, M in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype):
+    tiles = []
+    for n0, n1, V, M in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype, fresh_V=keep):
         _input_transform(x[n0:n1], pad, TH, TW, V)
         gemm.batched(U, _by_tile_position(V, groups), _by_tile_position(M, groups))  # M[ij] = U[ij] @ V[ij]
         _output_transform(M, b, relu, out[n0:n1])
-    return out
+        tiles.append((n0, n1, V))
+    return out, (tiles if keep else None)
 
 
-def backward(dout, x, w, pad, groups, relu_out, need_dx):
+def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
     """(dx or None, dw, db) of the stride-1 convolution with 3x3 or 5x5 filters; dout and x
-    C-contiguous, relu_out the forward's output when a ReLU was fused in (else None)."""
+    C-contiguous, relu_out the forward's output when a ReLU was fused in (else None), tiles
+    what the forward kept of V (else None: rebuilt here). The kept tiles are only read."""
     N, C, H, W = x.shape
     F = w.shape[0]
     OH, OW = dout.shape[2:]
@@ -479,14 +491,18 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx):
     dx = buffers.empty_like(x) if need_dx else None
     relu = relu_out is not None
     y = relu_out if relu else dout
-    for n0, n1, V, dM in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype):
-        _input_transform(x[n0:n1], pad, TH, TW, V)                     # rebuilt, as im2col is
+    kept = {(n0, n1): V for n0, n1, V in tiles or ()}
+    for n0, n1, dV, dM in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype):
+        V = kept.get((n0, n1))
+        if V is None:                                  # rebuilt, as im2col is, in dV's place
+            V = dV
+            _input_transform(x[n0:n1], pad, TH, TW, V)
         image_sums = np.empty((n1 - n0, F))
         _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums, dM)
         db_sum += image_sums.sum(axis=0)
         V_ij, dM_ij = _by_tile_position(V, groups), _by_tile_position(dM, groups)
         gemm.batched(dM_ij, V_ij.transpose(0, 1, 3, 2), dU, accumulate=True)   # dU[ij] += dM[ij] @ V[ij].T
         if need_dx:
-            gemm.batched(UT, dM_ij, V_ij)                              # dV[ij] = U[ij].T @ dM[ij], in V's place
-            _input_grad(V, pad, TH, TW, dx[n0:n1])
+            gemm.batched(UT, dM_ij, _by_tile_position(dV, groups))    # dV[ij] = U[ij].T @ dM[ij]
+            _input_grad(dV, pad, TH, TW, dx[n0:n1])
     return dx, filter_grad(dU, w.shape), db_sum.astype(x.dtype)
