@@ -206,6 +206,36 @@ def test_models_on_both_routes_agree(name, batch, dtype):
     close(quick.forward(x, upto="relu7"), readable.forward(x, upto="relu7"), dtype, "fc7 features")
 
 
+@pytest.mark.parametrize("route", ["fast", "readable"])
+def test_evaluation_keeps_no_caches(route):
+    """model.forward (evaluation) drops each layer's cache once the next layer has run, where
+    forward_tape keeps them all for the backward pass (the fast convolutions' caches hold
+    their transformed input too): while a layer runs, at most two outputs older than its
+    input's input are still alive (flatten's output is a view of pool5's, and evaluation's
+    dropout hands its input on). Both give the same logits."""
+    import weakref
+    model = build_model("tiny", seed=1, route=route)
+    outputs, alive = [], []        # weak references to each step's output; old ones alive
+    steps = model.forward_steps
+
+    def spied(train, rng):
+        def spy(step):
+            def run(h, name, opts):
+                alive.append(sum(ref() is not None for ref in outputs[:-2]))
+                out, cache = step(h, name, opts)
+                outputs.append(weakref.ref(out))
+                return out, cache
+            return run
+        return {kind: spy(step) for kind, step in steps(train, rng).items()}
+    model.forward_steps = spied
+    x = np.random.default_rng(3).standard_normal((2,) + model.input_shape).astype(np.float32)
+    logits, tape = model.forward_tape(x)
+    assert max(alive) >= 10                               # the tape holds them
+    outputs.clear(), alive.clear()
+    np.testing.assert_array_equal(model.forward(x), logits)
+    assert len(alive) == len(model.plan) and max(alive) <= 2
+
+
 def test_a_broken_fast_kernel_is_caught(monkeypatch):
     """The comparison can fail: a fast LRN backward that drops the cross-channel term."""
     x = np.random.default_rng(10).standard_normal((2, 7, 4, 5))

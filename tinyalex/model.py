@@ -263,20 +263,22 @@ class AlexNet:
             "dense":     lambda d, c, need_dx: ops.dense_backward(d, c),
         }
 
-    def forward_tape(self, x, *, train=False, rng=None, upto=None):
+    def forward_tape(self, x, *, train=False, rng=None, upto=None, keep=True):
         """The forward pass, step by step along `self.plan`.
 
         Inputs: x (N, C, H, W); train and rng (np.random.Generator) for dropout; upto, a layer
-        name of the plan to stop after ("relu7": fc7's features). Returns: the output (the
-        logits (N, classes), unless upto) and the tape, one (name, kind, cache) per step, for
-        backward_tape.
+        name of the plan to stop after ("relu7": fc7's features); keep=False: no tape, each
+        cache dropped once the next step has run (evaluation needs no backward). Returns: the
+        output (the logits (N, classes), unless upto) and the tape, one (name, kind, cache) per
+        step, for backward_tape.
         """
         self._check_input(x, upto)
         steps = self.forward_steps(train, rng)
         h, tape = x, []
         for name, kind, opts in self.plan:
             h, cache = steps[kind](h, name, opts)
-            tape.append((name, kind, cache))
+            if keep:
+                tape.append((name, kind, cache))
             if name == upto:
                 break
         return h, tape
@@ -299,9 +301,10 @@ class AlexNet:
         return grads, (dout if need_dx else None)
 
     def forward(self, x, *, upto=None):
-        """Evaluation mode (no dropout). Inputs: x (N, C, H, W); upto as in forward_tape.
+        """Evaluation mode (no dropout, and no tape: each layer's cache is freed as it goes).
+        Inputs: x (N, C, H, W); upto as in forward_tape.
         Returns: logits (N, classes), or the output of layer `upto`."""
-        return self.forward_tape(x, upto=upto)[0]
+        return self.forward_tape(x, upto=upto, keep=False)[0]
 
     def loss(self, x, y, *, rng=None, train=True, smoothing=0.0, need_logits=False, need_dx=False):
         """Training step maths: forward with dropout, softmax cross-entropy, backward.
