@@ -10,6 +10,7 @@ from direct sums). Whole models on both routes are compared at the end.
 """
 
 import inspect
+import weakref
 
 import numpy as np
 import pytest
@@ -213,7 +214,6 @@ def test_evaluation_keeps_no_caches(route):
     their transformed input too): while a layer runs, at most two outputs older than its
     input's input are still alive (flatten's output is a view of pool5's, and evaluation's
     dropout hands its input on). Both give the same logits."""
-    import weakref
     model = build_model("tiny", seed=1, route=route)
     outputs, alive = [], []        # weak references to each step's output; old ones alive
     steps = model.forward_steps

@@ -153,9 +153,9 @@ def test_kept_tiles_give_the_rebuilt_tiles_answers(K, chunk_bytes, monkeypatch):
     out, cache = layers.fast.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
     assert cache.tiles is not None and len(cache.tiles) == (3 if chunk_bytes else 1)
     dout = rng.standard_normal(out.shape)
-    kept = [V.copy() for _, _, V in cache.tiles]
+    kept = [V.copy() for V in cache.tiles.values()]
     grads = layers.fast.conv_backward(dout, cache)
-    for (_, _, V), before in zip(cache.tiles, kept):
+    for V, before in zip(cache.tiles.values(), kept):
         np.testing.assert_array_equal(V, before)
     for ours, again in zip(grads, layers.fast.conv_backward(dout, cache)):
         np.testing.assert_array_equal(ours, again)

@@ -56,7 +56,7 @@ class ConvCache(NamedTuple):
     pad: int
     groups: int
     relu_out: Optional[np.ndarray] = None  # the output, when a ReLU was fused in (its mask)
-    tiles: Optional[list] = None           # Winograd's transformed input, kept (winograd.forward)
+    tiles: Optional[dict] = None           # Winograd's transformed input, kept (winograd.forward)
 
 
 def _image_pieces(x, KH, KW, P):

@@ -457,7 +457,7 @@ def _by_tile_position(A, groups):
 
 def forward(x, w, b, pad, groups, relu):
     """(out, tiles): out (N, F, OH, OW) of the stride-1 convolution with 3x3 or 5x5 filters
-    (ReLU fused in when relu=True), and the transformed input tiles [(n0, n1, V)] of each chunk
+    (ReLU fused in when relu=True), and the transformed input tiles {(n0, n1): V} of each chunk
     of images, for the backward pass, when they take at most KEEP_BYTES (else None: the
     backward rebuilds them). x must be C-contiguous."""
     N, C, H, W = x.shape
@@ -467,13 +467,14 @@ def forward(x, w, b, pad, groups, relu):
     U = filter_transform(w, groups)                                    # (a*a, G, F/G, C/G)
     keep = C * U.shape[0] * N * TH * TW * x.itemsize <= KEEP_BYTES
     out = buffers.empty((N, F, OH, OW), x.dtype)
-    tiles = []
+    tiles = {} if keep else None
     for n0, n1, V, M in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype, fresh_V=keep):
         _input_transform(x[n0:n1], pad, TH, TW, V)
         gemm.batched(U, _by_tile_position(V, groups), _by_tile_position(M, groups))  # M[ij] = U[ij] @ V[ij]
         _output_transform(M, b, relu, out[n0:n1])
-        tiles.append((n0, n1, V))
-    return out, (tiles if keep else None)
+        if keep:
+            tiles[(n0, n1)] = V
+    return out, tiles
 
 
 def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
@@ -491,9 +492,8 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
     dx = buffers.empty_like(x) if need_dx else None
     relu = relu_out is not None
     y = relu_out if relu else dout
-    kept = {(n0, n1): V for n0, n1, V in tiles or ()}
     for n0, n1, dV, dM in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype):
-        V = kept.get((n0, n1))
+        V = tiles.get((n0, n1)) if tiles else None
         if V is None:                                  # rebuilt, as im2col is, in dV's place
             V = dV
             _input_transform(x[n0:n1], pad, TH, TW, V)
