@@ -38,7 +38,9 @@ from numba import njit
 from . import buffers, threads
 from ..reference import out_size
 
-_JIT = dict(cache=True, nogil=True)
+# error_model="numpy": a float division by zero gives inf or nan, as in NumPy, instead of
+# raising; a division loop then carries no test and vectorises (LRN's divide every element).
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
 # A large kernel's outer loop is cut into pieces of at least this many output elements (fewer
 # would cost more in hand-over than they save), and at most MAX_PIECES of them.
 PIECE_WORK = 1 << 16
