@@ -345,7 +345,8 @@ def _grad_transform(lo, hi, dout, y, relu, sums, dM):
         for h in range(OH):      # (no running sum in this loop, so that it vectorises)
             row = e[h]
             for w in range(OW):
-                row[w] = g[h, w] if not relu or mask[h, w] > 0 else 0.0
+                v, m = g[h, w], mask[h, w]   # (both read before the test: then it is a select,
+                row[w] = v if not relu or m > 0 else 0.0   # where a read inside it is a branch)
         sums[n, f] = _sum64(e.ravel())
         for th in range(TH):
             h0 = 4 * th
