@@ -38,22 +38,25 @@ from numba import njit
 from . import buffers, threads
 from ..reference import out_size
 
-# error_model="numpy": a float division by zero gives inf or nan, as in NumPy, instead of
-# raising; a division loop then carries no test and vectorises (LRN's divide every element).
-_JIT = dict(cache=True, nogil=True, error_model="numpy")
+_JIT = dict(cache=True, nogil=True)
+# For the kernels that divide in their loops (LRN's): a float division by zero gives inf or
+# nan, as in NumPy, instead of raising, so a division loop carries no test and vectorises.
+# (Not for all kernels: max-pooling, which does not divide, runs 10% slower compiled so.)
+DIVIDES = dict(error_model="numpy")
 # A large kernel's outer loop is cut into pieces of at least this many output elements (fewer
 # would cost more in hand-over than they save), and at most MAX_PIECES of them.
 PIECE_WORK = 1 << 16
 MAX_PIECES = 32
 
 
-def threaded_kernel(extent):
+def threaded_kernel(extent, **jit_options):
     """Compile a kernel `fn(lo, hi, *args)` whose outer loop is `for i in range(lo, hi)`, and
     return `call(*args)`, which runs the whole range 0..extent(*args): cut into pieces by the
     size of the output (the last argument of every kernel) and shared between the threads
-    (`threads.share`) when it is large, in one call on one thread or inside another piece."""
+    (`threads.share`) when it is large, in one call on one thread or inside another piece.
+    jit_options: Numba's, added to _JIT (DIVIDES)."""
     def wrap(fn):
-        jitted = njit(**_JIT)(fn)
+        jitted = njit(**_JIT, **jit_options)(fn)
 
         def call(*args):
             n = extent(*args)
@@ -253,7 +256,7 @@ def _neg_pow_rows(s, beta, out):
             out[p] = s[p] ** -beta
 
 
-@threaded_kernel(lambda x, size, k, alpha, beta, out, scale: x.shape[0])
+@threaded_kernel(lambda x, size, k, alpha, beta, out, scale: x.shape[0], **DIVIDES)
 def _lrn(lo, hi, x, size, k, alpha, beta, out, scale):
     # Works on whole rows of P = H*W pixels at a time (vectorisable), one image per task.
     N, C, H, W = x.shape
@@ -285,7 +288,7 @@ def lrn(x, size, k, alpha, beta):
     return out, scale
 
 
-@threaded_kernel(lambda dout, x, out, scale, size, alpha, beta, dx: x.shape[0])
+@threaded_kernel(lambda dout, x, out, scale, size, alpha, beta, dx: x.shape[0], **DIVIDES)
 def _lrn_grad(lo, hi, dout, x, out, scale, size, alpha, beta, dx):
     N, C, H, W = x.shape
     P = H * W
