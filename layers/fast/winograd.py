@@ -344,9 +344,9 @@ def _grad_transform(lo, hi, dout, y, relu, sums, dM):
         g, mask = dout[n, f], y[n, f]
         for h in range(OH):      # (no running sum in this loop, so that it vectorises)
             row = e[h]
-            for w in range(OW):
-                v, m = g[h, w], mask[h, w]   # (both read before the test: then it is a select,
-                row[w] = v if not relu or m > 0 else 0.0   # where a read inside it is a branch)
+            for w in range(OW):  # both read before the test: a select, not a branch
+                v, m = g[h, w], mask[h, w]
+                row[w] = v if not relu or m > 0 else 0.0
         sums[n, f] = _sum64(e.ravel())
         for th in range(TH):
             h0 = 4 * th
