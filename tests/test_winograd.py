@@ -46,29 +46,22 @@ def test_two_dimensional_identity(K):
 @pytest.mark.parametrize("helper, matrix", [("_bt", "BT"), ("_b", "BT.T"), ("_at", "AT"), ("_a", "AT.T")])
 def test_written_out_transforms_are_the_matrices(helper, matrix, K):
     """The kernels' written-out products (_bt6 = B^T v, _b6 = B v, _at6 = A^T v, _a6 = A v for
-    3x3 filters, _bt8 ... for 5x5) apply exactly the matrices above: column k is the helper
-    applied to the k-th unit vector. The dispatching helpers (_bt, ...) pick the one of the
-    right size."""
+    3x3 filters, _bt8 ... for 5x5) apply exactly the matrices above, to every column of their
+    input at once: given the unit vectors as columns, the answer's columns are the matrix's.
+    They read and write rows any distance apart; the dispatching helpers (_bt, ...) pick the
+    one of the right size."""
     T = winograd.transforms(K)
     want = eval(matrix, {"BT": T.BT, "AT": T.AT})
+    rows, cols = want.shape
     size = T.BT.shape[0]
-    for fn in (getattr(winograd, f"{helper}{size}").py_func, getattr(winograd, helper)):
-        columns = []
-        for k in range(want.shape[1]):
-            out = np.full(want.shape[0], np.nan)
-            fn(np.eye(want.shape[1])[k], out)
-            columns.append(out)
-        np.testing.assert_array_equal(np.array(columns).T, want)
-
-
-def test_transformed_rows_are_an_odd_number_of_cache_lines():
-    """V's and M's rows hold NT numbers but are _row_length apart: at least NT, an odd number of
-    64-byte lines (so that the kernels' a*a rows do not share a few cache sets)."""
-    for itemsize in (4, 8):
-        for NT in (1, 15, 16, 17, 512, 1024, 1200, 4096):
-            row = winograd._row_length(NT, itemsize)
-            lines, rest = divmod(row * itemsize, 64)
-            assert row >= NT and rest == 0 and lines % 2 == 1 and row - NT < 2 * 64 // itemsize
+    for fn, a in ((getattr(winograd, f"{helper}{size}").py_func, None), (getattr(winograd, helper).py_func, size)):
+        for (si, ss), (di, ds) in (((0, 1), (0, 1)), ((2, 3), (1, 2))):
+            s = np.full((si + ss * cols, cols), np.nan)
+            s[si:si + ss * cols:ss] = np.eye(cols)
+            d = np.full((di + ds * rows, cols), np.nan)
+            fn(*(() if a is None else (a,)), s, si, ss, d, di, ds)
+            np.testing.assert_array_equal(d[di::ds], want)
+            assert np.isnan(np.delete(d, np.s_[di::ds], axis=0)).all()   # no other row written
 
 
 # (N, C, H, W, F, K, pad, groups): sizes that are not multiples of the 4x4 tile, H != W, one

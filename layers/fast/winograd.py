@@ -31,9 +31,9 @@ A convolution layer sums this over input channels c, and the sum commutes with A
 each of the a*a positions (i, j) of a transformed tile, the sum over c is a matrix product:
 
     U[ij] = (G w[f, c] G^T)[i, j]             (F, C)    transformed filters
-    V[ij] = (B^T d[c, tile] B)[i, j]          (C, T)    transformed input tiles (T = N * tiles)
-    M[ij] = U[ij] @ V[ij]                     (F, T)    a*a matrix products
-    out[tile] = A^T M[.., tile] A             4x4 outputs per tile and filter
+    V[ij] = (B^T d[c, tile] B)[i, j]          (T, C)    transformed input tiles (T = N * tiles)
+    M[ij] = V[ij] @ U[ij].T                   (T, F)    a*a matrix products
+    out[tile] = A^T M[tile, ..] A             4x4 outputs per tile and filter
 
 Groups work as in conv.py: each group's channels and filters are a block, so the products
 are batched over (ij, group). Tiles overlap by K-1 pixels (a KxK filter needs an a x a input
@@ -42,14 +42,19 @@ for 4x4 outputs); the zero padding, and the part of a tile that hangs over the e
 Backward. Every step above is linear, so each has an adjoint (its transpose), and the backward
 pass runs them in reverse order, with dY the output gradient of one tile:
 
-    dM[.., tile] = A dY A^T                   (the adjoint of out = A^T M A)
-    dU[ij] = dM[ij] @ V[ij].T                 dV[ij] = U[ij].T @ dM[ij]
+    dM[tile, ..] = A dY A^T                   (the adjoint of out = A^T M A)
+    dU[ij] = dM[ij].T @ V[ij]                 dV[ij] = dM[ij] @ U[ij]
     dw[f, c] = G^T dU[f, c] G                 dd[c, tile] = B dV[c, tile] B^T
     dx = the tiles' dd added where they overlap (and dropped where they lie in the padding)
 
 The arithmetic differs from direct summation (the transforms add and subtract numbers of
 different sizes), so results agree with the reference to rounding: a few 1e-6 of the largest
 value in float32, 1e-15 in float64. The gradient checks run on this path.
+
+Layout: V, M and their gradients are arrays (a*a, T, C), the channel (or filter) index
+innermost. The kernels transform one image at a time, all its channels at once: every
+written-out transform below runs along a row of C numbers (the compiler vectorises it), and
+each tile's a*a results go out as runs of C consecutive numbers.
 
 Memory: V and M take a*a numbers per 4x4 output tile (the im2col matrix takes K*K per
 output), so the batch is processed in chunks of images, like im2col, with buffers that are
@@ -132,264 +137,291 @@ def transforms(K):
 
 
 # The matrix-vector products of the kernels, written out (the matrices' zeros and ones cost
-# nothing this way): each reads the vector s and writes d, 1-d views (often strided). The
-# tests check each against its matrix above.
+# nothing this way). Each transforms many vectors at once, one per column of a 2-d array:
+# the vector v of column c is v[m] = s[si + m*ss, c] (rows ss apart), and its transform goes
+# to the rows di + k*ds of d. The loop runs along the rows, over the channels (or filters) of
+# a tile, so it vectorises. The tests check each against its matrix above.
 @njit(inline="always")
-def _bt6(s, d):
-    """d = B^T s, F(4x4, 3x3) (6 -> 6)."""
-    s0, s1, s2, s3, s4, s5 = s[0], s[1], s[2], s[3], s[4], s[5]
-    d[0] = 4 * s0 - 5 * s2 + s4
-    d[1] = -4 * s1 - 4 * s2 + s3 + s4
-    d[2] = 4 * s1 - 4 * s2 - s3 + s4
-    d[3] = -2 * s1 - s2 + 2 * s3 + s4
-    d[4] = 2 * s1 - s2 - 2 * s3 + s4
-    d[5] = 4 * s1 - 5 * s3 + s5
-
-
-@njit(inline="always")
-def _b6(s, d):
-    """d = B s (6 -> 6): the adjoint of _bt6."""
-    s0, s1, s2, s3, s4, s5 = s[0], s[1], s[2], s[3], s[4], s[5]
-    d[0] = 4 * s0
-    d[1] = -4 * s1 + 4 * s2 - 2 * s3 + 2 * s4 + 4 * s5
-    d[2] = -5 * s0 - 4 * s1 - 4 * s2 - s3 - s4
-    d[3] = s1 - s2 + 2 * s3 - 2 * s4 - 5 * s5
-    d[4] = s0 + s1 + s2 + s3 + s4
-    d[5] = s5
+def _bt6(s, si, ss, d, di, ds):
+    """B^T v, F(4x4, 3x3) (6 -> 6)."""
+    for c in range(s.shape[1]):
+        s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
+        s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
+        d[di, c] = 4 * s0 - 5 * s2 + s4
+        d[di + ds, c] = -4 * s1 - 4 * s2 + s3 + s4
+        d[di + 2 * ds, c] = 4 * s1 - 4 * s2 - s3 + s4
+        d[di + 3 * ds, c] = -2 * s1 - s2 + 2 * s3 + s4
+        d[di + 4 * ds, c] = 2 * s1 - s2 - 2 * s3 + s4
+        d[di + 5 * ds, c] = 4 * s1 - 5 * s3 + s5
 
 
 @njit(inline="always")
-def _at6(s, d):
-    """d = A^T s (6 -> 4)."""
-    s0, s1, s2, s3, s4, s5 = s[0], s[1], s[2], s[3], s[4], s[5]
-    d[0] = s0 + s1 + s2 + s3 + s4
-    d[1] = s1 - s2 + 2 * s3 - 2 * s4
-    d[2] = s1 + s2 + 4 * s3 + 4 * s4
-    d[3] = s1 - s2 + 8 * s3 - 8 * s4 + s5
+def _b6(s, si, ss, d, di, ds):
+    """B v (6 -> 6): the adjoint of _bt6."""
+    for c in range(s.shape[1]):
+        s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
+        s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
+        d[di, c] = 4 * s0
+        d[di + ds, c] = -4 * s1 + 4 * s2 - 2 * s3 + 2 * s4 + 4 * s5
+        d[di + 2 * ds, c] = -5 * s0 - 4 * s1 - 4 * s2 - s3 - s4
+        d[di + 3 * ds, c] = s1 - s2 + 2 * s3 - 2 * s4 - 5 * s5
+        d[di + 4 * ds, c] = s0 + s1 + s2 + s3 + s4
+        d[di + 5 * ds, c] = s5
 
 
 @njit(inline="always")
-def _a6(s, d):
-    """d = A s (4 -> 6): the adjoint of _at6."""
-    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
-    d[0] = s0
-    d[1] = s0 + s1 + s2 + s3
-    d[2] = s0 - s1 + s2 - s3
-    d[3] = s0 + 2 * s1 + 4 * s2 + 8 * s3
-    d[4] = s0 - 2 * s1 + 4 * s2 - 8 * s3
-    d[5] = s3
+def _at6(s, si, ss, d, di, ds):
+    """A^T v (6 -> 4)."""
+    for c in range(s.shape[1]):
+        s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
+        s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
+        d[di, c] = s0 + s1 + s2 + s3 + s4
+        d[di + ds, c] = s1 - s2 + 2 * s3 - 2 * s4
+        d[di + 2 * ds, c] = s1 + s2 + 4 * s3 + 4 * s4
+        d[di + 3 * ds, c] = s1 - s2 + 8 * s3 - 8 * s4 + s5
 
 
 @njit(inline="always")
-def _bt8(s, d):
-    """d = B^T s, F(4x4, 5x5) (8 -> 8)."""
-    s0, s1, s2, s3, s4, s5, s6, s7 = s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]
-    d[0] = -s0 + 5.25 * (s2 - s4) + s6
-    p, q = s1 + s5 - 4.25 * s3, s2 + s6 - 4.25 * s4
-    d[1], d[2] = q + p, q - p
-    p, q = 0.5 * s1 - 2.5 * s3 + 2 * s5, 0.25 * s2 - 1.25 * s4 + s6
-    d[3], d[4] = q + p, q - p
-    p, q = 2 * s1 - 2.5 * s3 + 0.5 * s5, 4 * s2 - 5 * s4 + s6
-    d[5], d[6] = q + p, q - p
-    d[7] = -s1 + 5.25 * (s3 - s5) + s7
+def _a6(s, si, ss, d, di, ds):
+    """A v (4 -> 6): the adjoint of _at6."""
+    for c in range(s.shape[1]):
+        s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
+        d[di, c] = s0
+        d[di + ds, c] = s0 + s1 + s2 + s3
+        d[di + 2 * ds, c] = s0 - s1 + s2 - s3
+        d[di + 3 * ds, c] = s0 + 2 * s1 + 4 * s2 + 8 * s3
+        d[di + 4 * ds, c] = s0 - 2 * s1 + 4 * s2 - 8 * s3
+        d[di + 5 * ds, c] = s3
 
 
 @njit(inline="always")
-def _b8(s, d):
-    """d = B s (8 -> 8): the adjoint of _bt8."""
-    s0, s1, s2, s3, s4, s5, s6, s7 = s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]
-    e1, o1 = s1 + s2, s1 - s2      # (the rows of B^T come in pairs that differ in odd signs)
-    e3, o3 = s3 + s4, s3 - s4
-    e5, o5 = s5 + s6, s5 - s6
-    d[0] = -s0
-    d[1] = o1 + 0.5 * o3 + 2 * o5 - s7
-    d[2] = 5.25 * s0 + e1 + 0.25 * e3 + 4 * e5
-    d[3] = -4.25 * o1 - 2.5 * o3 - 2.5 * o5 + 5.25 * s7
-    d[4] = -5.25 * s0 - 4.25 * e1 - 1.25 * e3 - 5 * e5
-    d[5] = o1 + 2 * o3 + 0.5 * o5 - 5.25 * s7
-    d[6] = s0 + e1 + e3 + e5
-    d[7] = s7
+def _bt8(s, si, ss, d, di, ds):
+    """B^T v, F(4x4, 5x5) (8 -> 8)."""
+    for c in range(s.shape[1]):
+        s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
+        s4, s5, s6, s7 = s[si + 4 * ss, c], s[si + 5 * ss, c], s[si + 6 * ss, c], s[si + 7 * ss, c]
+        d[di, c] = -s0 + 5.25 * (s2 - s4) + s6
+        p, q = s1 + s5 - 4.25 * s3, s2 + s6 - 4.25 * s4
+        d[di + ds, c], d[di + 2 * ds, c] = q + p, q - p
+        p, q = 0.5 * s1 - 2.5 * s3 + 2 * s5, 0.25 * s2 - 1.25 * s4 + s6
+        d[di + 3 * ds, c], d[di + 4 * ds, c] = q + p, q - p
+        p, q = 2 * s1 - 2.5 * s3 + 0.5 * s5, 4 * s2 - 5 * s4 + s6
+        d[di + 5 * ds, c], d[di + 6 * ds, c] = q + p, q - p
+        d[di + 7 * ds, c] = -s1 + 5.25 * (s3 - s5) + s7
 
 
 @njit(inline="always")
-def _at8(s, d):
-    """d = A^T s (8 -> 4)."""
-    e1, o1 = s[1] + s[2], s[1] - s[2]
-    e3, o3 = s[3] + s[4], s[3] - s[4]
-    e5, o5 = s[5] + s[6], s[5] - s[6]
-    d[0] = s[0] + e1 + e3 + e5
-    d[1] = o1 + 2 * o3 + 0.5 * o5
-    d[2] = e1 + 4 * e3 + 0.25 * e5
-    d[3] = o1 + 8 * o3 + 0.125 * o5 + s[7]
+def _b8(s, si, ss, d, di, ds):
+    """B v (8 -> 8): the adjoint of _bt8."""
+    for c in range(s.shape[1]):
+        s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
+        s4, s5, s6, s7 = s[si + 4 * ss, c], s[si + 5 * ss, c], s[si + 6 * ss, c], s[si + 7 * ss, c]
+        e1, o1 = s1 + s2, s1 - s2      # (the rows of B^T come in pairs that differ in odd signs)
+        e3, o3 = s3 + s4, s3 - s4
+        e5, o5 = s5 + s6, s5 - s6
+        d[di, c] = -s0
+        d[di + ds, c] = o1 + 0.5 * o3 + 2 * o5 - s7
+        d[di + 2 * ds, c] = 5.25 * s0 + e1 + 0.25 * e3 + 4 * e5
+        d[di + 3 * ds, c] = -4.25 * o1 - 2.5 * o3 - 2.5 * o5 + 5.25 * s7
+        d[di + 4 * ds, c] = -5.25 * s0 - 4.25 * e1 - 1.25 * e3 - 5 * e5
+        d[di + 5 * ds, c] = o1 + 2 * o3 + 0.5 * o5 - 5.25 * s7
+        d[di + 6 * ds, c] = s0 + e1 + e3 + e5
+        d[di + 7 * ds, c] = s7
 
 
 @njit(inline="always")
-def _a8(s, d):
-    """d = A s (4 -> 8): the adjoint of _at8."""
-    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
-    e, o = s0 + s2, s1 + s3
-    d[0] = s0
-    d[1], d[2] = e + o, e - o
-    e, o = s0 + 4 * s2, 2 * s1 + 8 * s3
-    d[3], d[4] = e + o, e - o
-    e, o = s0 + 0.25 * s2, 0.5 * s1 + 0.125 * s3
-    d[5], d[6] = e + o, e - o
-    d[7] = s3
+def _at8(s, si, ss, d, di, ds):
+    """A^T v (8 -> 4)."""
+    for c in range(s.shape[1]):
+        s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
+        s4, s5, s6, s7 = s[si + 4 * ss, c], s[si + 5 * ss, c], s[si + 6 * ss, c], s[si + 7 * ss, c]
+        e1, o1 = s1 + s2, s1 - s2
+        e3, o3 = s3 + s4, s3 - s4
+        e5, o5 = s5 + s6, s5 - s6
+        d[di, c] = s0 + e1 + e3 + e5
+        d[di + ds, c] = o1 + 2 * o3 + 0.5 * o5
+        d[di + 2 * ds, c] = e1 + 4 * e3 + 0.25 * e5
+        d[di + 3 * ds, c] = o1 + 8 * o3 + 0.125 * o5 + s7
 
 
-# The kernels below serve both algorithms: these pick one by the length of the a-long vector.
 @njit(inline="always")
-def _bt(s, d):
-    if s.shape[0] == 6:
-        _bt6(s, d)
+def _a8(s, si, ss, d, di, ds):
+    """A v (4 -> 8): the adjoint of _at8."""
+    for c in range(s.shape[1]):
+        s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
+        e, o = s0 + s2, s1 + s3
+        d[di, c] = s0
+        d[di + ds, c], d[di + 2 * ds, c] = e + o, e - o
+        e, o = s0 + 4 * s2, 2 * s1 + 8 * s3
+        d[di + 3 * ds, c], d[di + 4 * ds, c] = e + o, e - o
+        e, o = s0 + 0.25 * s2, 0.5 * s1 + 0.125 * s3
+        d[di + 5 * ds, c], d[di + 6 * ds, c] = e + o, e - o
+        d[di + 7 * ds, c] = s3
+
+
+# The kernels below serve both algorithms: these pick one by a, the points per tile side.
+@njit(inline="always")
+def _bt(a, s, si, ss, d, di, ds):
+    if a == 6:
+        _bt6(s, si, ss, d, di, ds)
     else:
-        _bt8(s, d)
+        _bt8(s, si, ss, d, di, ds)
 
 
 @njit(inline="always")
-def _b(s, d):
-    if s.shape[0] == 6:
-        _b6(s, d)
+def _b(a, s, si, ss, d, di, ds):
+    if a == 6:
+        _b6(s, si, ss, d, di, ds)
     else:
-        _b8(s, d)
+        _b8(s, si, ss, d, di, ds)
 
 
 @njit(inline="always")
-def _at(s, d):
-    if s.shape[0] == 6:
-        _at6(s, d)
+def _at(a, s, si, ss, d, di, ds):
+    if a == 6:
+        _at6(s, si, ss, d, di, ds)
     else:
-        _at8(s, d)
+        _at8(s, si, ss, d, di, ds)
 
 
 @njit(inline="always")
-def _a(s, d):
-    if d.shape[0] == 6:
-        _a6(s, d)
+def _a(a, s, si, ss, d, di, ds):
+    if a == 6:
+        _a6(s, si, ss, d, di, ds)
     else:
-        _a8(s, d)
+        _a8(s, si, ss, d, di, ds)
 
 
-@threaded_kernel(lambda x, pad, TH, TW, V: x.shape[0] * x.shape[1])
+# The four kernels work on one image at a time, all its channels (or filters) at once: a
+# copy of the image with the channel index innermost (a few hundred kB, in cache) is
+# transformed tile by tile, and each tile's a*a transformed vectors go to V (a*a, NT, C) as
+# runs of C consecutive numbers.
+@threaded_kernel(lambda x, pad, TH, TW, V: x.shape[0])
 def _input_transform(lo, hi, x, pad, TH, TW, V):
-    """V[c, a*i + j, n*T + t] = (B^T d B)[i, j], d the a x a input tile t of image n, channel c
+    """V[a*i + j, n*T + t, c] = (B^T d B)[i, j], d the a x a input tile t of image n, channel c
     (a = 6 or 8, from V's shape). Tile t = (th, tw) starts at row 4*th - pad, column 4*tw - pad."""
     N, C, H, W = x.shape
     T = TH * TW
-    a = 6 if V.shape[1] == 36 else 8
+    a = 6 if V.shape[0] == 36 else 8
+    NT = V.shape[1]
+    rows = V.reshape(a * a * NT, C)
     XH, XW = 4 * TH + a - 4, 4 * TW + a - 4
-    xp = np.zeros((XH, XW))      # one plane with its zero border: no bounds tests below
-    t = np.empty((a, XW))        # B^T applied down the columns of one row of tiles
-    for cn in range(lo, hi):     # channel-major: consecutive steps write consecutive columns of V
-        c = cn // N
-        n = cn % N
-        plane = x[n, c]
-        for h in range(min(H, XH - pad)):      # (rows and columns no tile reads are left out)
-            for w in range(min(W, XW - pad)):
-                xp[pad + h, pad + w] = plane[h, w]
+    xp = np.zeros((XH * XW, C))  # one image, xp[h*XW + w, c], with its zero border
+    t = np.empty((a * XW, C))    # B^T applied down the columns of one row of tiles
+    for n in range(lo, hi):
+        for c in range(C):
+            plane = x[n, c]
+            for h in range(min(H, XH - pad)):      # (rows and columns no tile reads are left out)
+                for w in range(min(W, XW - pad)):
+                    xp[(pad + h) * XW + pad + w, c] = plane[h, w]
         for th in range(TH):
-            h0 = 4 * th
-            for w in range(XW):                  # columns: t[:, w] = B^T xp[h0:h0+a, w]
-                _bt(xp[h0:h0 + a, w], t[:, w])
+            for w in range(XW):                   # columns: t[k*XW + w] = (B^T xp[4*th.., w])[k]
+                _bt(a, xp, 4 * th * XW + w, XW, t, w, XW)
             for tw in range(TW):
-                w0 = 4 * tw
                 col = n * T + th * TW + tw
-                for i in range(a):               # rows: V[i, :] = B^T t[i, w0:w0+a]
-                    _bt(t[i, w0:w0 + a], V[c, a * i:a * i + a, col])
+                for i in range(a):                # rows: V[a*i + j, col] = (B^T t[i, 4*tw..])[j]
+                    _bt(a, t, i * XW + 4 * tw, 1, rows, a * i * NT + col, NT)
 
 
-@threaded_kernel(lambda M, b, relu, out: out.shape[0] * out.shape[1])
+@threaded_kernel(lambda M, b, relu, out: out.shape[0])
 def _output_transform(lo, hi, M, b, relu, out):
     """out[n, f, 4*th + i, 4*tw + j] = (A^T M A)[i, j] + b[f] for tile (th, tw) of image n, where
-    M is the (a, a) block M[f, :, n*T + t]; with relu=True, max(that, 0). The part of the last
+    M is the (a, a) block M[:, n*T + t, f]; with relu=True, max(that, 0). The part of the last
     tiles beyond the output's edge is dropped."""
     N, F, OH, OW = out.shape
     TH, TW = (OH + 3) // 4, (OW + 3) // 4
     T = TH * TW
-    a = 6 if M.shape[1] == 36 else 8
-    y = np.empty((4 * TH, 4 * TW))           # one output plane, whole tiles
-    t = np.empty((4, a))                     # A^T M, one tile
-    for fn in range(lo, hi):     # filter-major: consecutive steps read consecutive columns of M
-        f = fn // N
-        n = fn % N
+    a = 6 if M.shape[0] == 36 else 8
+    NT = M.shape[1]
+    rows = M.reshape(a * a * NT, F)
+    YW = 4 * TW
+    y = np.empty((4 * TH * YW, F))   # one image's output, whole tiles, y[h*YW + w, f]
+    t = np.empty((4 * a, F))         # A^T M, one tile
+    for n in range(lo, hi):
         for th in range(TH):
             for tw in range(TW):
                 col = n * T + th * TW + tw
-                for j in range(a):               # columns: t[:, j] = A^T M[:, j]
-                    _at(M[f, j::a, col], t[:, j])
-                for i in range(4):               # rows: Y[i, :] = A^T t[i, :]
-                    _at(t[i], y[4 * th + i, 4 * tw:4 * tw + 4])
-        plane = out[n, f]
-        bias = b[f]
-        for h in range(OH):
-            for w in range(OW):
-                v = y[h, w] + bias
-                plane[h, w] = max(v, 0) if relu else v
+                for j in range(a):               # columns: t[k*a + j] = (A^T M[:, j])[k]
+                    _at(a, rows, j * NT + col, a * NT, t, j, a)
+                for i in range(4):               # rows: y[4*th + i, 4*tw + k] = (A^T t[i])[k]
+                    _at(a, t, i * a, 1, y, (4 * th + i) * YW + 4 * tw, 1)
+        for f in range(F):
+            plane = out[n, f]
+            bias = b[f]
+            for h in range(OH):
+                for w in range(OW):
+                    v = y[h * YW + w, f] + bias
+                    plane[h, w] = max(v, 0) if relu else v
 
 
-@threaded_kernel(lambda dout, y, relu, sums, dM: dout.shape[0] * dout.shape[1])
+@threaded_kernel(lambda dout, y, relu, sums, dM: dout.shape[0])
 def _grad_transform(lo, hi, dout, y, relu, sums, dM):
-    """dM[f, a*i + j, n*T + t] = (A e A^T)[i, j], e the 4x4 tile t of dout[n, f] (0 beyond the
+    """dM[a*i + j, n*T + t, f] = (A e A^T)[i, j], e the 4x4 tile t of dout[n, f] (0 beyond the
     edge); sums[n, f] = the sum of dout[n, f] (the bias gradient's share of image n). With
     relu=True, dout goes through the ReLU's backward first: 0 where y (the ReLU's output) is 0."""
     N, F, OH, OW = dout.shape
     TH, TW = (OH + 3) // 4, (OW + 3) // 4
     T = TH * TW
-    a = 6 if dM.shape[1] == 36 else 8
-    e = np.zeros((4 * TH, 4 * TW))           # one plane of dout, whole tiles (0 beyond the edge)
-    t = np.empty((a, 4 * TW))                # A applied down the columns of one row of tiles
-    for fn in range(lo, hi):     # filter-major: consecutive steps write consecutive columns of dM
-        f = fn // N
-        n = fn % N
-        g, mask = dout[n, f], y[n, f]
-        for h in range(OH):      # (no running sum in this loop, so that it vectorises)
-            row = e[h]
-            for w in range(OW):  # both read before the test: a select, not a branch
-                v, m = g[h, w], mask[h, w]
-                row[w] = v if not relu or m > 0 else 0.0
-        sums[n, f] = _sum64(e.ravel())
+    a = 6 if dM.shape[0] == 36 else 8
+    NT = dM.shape[1]
+    rows = dM.reshape(a * a * NT, F)
+    EW = 4 * TW
+    plane = np.zeros((4 * TH, EW))   # one plane of dout, whole tiles (0 beyond the edge)
+    e = np.empty((4 * TH * EW, F))   # one image's dout, e[h*EW + w, f]
+    t = np.empty((a * EW, F))        # A applied down the columns of one row of tiles
+    for n in range(lo, hi):
+        for f in range(F):
+            g, mask = dout[n, f], y[n, f]
+            for h in range(OH):      # (no running sum in this loop, so that it vectorises)
+                row = plane[h]
+                for w in range(OW):  # both read before the test: a select, not a branch
+                    v, m = g[h, w], mask[h, w]
+                    row[w] = v if not relu or m > 0 else 0.0
+            sums[n, f] = _sum64(plane.ravel())
+            for h in range(4 * TH):
+                for w in range(EW):
+                    e[h * EW + w, f] = plane[h, w]
         for th in range(TH):
-            h0 = 4 * th
-            for w in range(4 * TW):              # columns: t[:, w] = A e[h0:h0+4, w]
-                _a(e[h0:h0 + 4, w], t[:, w])
+            for w in range(EW):                  # columns: t[k*EW + w] = (A e[4*th.., w])[k]
+                _a(a, e, 4 * th * EW + w, EW, t, w, EW)
             for tw in range(TW):
-                w0 = 4 * tw
                 col = n * T + th * TW + tw
-                for i in range(a):               # rows: dM[i, :] = A t[i, w0:w0+4]
-                    _a(t[i, w0:w0 + 4], dM[f, a * i:a * i + a, col])
+                for i in range(a):               # rows: dM[a*i + j, col] = (A t[i, 4*tw..])[j]
+                    _a(a, t, i * EW + 4 * tw, 1, rows, a * i * NT + col, NT)
 
 
-@threaded_kernel(lambda dV, pad, TH, TW, dx: dx.shape[0] * dx.shape[1])
+@threaded_kernel(lambda dV, pad, TH, TW, dx: dx.shape[0])
 def _input_grad(lo, hi, dV, pad, TH, TW, dx):
-    """dx[n, c] = the sum over tiles of B dV B^T (dV the (a, a) block dV[c, :, n*T + t]), each
+    """dx[n, c] = the sum over tiles of B dV B^T (dV the (a, a) block dV[:, n*T + t, c]), each
     added where _input_transform read its tile; what falls in the padding is dropped."""
     N, C, H, W = dx.shape
     T = TH * TW
-    a = 6 if dV.shape[1] == 36 else 8
+    a = 6 if dV.shape[0] == 36 else 8
+    NT = dV.shape[1]
+    rows = dV.reshape(a * a * NT, C)
     XH, XW = 4 * TH + a - 4, 4 * TW + a - 4
-    dxp = np.empty((XH, XW))     # one plane with its border, where the tiles add up
-    t = np.empty((a, a))         # B dV, one tile
-    r = np.empty(a)              # one row of B dV B^T
-    for cn in range(lo, hi):     # channel-major: consecutive steps read consecutive columns of dV
-        c = cn // N
-        n = cn % N
+    dxp = np.empty((XH * XW, C))  # one image with its border, where the tiles add up
+    t = np.empty((a * a, C))      # B dV, one tile
+    r = np.empty((a, C))          # one row of B dV B^T
+    for n in range(lo, hi):
         dxp[:] = 0.0
         for th in range(TH):
-            h0 = 4 * th
             for tw in range(TW):
-                w0 = 4 * tw
                 col = n * T + th * TW + tw
-                for j in range(a):               # columns: t[:, j] = B dV[:, j]
-                    _b(dV[c, j::a, col], t[:, j])
-                for i in range(a):               # rows: dd[i, :] = B t[i, :], added in place
-                    _b(t[i], r)
-                    out = dxp[h0 + i]
+                for j in range(a):               # columns: t[k*a + j] = (B dV[:, j])[k]
+                    _b(a, rows, j * NT + col, a * NT, t, j, a)
+                for i in range(a):               # rows: dd[i] = B t[i], added in place
+                    _b(a, t, i * a, 1, r, 0, 1)
+                    at = (4 * th + i) * XW + 4 * tw
                     for k in range(a):
-                        out[w0 + k] += r[k]
-        plane = dx[n, c]
-        for h in range(H):
-            for w in range(W):
-                plane[h, w] = dxp[pad + h, pad + w] if pad + h < XH and pad + w < XW else 0.0
+                        for c in range(C):
+                            dxp[at + k, c] += r[k, c]
+        for c in range(C):
+            plane = dx[n, c]
+            for h in range(H):
+                for w in range(W):
+                    inside = pad + h < XH and pad + w < XW
+                    plane[h, w] = dxp[(pad + h) * XW + pad + w, c] if inside else 0.0
 
 
 def _filter_matrix(K, dtype):
@@ -422,38 +454,27 @@ def _tiles(OH, OW):
     return (OH + M_OUT - 1) // M_OUT, (OW + M_OUT - 1) // M_OUT
 
 
-def _row_length(NT, itemsize):
-    """The row length to give NT numbers in V and M: an odd number of 64-byte cache lines. The
-    kernels read and write a*a rows at once, one number each; rows 2**k bytes apart would all
-    fall in the same few cache sets and evict each other."""
-    lines = -(-NT * itemsize // 64)
-    return (lines + 1 - lines % 2) * 64 // itemsize
-
-
 def _chunks(N, C, F, positions, T, dtype, fresh_V=False):
-    """Yield (n0, n1, V, M): consecutive chunks [n0, n1) of images whose V (C, positions, nb*T)
-    and M (F, positions, nb*T) each fit CHUNK_BYTES, with those two arrays as views of buffers
-    that every chunk reuses (rows _row_length apart). fresh_V: each chunk's V in a buffer of
-    its own instead, to be kept after the loop."""
+    """Yield (n0, n1, V, M): consecutive chunks [n0, n1) of images whose V (positions, nb*T, C)
+    and M (positions, nb*T, F) each fit CHUNK_BYTES, with those two arrays as views of buffers
+    that every chunk reuses. fresh_V: each chunk's V in a buffer of its own instead, to be kept
+    after the loop."""
     itemsize = np.dtype(dtype).itemsize
     per_chunk = max(1, min(N, CHUNK_BYTES // (positions * max(C, F) * T * itemsize)))
-    row = _row_length(per_chunk * T, itemsize)
-    V_buf = None if fresh_V else buffers.empty(C * positions * row, dtype)
-    M_buf = buffers.empty(F * positions * row, dtype)
+    V_buf = None if fresh_V else buffers.empty(positions * per_chunk * T * C, dtype)
+    M_buf = buffers.empty(positions * per_chunk * T * F, dtype)
     for n0 in range(0, N, per_chunk):
         n1 = min(N, n0 + per_chunk)
         NT = (n1 - n0) * T
-        row = _row_length(NT, itemsize)
-        V = buffers.empty(C * positions * row, dtype) if fresh_V else V_buf[:C * positions * row]
-        yield (n0, n1, V.reshape(C, positions, row)[:, :, :NT],
-               M_buf[:F * positions * row].reshape(F, positions, row)[:, :, :NT])
+        V = buffers.empty(positions * NT * C, dtype) if fresh_V else V_buf[:positions * NT * C]
+        yield n0, n1, V.reshape(positions, NT, C), M_buf[:positions * NT * F].reshape(positions, NT, F)
 
 
 def _by_tile_position(A, groups):
-    """A (G*K, a*a, NT) array viewed as (a*a, G, K, NT): one (K, NT) matrix per tile position
-    and group, for a batched product (no copy: the rows keep their stride)."""
-    rows, positions, cols = A.shape
-    return A.transpose(1, 0, 2).reshape(positions, groups, rows // groups, cols)
+    """A (a*a, NT, G*K) array viewed as (a*a, G, NT, K): one (NT, K) matrix per tile position
+    and group, for a batched product (no copy: each group is a block of columns)."""
+    positions, NT, cols = A.shape
+    return A.reshape(positions, NT, groups, cols // groups).transpose(0, 2, 1, 3)
 
 
 def forward(x, w, b, pad, groups, relu):
@@ -466,12 +487,13 @@ def forward(x, w, b, pad, groups, relu):
     OH, OW = H + 2 * pad - K + 1, W + 2 * pad - K + 1
     TH, TW = _tiles(OH, OW)
     U = filter_transform(w, groups)                                    # (a*a, G, F/G, C/G)
+    UT = U.transpose(0, 1, 3, 2)                                       # (a*a, G, C/G, F/G)
     keep = C * U.shape[0] * N * TH * TW * x.itemsize <= KEEP_BYTES
     out = buffers.empty((N, F, OH, OW), x.dtype)
     tiles = {} if keep else None
     for n0, n1, V, M in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype, fresh_V=keep):
         _input_transform(x[n0:n1], pad, TH, TW, V)
-        gemm.batched(U, _by_tile_position(V, groups), _by_tile_position(M, groups))  # M[ij] = U[ij] @ V[ij]
+        gemm.batched(_by_tile_position(V, groups), UT, _by_tile_position(M, groups))  # M[ij] = V[ij] @ U[ij].T
         _output_transform(M, b, relu, out[n0:n1])
         if keep:
             tiles[(n0, n1)] = V
@@ -487,7 +509,6 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
     OH, OW = dout.shape[2:]
     TH, TW = _tiles(OH, OW)
     U = filter_transform(w, groups)                                    # (a*a, G, F/G, C/G)
-    UT = U.transpose(0, 1, 3, 2)                                       # (a*a, G, C/G, F/G)
     dU = np.zeros(U.shape, dtype=x.dtype)
     db_sum = np.zeros(F)                                               # float64 accumulator
     dx = buffers.empty_like(x) if need_dx else None
@@ -502,8 +523,8 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
         _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums, dM)
         db_sum += image_sums.sum(axis=0)
         V_ij, dM_ij = _by_tile_position(V, groups), _by_tile_position(dM, groups)
-        gemm.batched(dM_ij, V_ij.transpose(0, 1, 3, 2), dU, accumulate=True)   # dU[ij] += dM[ij] @ V[ij].T
+        gemm.batched(dM_ij.transpose(0, 1, 3, 2), V_ij, dU, accumulate=True)   # dU[ij] += dM[ij].T @ V[ij]
         if need_dx:
-            gemm.batched(UT, dM_ij, _by_tile_position(dV, groups))    # dV[ij] = U[ij].T @ dM[ij]
+            gemm.batched(dM_ij, U, _by_tile_position(dV, groups))      # dV[ij] = dM[ij] @ U[ij]
             _input_grad(dV, pad, TH, TW, dx[n0:n1])
     return dx, filter_grad(dU, w.shape), db_sum.astype(x.dtype)
