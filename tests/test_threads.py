@@ -105,6 +105,11 @@ def test_products_cut_into_pieces_match_numpy(dtype, work_sharing):
     A, B = rng.standard_normal((3, 2, 4, 5)).astype(dtype), rng.standard_normal((3, 2, 5, 6)).astype(dtype)
     _close(gemm.batched(A, B, np.empty((3, 2, 4, 6), dtype)), A @ B)
     _close(gemm.batched(A, B, np.ones((3, 2, 4, 6), dtype), accumulate=True), 1 + A @ B)
+    B2 = rng.standard_normal((3, 2, 5, 3)).astype(dtype)
+    first, second = np.ones((3, 2, 4, 6), dtype), np.empty((3, 2, 4, 3), dtype)
+    gemm.batched_together((A, B, first, True), (A, B2, second, False))
+    _close(first, 1 + A @ B)
+    _close(second, A @ B2)
 
 
 def _kernel_results(rng_seed=3):

@@ -4,6 +4,7 @@ each run by NumPy's BLAS on one thread (why: `threads.py`).
     matmul(a, b, out)       out = a @ b              a (m, k), b (k, n), out (m, n)
     batched(a, b, out)      out[i] = a[i] @ b[i]     over the leading axes of 4-d arrays
     batched(..., accumulate=True)   out[i] += a[i] @ b[i]
+    batched_together((a, b, out, accumulate), ...)   several batched products in one pass
 
 A 2-d product is cut along the longer side of `out`: rows of out are rows of a, columns of out
 are columns of b, so each piece reads its own part of the larger operand once and all of the
@@ -45,19 +46,29 @@ def matmul(a, b, out):
 def batched(a, b, out, accumulate=False):
     """out[i, j] = a[i, j] @ b[i, j] (or +=, with accumulate) for 4-d a (I, J, m, k),
     b (I, J, k, n), out (I, J, m, n), one piece per run of consecutive matrices; returns out."""
-    I, J, m, n = out.shape
-    count = I * J
-    pieces = int(max(1, min(count, 2 * count * m * n * a.shape[3] // PIECE_FLOPS, MAX_PIECES)))
-    if not accumulate and (pieces == 1 or not threads.can_limit_blas()):
+    if not accumulate and not threads.can_limit_blas():
         return np.matmul(a, b, out=out)
+    batched_together((a, b, out, accumulate))
+    return out
+
+
+def batched_together(*products):
+    """batched(a, b, out, accumulate) for each (a, b, out, accumulate) in products, all over the
+    same (I, J) matrices, in one pass: a piece runs matrix (i, j) of every product in turn, so
+    an operand they share is read from memory once and from the cache after (the Winograd
+    backward's dM, 134 MB in `cifar`'s conv2, feeds two products)."""
+    I, J = products[0][2].shape[:2]
+    count = I * J
+    flops = sum(2 * count * out.shape[2] * out.shape[3] * a.shape[3] for a, b, out, _ in products)
+    pieces = int(max(1, min(count, flops // PIECE_FLOPS, MAX_PIECES)))
     c = threads.cuts(count, pieces)
 
     def run(p):
         for ij in range(c[p], c[p + 1]):
             i, j = divmod(ij, J)
-            if accumulate:
-                out[i, j] += np.matmul(a[i, j], b[i, j])
-            else:
-                np.matmul(a[i, j], b[i, j], out=out[i, j])
+            for a, b, out, accumulate in products:
+                if accumulate:
+                    out[i, j] += np.matmul(a[i, j], b[i, j])
+                else:
+                    np.matmul(a[i, j], b[i, j], out=out[i, j])
     threads.share_blas_work(run, pieces)
-    return out

@@ -523,8 +523,10 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
         _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums, dM)
         db_sum += image_sums.sum(axis=0)
         V_ij, dM_ij = _by_tile_position(V, groups), _by_tile_position(dM, groups)
-        gemm.batched(dM_ij.transpose(0, 1, 3, 2), V_ij, dU, accumulate=True)   # dU[ij] += dM[ij].T @ V[ij]
+        products = [(dM_ij.transpose(0, 1, 3, 2), V_ij, dU, True)]              # dU[ij] += dM[ij].T @ V[ij]
         if need_dx:
-            gemm.batched(dM_ij, U, _by_tile_position(dV, groups))      # dV[ij] = dM[ij] @ U[ij]
+            products.append((dM_ij, U, _by_tile_position(dV, groups), False))  # dV[ij] = dM[ij] @ U[ij]
+        gemm.batched_together(*products)                                    # (dM read once)
+        if need_dx:
             _input_grad(dV, pad, TH, TW, dx[n0:n1])
     return dx, filter_grad(dU, w.shape), db_sum.astype(x.dtype)
