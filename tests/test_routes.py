@@ -190,7 +190,15 @@ def test_both_routes_export_the_same_functions_with_the_same_signatures():
 @pytest.mark.parametrize("name, batch", [("tiny", 3), ("cifar", 2)])
 def test_models_on_both_routes_agree(name, batch, dtype):
     """The whole training step: loss, every parameter's gradient, the input's gradient and the
-    logits, with the same dropout masks (the same generator seed)."""
+    logits, with the same dropout masks (the same generator seed).
+
+    Not the gradients of the `cifar` model in float32: its ReLU inputs always include some
+    within float32 rounding of zero (the smallest is 3e-8 to 3e-6 of its layer's largest, over
+    30 input seeds, and the routes' rounding differs by about 2e-6 of it), so the two routes
+    may put such a unit on different sides of zero, and that one unit moves the gradient of
+    every earlier layer by about 1%: the comparison would measure the flip, not the layers.
+    Its values are compared (a flipped unit is within rounding of 0 either way); its gradients
+    in float64, and every layer's in float32 above."""
     readable = build_model(name, seed=1, dtype=dtype, route="readable")
     quick = build_model(name, seed=1, dtype=dtype, route="fast")
     rng = np.random.default_rng(8)
@@ -200,9 +208,10 @@ def test_models_on_both_routes_agree(name, batch, dtype):
     got = quick.loss(x, y, rng=np.random.default_rng(9), need_dx=True, need_logits=True)
     assert got.loss == pytest.approx(want.loss, rel=TOL[dtype] * 10)
     assert list(got.grads) == list(want.grads) == list(readable.params)
-    for key in want.grads:
-        close(got.grads[key], want.grads[key], dtype, key)
-    close(got.dx, want.dx, dtype, "dx")
+    if not (name == "cifar" and dtype == np.float32):
+        for key in want.grads:
+            close(got.grads[key], want.grads[key], dtype, key)
+        close(got.dx, want.dx, dtype, "dx")
     close(got.logits, want.logits, dtype, "logits")
     close(quick.forward(x, upto="relu7"), readable.forward(x, upto="relu7"), dtype, "fc7 features")
 

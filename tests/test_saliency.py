@@ -169,7 +169,7 @@ def test_saliency_command_draws_each_image(world, capsys, tmp_path):
     assert [r["out"] for r in report] == [str(out_dir / n) for n in names]
     for r, p in zip(report, probs):
         assert r["class"] == r["predicted"] == CLASSES[int(p.argmax())]
-        assert r["probability"] == pytest.approx(p.max(), rel=1e-5)
+        assert r["probability"] == pytest.approx(p.max(), rel=1e-4)   # float32, 3 images at once here
         with Image.open(r["out"]) as picture:
             assert picture.format == "PNG" and picture.size[0] > 3 * 192 > picture.size[1]
     code, out, err = run(["saliency", world["ckpt"], world["paths"][0], "--out", str(out_dir),
