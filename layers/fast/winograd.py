@@ -509,7 +509,7 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
     OH, OW = dout.shape[2:]
     TH, TW = _tiles(OH, OW)
     U = filter_transform(w, groups)                                    # (a*a, G, F/G, C/G)
-    dU = np.zeros(U.shape, dtype=x.dtype)
+    dU = np.empty(U.shape, dtype=x.dtype)                              # (set by the first chunk)
     db_sum = np.zeros(F)                                               # float64 accumulator
     dx = buffers.empty_like(x) if need_dx else None
     relu = relu_out is not None
@@ -523,7 +523,7 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
         _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums, dM)
         db_sum += image_sums.sum(axis=0)
         V_ij, dM_ij = _by_tile_position(V, groups), _by_tile_position(dM, groups)
-        products = [(dM_ij.transpose(0, 1, 3, 2), V_ij, dU, True)]              # dU[ij] += dM[ij].T @ V[ij]
+        products = [(dM_ij.transpose(0, 1, 3, 2), V_ij, dU, n0 > 0)]            # dU[ij] += dM[ij].T @ V[ij]
         if need_dx:
             products.append((dM_ij, U, _by_tile_position(dV, groups), False))  # dV[ij] = dM[ij] @ U[ij]
         gemm.batched_together(*products)                                    # (dM read once)
