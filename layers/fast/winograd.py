@@ -292,10 +292,8 @@ def _a(a, s, si, ss, d, di, ds):
         _a8(s, si, ss, d, di, ds)
 
 
-# The four kernels work on one image at a time, all its channels (or filters) at once: a
-# copy of the image with the channel index innermost (a few hundred kB, in cache) is
-# transformed tile by tile, and each tile's a*a transformed vectors go to V (a*a, NT, C) as
-# runs of C consecutive numbers.
+# The four kernels ("Layout" above): each step of the outer loop is one image, copied with its
+# channel index innermost into a buffer of a few hundred kB that stays in cache.
 @threaded_kernel(lambda x, pad, TH, TW, V: x.shape[0])
 def _input_transform(lo, hi, x, pad, TH, TW, V):
     """V[a*i + j, n*T + t, c] = (B^T d B)[i, j], d the a x a input tile t of image n, channel c
