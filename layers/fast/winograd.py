@@ -465,7 +465,8 @@ def _chunks(N, C, F, positions, T, dtype, fresh_V=False):
         n1 = min(N, n0 + per_chunk)
         NT = (n1 - n0) * T
         V = buffers.empty(positions * NT * C, dtype) if fresh_V else V_buf[:positions * NT * C]
-        yield n0, n1, V.reshape(positions, NT, C), M_buf[:positions * NT * F].reshape(positions, NT, F)
+        M = M_buf[:positions * NT * F]
+        yield n0, n1, V.reshape(positions, NT, C), M.reshape(positions, NT, F)
 
 
 def _by_tile_position(A, groups):
@@ -491,7 +492,8 @@ def forward(x, w, b, pad, groups, relu):
     tiles = {} if keep else None
     for n0, n1, V, M in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype, fresh_V=keep):
         _input_transform(x[n0:n1], pad, TH, TW, V)
-        gemm.batched(_by_tile_position(V, groups), UT, _by_tile_position(M, groups))  # M[ij] = V[ij] @ U[ij].T
+        # M[ij] = V[ij] @ U[ij].T
+        gemm.batched(_by_tile_position(V, groups), UT, _by_tile_position(M, groups))
         _output_transform(M, b, relu, out[n0:n1])
         if keep:
             tiles[(n0, n1)] = V
@@ -521,10 +523,12 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
         _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums, dM)
         db_sum += image_sums.sum(axis=0)
         V_ij, dM_ij = _by_tile_position(V, groups), _by_tile_position(dM, groups)
-        products = [(dM_ij.transpose(0, 1, 3, 2), V_ij, dU, n0 > 0)]            # dU[ij] += dM[ij].T @ V[ij]
+        # dU[ij] = dM[ij].T @ V[ij] (+= after the first chunk) and dV[ij] = dM[ij] @ U[ij], in one
+        # pass, so that dM is read from memory once
+        products = [(dM_ij.transpose(0, 1, 3, 2), V_ij, dU, n0 > 0)]
         if need_dx:
-            products.append((dM_ij, U, _by_tile_position(dV, groups), False))  # dV[ij] = dM[ij] @ U[ij]
-        gemm.batched_together(*products)                                    # (dM read once)
+            products.append((dM_ij, U, _by_tile_position(dV, groups), False))
+        gemm.batched_together(*products)
         if need_dx:
             _input_grad(dV, pad, TH, TW, dx[n0:n1])
     return dx, filter_grad(dU, w.shape), db_sum.astype(x.dtype)
