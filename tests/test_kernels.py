@@ -105,13 +105,17 @@ def test_maxpool_ties_go_to_the_first_maximum_and_overlaps_accumulate():
 @pytest.mark.parametrize("size,alpha,beta", [(5, 1e-4, 0.75), (5, 0.7, 0.75), (4, 0.3, 0.6), (1, 0.5, 1.0), (9, 0.2, 0.75)])
 def test_lrn_matches_reference(shape, size, alpha, beta, dtype, rng):
     x = rng.standard_normal(shape).astype(dtype)
-    out, scale = kernels.lrn(x, size, 2.0, alpha, beta)
+    out, scale = kernels.lrn(x, size, 2.0, alpha, beta, keep_scale=True)
     ref_out, ref_scale = reference.lrn(x, size, 2.0, alpha, beta)
     tol = 1e-5 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(scale, ref_scale, rtol=tol)
     np.testing.assert_allclose(out, ref_out, rtol=tol, atol=tol)
+    out_only, none = kernels.lrn(x, size, 2.0, alpha, beta)      # the fast route's call
+    assert none is None
+    np.testing.assert_array_equal(out_only, out)
     dout = rng.standard_normal(shape).astype(dtype)
-    np.testing.assert_allclose(kernels.lrn_grad(dout, x, out, scale, size, alpha, beta),
+    # from x alone: s and b recomputed inside
+    np.testing.assert_allclose(kernels.lrn_grad(dout, x, size, 2.0, alpha, beta),
                                reference.lrn_grad(dout, x, ref_out, ref_scale, size, alpha, beta),
                                rtol=tol, atol=tol)
 

@@ -10,8 +10,8 @@ readability.
     col2im(cols, x_shape, KH, KW, stride, pad) col2im(...)
     maxpool(x, KH, KW, stride)               maxpool(...)
     maxpool_grad(dout, argmax, x_shape)      maxpool_grad(...)
-    lrn(x, size, k, alpha, beta)             lrn(...)
-    lrn_grad(dout, x, out, scale, size, alpha, beta) lrn_grad(...)
+    lrn(x, size, k, alpha, beta)             lrn(...) (out; scale only if asked)
+    lrn_grad(dout, x, size, k, alpha, beta)  lrn_grad(dout, x, out, scale, ...) (recomputes s, b)
     mat_to_nchw(mat, b, relu, out)           (conv helper: out[n, f, p] = mat[f, n*P + p] + b[f], ReLU if asked)
     (_pad and _crop: the zero border im2col reads and col2im writes, so their loops need no bounds tests)
     nchw_to_mat(a, y, relu, sums, out)       (conv helper: out[f, n*P + p] = a[n, f, p], sums[n, f] = row sums,
@@ -188,24 +188,43 @@ def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
 
 @threaded_kernel(lambda x, KH, KW, stride, out, argmax: x.shape[0] * x.shape[1])
 def _maxpool(lo, hi, x, KH, KW, stride, out, argmax):
+    # Separably, one output row at a time: first down each column of its KH input rows (the
+    # column's maximum and the first row holding it, for whole rows at once: vectorised, no
+    # branches), then across each window's KW columns. The winner is the reference's, the
+    # first maximum in row-major order: of the columns holding the window's maximum, the one
+    # whose maximum comes in the earliest row, then the leftmost.
     N, C, H, W = x.shape
     OH, OW = out.shape[2], out.shape[3]
+    used = (OW - 1) * stride + KW                      # the columns some window reads
+    col_max = np.empty(used, x.dtype)
+    col_row = np.empty(used, np.int32)
     for nc in range(lo, hi):
         n = nc // C
         c = nc % C
         for oh in range(OH):
+            h0 = oh * stride
+            top = x[n, c, h0]
+            for w in range(used):
+                col_max[w] = top[w]
+                col_row[w] = h0
+            for i in range(1, KH):
+                row = x[n, c, h0 + i]
+                for w in range(used):
+                    v = row[w]
+                    higher = v > col_max[w]            # strict: the first row wins ties
+                    col_row[w] = h0 + i if higher else col_row[w]
+                    col_max[w] = v if higher else col_max[w]
             for ow in range(OW):
-                h0, w0 = oh * stride, ow * stride
-                best = x[n, c, h0, w0]
-                best_at = h0 * W + w0
-                for i in range(KH):
-                    for j in range(KW):
-                        v = x[n, c, h0 + i, w0 + j]
-                        if v > best:  # strict: the first maximum in row-major order wins ties
-                            best = v
-                            best_at = (h0 + i) * W + w0 + j
+                w0 = ow * stride
+                best, best_h, best_w = col_max[w0], col_row[w0], w0
+                for j in range(1, KW):                 # selects, not branches: no mispredictions
+                    v, h = col_max[w0 + j], col_row[w0 + j]
+                    wins = (v > best) | ((v == best) & (h < best_h))
+                    best = v if wins else best
+                    best_h = h if wins else best_h
+                    best_w = w0 + j if wins else best_w
                 out[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = best_at
+                argmax[n, c, oh, ow] = best_h * W + best_w
 
 
 def maxpool(x, KH, KW, stride):
@@ -256,70 +275,83 @@ def _neg_pow_rows(s, beta, out):
             out[p] = s[p] ** -beta
 
 
-@threaded_kernel(lambda x, size, k, alpha, beta, out, scale: x.shape[0], **DIVIDES)
-def _lrn(lo, hi, x, size, k, alpha, beta, out, scale):
-    # Works on whole rows of P = H*W pixels at a time (vectorisable), one image per task.
+@njit(inline="always")
+def _window_scale(a, c, size, k, alpha, s):
+    """s = k + alpha * (sum of a[j]^2 over channel c's window), over a row of pixels; a is
+    one image's (C, P)."""
+    C, P = a.shape
+    s[:] = 0
+    for j in range(max(0, c - size // 2), min(C - 1, c + (size - 1) // 2) + 1):
+        aj = a[j]
+        for p in range(P):
+            s[p] += aj[p] * aj[p]
+    for p in range(P):
+        s[p] = k + alpha * s[p]
+
+
+@threaded_kernel(lambda x, size, k, alpha, beta, scale, out: x.shape[0], **DIVIDES)
+def _lrn(lo, hi, x, size, k, alpha, beta, scale, out):
+    # One image per task, whole rows of P = H*W pixels at a time (vectorisable). s is kept in
+    # `scale` only when it has the images (scale.shape[0] == N): the fast route does not keep it.
     N, C, H, W = x.shape
     P = H * W
-    xf, of, sf = x.reshape(N, C, P), out.reshape(N, C, P), scale.reshape(N, C, P)
-    lo_off, hi_off = size // 2, (size - 1) // 2
+    xf, of, sf = x.reshape(N, C, P), out.reshape(N, C, P), scale.reshape(scale.shape[0], C, P)
+    s = np.empty(P, x.dtype)
     for n in range(lo, hi):
         for c in range(C):
-            s = sf[n, c]
-            s[:] = 0
-            for j in range(max(0, c - lo_off), min(C - 1, c + hi_off) + 1):
-                a = xf[n, j]
-                for p in range(P):
-                    s[p] += a[p] * a[p]
+            _window_scale(xf[n], c, size, k, alpha, s)
+            if sf.shape[0] == N:
+                sf[n, c] = s
             a, b = xf[n, c], of[n, c]
-            for p in range(P):
-                s[p] = k + alpha * s[p]
             _neg_pow_rows(s, beta, b)                  # b = s^-beta
             for p in range(P):
                 b[p] *= a[p]                           # b = a * s^-beta
 
 
-def lrn(x, size, k, alpha, beta):
-    """Fast `reference.lrn`: (out, scale)."""
+def lrn(x, size, k, alpha, beta, keep_scale=False):
+    """Fast `reference.lrn`: (out, scale); scale is None unless keep_scale (`lrn_grad`
+    recomputes it: writing it and reading it back costs more than the arithmetic)."""
     out = buffers.empty_like(x)
-    scale = buffers.empty_like(x)
+    scale = np.empty_like(x) if keep_scale else np.empty((0,) + x.shape[1:], x.dtype)
     t = x.dtype.type  # scalars in x's dtype, so float32 maths stays float32 (and vectorises)
-    _lrn(x, size, t(k), t(alpha), t(beta), out, scale)
-    return out, scale
+    _lrn(x, size, t(k), t(alpha), t(beta), scale, out)
+    return out, (scale if keep_scale else None)
 
 
-@threaded_kernel(lambda dout, x, out, scale, size, alpha, beta, dx: x.shape[0], **DIVIDES)
-def _lrn_grad(lo, hi, dout, x, out, scale, size, alpha, beta, dx):
+@threaded_kernel(lambda dout, x, size, k, alpha, beta, dx: x.shape[0], **DIVIDES)
+def _lrn_grad(lo, hi, dout, x, size, k, alpha, beta, dx):
     N, C, H, W = x.shape
     P = H * W
-    gf, xf, of, sf, df = (dout.reshape(N, C, P), x.reshape(N, C, P), out.reshape(N, C, P),
-                          scale.reshape(N, C, P), dx.reshape(N, C, P))
+    gf, xf, df = dout.reshape(N, C, P), x.reshape(N, C, P), dx.reshape(N, C, P)
     # channel j is in the window of channel i for i in [j - (size-1)//2, j + size//2]
     lo_off, hi_off = (size - 1) // 2, size // 2
-    two_alpha_beta = 2 * alpha * beta
-    t = np.empty((C, P), dtype=x.dtype)               # t_i = g_i * b_i / s_i, once per channel
-    row = np.empty(P, dtype=x.dtype)
+    two_alpha_beta = (alpha + alpha) * beta            # in x's dtype (2 * alpha would be float64)
+    t = np.empty((C, P), dtype=x.dtype)               # t_i = g_i * b_i / s_i
+    q = np.empty((C, P), dtype=x.dtype)               # q_i = s_i^-beta
+    s = np.empty(P, dtype=x.dtype)
     for n in range(lo, hi):
-        for i in range(C):
+        for i in range(C):                             # s, b = a * s^-beta as in the forward
+            _window_scale(xf[n], i, size, k, alpha, s)
+            qi, g, a = q[i], gf[n, i], xf[n, i]
+            _neg_pow_rows(s, beta, qi)
             for p in range(P):
-                t[i, p] = gf[n, i, p] * of[n, i, p] / sf[n, i, p]
+                t[i, p] = g[p] * (a[p] * qi[p]) / s[p]
         for j in range(C):
             d = df[n, j]
             d[:] = 0
             for i in range(max(0, j - lo_off), min(C - 1, j + hi_off) + 1):
                 for p in range(P):
                     d[p] += t[i, p]
-            g, a, s = gf[n, j], xf[n, j], sf[n, j]
-            _neg_pow_rows(s, beta, row)                # row = s_j^-beta
+            g, a, qj = gf[n, j], xf[n, j], q[j]
             for p in range(P):
-                d[p] = g[p] * row[p] - two_alpha_beta * a[p] * d[p]
+                d[p] = g[p] * qj[p] - two_alpha_beta * a[p] * d[p]
 
 
-def lrn_grad(dout, x, out, scale, size, alpha, beta):
-    """Fast `reference.lrn_grad`."""
+def lrn_grad(dout, x, size, k, alpha, beta):
+    """Fast `reference.lrn_grad`, from the input alone: s and b are recomputed."""
     dx = buffers.empty_like(x)
     t = x.dtype.type
-    _lrn_grad(dout, x, out, scale, size, t(alpha), t(beta), dx)
+    _lrn_grad(dout, x, size, t(k), t(alpha), t(beta), dx)
     return dx
 
 

@@ -141,18 +141,26 @@ def transforms(K):
 # the vector v of column c is v[m] = s[si + m*ss, c] (rows ss apart), and its transform goes
 # to the rows di + k*ds of d. The loop runs along the rows, over the channels (or filters) of
 # a tile, so it vectorises. The tests check each against its matrix above.
+# The transforms' constants as float32 numbers: a float32 times a Python literal is a float64
+# in Numba, so with literals the float32 tiles would be transformed in float64 (half as many
+# numbers per vector instruction, and conversions both ways). A float64 times these is a
+# float64, so the gradient checks' float64 tiles stay float64; every one is exact in float32.
+_0, _0_125, _0_25, _0_5, _1_25, _2 = (np.float32(v) for v in (0, 0.125, 0.25, 0.5, 1.25, 2))
+_2_5, _4, _4_25, _5, _5_25, _8 = (np.float32(v) for v in (2.5, 4, 4.25, 5, 5.25, 8))
+
+
 @njit(inline="always")
 def _bt6(s, si, ss, d, di, ds):
     """B^T v, F(4x4, 3x3) (6 -> 6)."""
     for c in range(s.shape[1]):
         s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
         s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
-        d[di, c] = 4 * s0 - 5 * s2 + s4
-        d[di + ds, c] = -4 * s1 - 4 * s2 + s3 + s4
-        d[di + 2 * ds, c] = 4 * s1 - 4 * s2 - s3 + s4
-        d[di + 3 * ds, c] = -2 * s1 - s2 + 2 * s3 + s4
-        d[di + 4 * ds, c] = 2 * s1 - s2 - 2 * s3 + s4
-        d[di + 5 * ds, c] = 4 * s1 - 5 * s3 + s5
+        d[di, c] = _4 * s0 - _5 * s2 + s4
+        d[di + ds, c] = -_4 * s1 - _4 * s2 + s3 + s4
+        d[di + 2 * ds, c] = _4 * s1 - _4 * s2 - s3 + s4
+        d[di + 3 * ds, c] = -_2 * s1 - s2 + _2 * s3 + s4
+        d[di + 4 * ds, c] = _2 * s1 - s2 - _2 * s3 + s4
+        d[di + 5 * ds, c] = _4 * s1 - _5 * s3 + s5
 
 
 @njit(inline="always")
@@ -161,10 +169,10 @@ def _b6(s, si, ss, d, di, ds):
     for c in range(s.shape[1]):
         s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
         s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
-        d[di, c] = 4 * s0
-        d[di + ds, c] = -4 * s1 + 4 * s2 - 2 * s3 + 2 * s4 + 4 * s5
-        d[di + 2 * ds, c] = -5 * s0 - 4 * s1 - 4 * s2 - s3 - s4
-        d[di + 3 * ds, c] = s1 - s2 + 2 * s3 - 2 * s4 - 5 * s5
+        d[di, c] = _4 * s0
+        d[di + ds, c] = -_4 * s1 + _4 * s2 - _2 * s3 + _2 * s4 + _4 * s5
+        d[di + 2 * ds, c] = -_5 * s0 - _4 * s1 - _4 * s2 - s3 - s4
+        d[di + 3 * ds, c] = s1 - s2 + _2 * s3 - _2 * s4 - _5 * s5
         d[di + 4 * ds, c] = s0 + s1 + s2 + s3 + s4
         d[di + 5 * ds, c] = s5
 
@@ -176,9 +184,9 @@ def _at6(s, si, ss, d, di, ds):
         s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
         s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
         d[di, c] = s0 + s1 + s2 + s3 + s4
-        d[di + ds, c] = s1 - s2 + 2 * s3 - 2 * s4
-        d[di + 2 * ds, c] = s1 + s2 + 4 * s3 + 4 * s4
-        d[di + 3 * ds, c] = s1 - s2 + 8 * s3 - 8 * s4 + s5
+        d[di + ds, c] = s1 - s2 + _2 * s3 - _2 * s4
+        d[di + 2 * ds, c] = s1 + s2 + _4 * s3 + _4 * s4
+        d[di + 3 * ds, c] = s1 - s2 + _8 * s3 - _8 * s4 + s5
 
 
 @njit(inline="always")
@@ -189,8 +197,8 @@ def _a6(s, si, ss, d, di, ds):
         d[di, c] = s0
         d[di + ds, c] = s0 + s1 + s2 + s3
         d[di + 2 * ds, c] = s0 - s1 + s2 - s3
-        d[di + 3 * ds, c] = s0 + 2 * s1 + 4 * s2 + 8 * s3
-        d[di + 4 * ds, c] = s0 - 2 * s1 + 4 * s2 - 8 * s3
+        d[di + 3 * ds, c] = s0 + _2 * s1 + _4 * s2 + _8 * s3
+        d[di + 4 * ds, c] = s0 - _2 * s1 + _4 * s2 - _8 * s3
         d[di + 5 * ds, c] = s3
 
 
@@ -200,14 +208,14 @@ def _bt8(s, si, ss, d, di, ds):
     for c in range(s.shape[1]):
         s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
         s4, s5, s6, s7 = s[si + 4 * ss, c], s[si + 5 * ss, c], s[si + 6 * ss, c], s[si + 7 * ss, c]
-        d[di, c] = -s0 + 5.25 * (s2 - s4) + s6
-        p, q = s1 + s5 - 4.25 * s3, s2 + s6 - 4.25 * s4
+        d[di, c] = -s0 + _5_25 * (s2 - s4) + s6
+        p, q = s1 + s5 - _4_25 * s3, s2 + s6 - _4_25 * s4
         d[di + ds, c], d[di + 2 * ds, c] = q + p, q - p
-        p, q = 0.5 * s1 - 2.5 * s3 + 2 * s5, 0.25 * s2 - 1.25 * s4 + s6
+        p, q = _0_5 * s1 - _2_5 * s3 + _2 * s5, _0_25 * s2 - _1_25 * s4 + s6
         d[di + 3 * ds, c], d[di + 4 * ds, c] = q + p, q - p
-        p, q = 2 * s1 - 2.5 * s3 + 0.5 * s5, 4 * s2 - 5 * s4 + s6
+        p, q = _2 * s1 - _2_5 * s3 + _0_5 * s5, _4 * s2 - _5 * s4 + s6
         d[di + 5 * ds, c], d[di + 6 * ds, c] = q + p, q - p
-        d[di + 7 * ds, c] = -s1 + 5.25 * (s3 - s5) + s7
+        d[di + 7 * ds, c] = -s1 + _5_25 * (s3 - s5) + s7
 
 
 @njit(inline="always")
@@ -220,11 +228,11 @@ def _b8(s, si, ss, d, di, ds):
         e3, o3 = s3 + s4, s3 - s4
         e5, o5 = s5 + s6, s5 - s6
         d[di, c] = -s0
-        d[di + ds, c] = o1 + 0.5 * o3 + 2 * o5 - s7
-        d[di + 2 * ds, c] = 5.25 * s0 + e1 + 0.25 * e3 + 4 * e5
-        d[di + 3 * ds, c] = -4.25 * o1 - 2.5 * o3 - 2.5 * o5 + 5.25 * s7
-        d[di + 4 * ds, c] = -5.25 * s0 - 4.25 * e1 - 1.25 * e3 - 5 * e5
-        d[di + 5 * ds, c] = o1 + 2 * o3 + 0.5 * o5 - 5.25 * s7
+        d[di + ds, c] = o1 + _0_5 * o3 + _2 * o5 - s7
+        d[di + 2 * ds, c] = _5_25 * s0 + e1 + _0_25 * e3 + _4 * e5
+        d[di + 3 * ds, c] = -_4_25 * o1 - _2_5 * o3 - _2_5 * o5 + _5_25 * s7
+        d[di + 4 * ds, c] = -_5_25 * s0 - _4_25 * e1 - _1_25 * e3 - _5 * e5
+        d[di + 5 * ds, c] = o1 + _2 * o3 + _0_5 * o5 - _5_25 * s7
         d[di + 6 * ds, c] = s0 + e1 + e3 + e5
         d[di + 7 * ds, c] = s7
 
@@ -239,9 +247,9 @@ def _at8(s, si, ss, d, di, ds):
         e3, o3 = s3 + s4, s3 - s4
         e5, o5 = s5 + s6, s5 - s6
         d[di, c] = s0 + e1 + e3 + e5
-        d[di + ds, c] = o1 + 2 * o3 + 0.5 * o5
-        d[di + 2 * ds, c] = e1 + 4 * e3 + 0.25 * e5
-        d[di + 3 * ds, c] = o1 + 8 * o3 + 0.125 * o5 + s7
+        d[di + ds, c] = o1 + _2 * o3 + _0_5 * o5
+        d[di + 2 * ds, c] = e1 + _4 * e3 + _0_25 * e5
+        d[di + 3 * ds, c] = o1 + _8 * o3 + _0_125 * o5 + s7
 
 
 @njit(inline="always")
@@ -252,9 +260,9 @@ def _a8(s, si, ss, d, di, ds):
         e, o = s0 + s2, s1 + s3
         d[di, c] = s0
         d[di + ds, c], d[di + 2 * ds, c] = e + o, e - o
-        e, o = s0 + 4 * s2, 2 * s1 + 8 * s3
+        e, o = s0 + _4 * s2, _2 * s1 + _8 * s3
         d[di + 3 * ds, c], d[di + 4 * ds, c] = e + o, e - o
-        e, o = s0 + 0.25 * s2, 0.5 * s1 + 0.125 * s3
+        e, o = s0 + _0_25 * s2, _0_5 * s1 + _0_125 * s3
         d[di + 5 * ds, c], d[di + 6 * ds, c] = e + o, e - o
         d[di + 7 * ds, c] = s3
 
@@ -304,8 +312,8 @@ def _input_transform(lo, hi, x, pad, TH, TW, V):
     NT = V.shape[1]
     rows = V.reshape(a * a * NT, C)
     XH, XW = 4 * TH + a - 4, 4 * TW + a - 4
-    xp = np.zeros((XH * XW, C))  # one image, xp[h*XW + w, c], with its zero border
-    t = np.empty((a * XW, C))    # B^T applied down the columns of one row of tiles
+    xp = np.zeros((XH * XW, C), x.dtype)  # one image, xp[h*XW + w, c], with its zero border
+    t = np.empty((a * XW, C), x.dtype)    # B^T applied down the columns of one row of tiles
     for n in range(lo, hi):
         for c in range(C):
             plane = x[n, c]
@@ -333,8 +341,8 @@ def _output_transform(lo, hi, M, b, relu, out):
     NT = M.shape[1]
     rows = M.reshape(a * a * NT, F)
     YW = 4 * TW
-    y = np.empty((4 * TH * YW, F))   # one image's output, whole tiles, y[h*YW + w, f]
-    t = np.empty((4 * a, F))         # A^T M, one tile
+    y = np.empty((4 * TH * YW, F), M.dtype)   # one image's output, whole tiles, y[h*YW + w, f]
+    t = np.empty((4 * a, F), M.dtype)         # A^T M, one tile
     for n in range(lo, hi):
         for th in range(TH):
             for tw in range(TW):
@@ -349,7 +357,7 @@ def _output_transform(lo, hi, M, b, relu, out):
             for h in range(OH):
                 for w in range(OW):
                     v = y[h * YW + w, f] + bias
-                    plane[h, w] = max(v, 0) if relu else v
+                    plane[h, w] = max(v, _0) if relu else v
 
 
 @threaded_kernel(lambda dout, y, relu, sums, dM: dout.shape[0])
@@ -364,9 +372,9 @@ def _grad_transform(lo, hi, dout, y, relu, sums, dM):
     NT = dM.shape[1]
     rows = dM.reshape(a * a * NT, F)
     EW = 4 * TW
-    plane = np.zeros((4 * TH, EW))   # one plane of dout, whole tiles (0 beyond the edge)
-    e = np.empty((4 * TH * EW, F))   # one image's dout, e[h*EW + w, f]
-    t = np.empty((a * EW, F))        # A applied down the columns of one row of tiles
+    plane = np.zeros((4 * TH, EW), dM.dtype)   # one plane of dout, whole tiles (0 beyond the edge)
+    e = np.empty((4 * TH * EW, F), dM.dtype)   # one image's dout, e[h*EW + w, f]
+    t = np.empty((a * EW, F), dM.dtype)        # A applied down the columns of one row of tiles
     for n in range(lo, hi):
         for f in range(F):
             g, mask = dout[n, f], y[n, f]
@@ -374,7 +382,7 @@ def _grad_transform(lo, hi, dout, y, relu, sums, dM):
                 row = plane[h]
                 for w in range(OW):  # both read before the test: a select, not a branch
                     v, m = g[h, w], mask[h, w]
-                    row[w] = v if not relu or m > 0 else 0.0
+                    row[w] = v if not relu or m > 0 else _0
             sums[n, f] = _sum64(plane.ravel())
             for h in range(4 * TH):
                 for w in range(EW):
@@ -398,9 +406,9 @@ def _input_grad(lo, hi, dV, pad, TH, TW, dx):
     NT = dV.shape[1]
     rows = dV.reshape(a * a * NT, C)
     XH, XW = 4 * TH + a - 4, 4 * TW + a - 4
-    dxp = np.empty((XH * XW, C))  # one image with its border, where the tiles add up
-    t = np.empty((a * a, C))      # B dV, one tile
-    r = np.empty((a, C))          # one row of B dV B^T
+    dxp = np.empty((XH * XW, C), dV.dtype)  # one image with its border, where the tiles add up
+    t = np.empty((a * a, C), dV.dtype)      # B dV, one tile
+    r = np.empty((a, C), dV.dtype)          # one row of B dV B^T
     for n in range(lo, hi):
         dxp[:] = 0.0
         for th in range(TH):
@@ -419,7 +427,7 @@ def _input_grad(lo, hi, dV, pad, TH, TW, dx):
             for h in range(H):
                 for w in range(W):
                     inside = pad + h < XH and pad + w < XW
-                    plane[h, w] = dxp[(pad + h) * XW + pad + w, c] if inside else 0.0
+                    plane[h, w] = dxp[(pad + h) * XW + pad + w, c] if inside else _0
 
 
 def _filter_matrix(K, dtype):
