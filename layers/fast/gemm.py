@@ -19,7 +19,10 @@ from . import threads
 
 PIECE_FLOPS = 16_000_000    # the smallest piece worth handing out (about 0.2 ms on one core)
 MAX_PIECES = 32             # enough for even shares on a busy machine, few enough to cost nothing
-MIN_SIDE = 64               # the narrowest piece of a 2-d product (narrower ones run slowly)
+# The narrowest piece of a 2-d product. Every piece packs all of the other operand into BLAS's
+# own layout again, so narrow pieces repeat that copy: the dense layers' products run 1.2x
+# slower cut 64 wide than 512 wide (docs/performance.md).
+MIN_SIDE = 512
 
 
 def _pieces(flops, side):
