@@ -308,7 +308,9 @@ def _lrn(lo, hi, x, size, k, alpha, beta, scale, out):
         for c in range(C):
             _window_scale(xf[n], c, size, k, alpha, s)
             if sf.shape[0] == N:
-                sf[n, c] = s
+                kept = sf[n, c]
+                for p in range(P):                     # (a loop: a slice copy compiles slowly)
+                    kept[p] = s[p]
             a, b = xf[n, c], of[n, c]
             _neg_pow_rows(s, beta, b)                  # b = s^-beta
             for p in range(P):
