@@ -100,6 +100,22 @@ def test_maxpool_ties_go_to_the_first_maximum_and_overlaps_accumulate():
     assert dx[0, 0, 2, 2] == 4.0 and dx.sum() == 4.0
 
 
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_maxpool_breaks_ties_as_the_reference_does(shape, rng):
+    """The kernel finds each column's maximum first and then the window's: among equal maxima
+    it must still pick the reference's, the first in row-major order (the earliest row, then
+    the leftmost column), not the leftmost column. Values from {0, 1, 2} tie everywhere."""
+    N, C, H, W, KH, KW, stride = shape
+    x = rng.integers(0, 3, (N, C, H, W)).astype(np.float32)
+    out, argmax = kernels.maxpool(x, KH, KW, stride)
+    ref_out, ref_argmax = reference.maxpool(x, KH, KW, stride)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(argmax, ref_argmax)
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    x[0, 0, 1, 0] = x[0, 0, 0, 2] = 1.0    # the left column's 1 is in a later row
+    assert kernels.maxpool(x, 3, 3, 2)[1].ravel().tolist() == [2]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", LRN_SHAPES)
 @pytest.mark.parametrize("size,alpha,beta", [(5, 1e-4, 0.75), (5, 0.7, 0.75), (4, 0.3, 0.6), (1, 0.5, 1.0), (9, 0.2, 0.75)])
