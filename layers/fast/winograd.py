@@ -141,6 +141,7 @@ def transforms(K):
 # the vector v of column c is v[m] = s[si + m*ss, c] (rows ss apart), and its transform goes
 # to the rows di + k*ds of d. The loop runs along the rows, over the channels (or filters) of
 # a tile, so it vectorises. The tests check each against its matrix above.
+#
 # The transforms' constants as float32 numbers: a float32 times a Python literal is a float64
 # in Numba, so with literals the float32 tiles would be transformed in float64 (half as many
 # numbers per vector instruction, and conversions both ways). A float64 times these is a
