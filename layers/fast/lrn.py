@@ -3,9 +3,10 @@ signatures and answers, as fused Numba kernels (`kernels.lrn`, `kernels.lrn_grad
 over the activations each way, vectorised rows, threads, recycled buffers, and s^(-3/4) by
 square roots for the paper's beta. The readable version and the derivation: `layers/lrn.py`.
 
-Both passes are bound by memory, not arithmetic, so the cache keeps x and b but not s: the
-backward recomputes s (and b / s) image by image from x while it is in cache, which costs less
-than writing s out and reading it back. `cache.scale` still gives s, computed when asked.
+The cache keeps x and b but not s: the forward pass is bound by memory, so not writing s saves
+a third of its traffic, and the backward recomputes s (and b / s) image by image from x while
+it is in cache, for about what reading s back cost. `cache.scale` still gives s, computed when
+asked.
 """
 
 from typing import NamedTuple
