@@ -134,6 +134,21 @@ def test_basic_32_is_an_in_bounds_crop_of_the_padded_image_maybe_mirrored():
     assert tops.min() < 2 and tops.max() > 6 and lefts.min() < 2 and lefts.max() > 6
 
 
+def test_flip_32_is_the_image_or_its_exact_mirror_and_224_flip_is_basic():
+    """--augment flip: mirrors only, no crop; at 224 basic is already mirrors of the upscaled
+    image, so the two give the very same batches."""
+    images = _images(64, seed=3)
+    loader = _loader(images, batch_size=64, augment="flip", seed=5)
+    x, _ = next(iter(loader.epoch(0)))
+    plain = _normalise(images[loader.order(0)])
+    mirrored = np.array([np.allclose(x[b], plain[b][..., ::-1], atol=1e-5) for b in range(64)])
+    as_is = np.array([np.allclose(x[b], plain[b], atol=1e-5) for b in range(64)])
+    assert (mirrored | as_is).all() and 0 < mirrored.mean() < 1
+    kw = dict(batch_size=12, image_size=224, seed=1)
+    np.testing.assert_array_equal(next(iter(_loader(images[:12], augment="flip", **kw).epoch(0)))[0],
+                                  next(iter(_loader(images[:12], augment="basic", **kw).epoch(0)))[0])
+
+
 @pytest.mark.parametrize("size, cutout", [(32, 8), (32, 1), (224, 56)])
 def test_cutout_blanks_one_square_per_image_and_changes_nothing_else(size, cutout):
     """Each training image is the batch without cutout except for one clipped KxK square set

@@ -41,7 +41,7 @@ def add_data_arguments(parser: argparse.ArgumentParser):
                             "(default: a tenth of them, at most 5000: 5000 for CIFAR-10; 0 "
                             "trains on all of them); config.json records the number taken")
     group.add_argument("--augment", choices=AUGMENTS, default="basic",
-                       help="training augmentation: none; basic = random mirror + random "
+                       help="training augmentation: none; flip = random mirror only; basic = random mirror + random "
                             "crop of the 4-padded image (32x32) or upscaling (224); paper = "
                             "upscale to 256, random 224 crops and mirrors, PCA lighting "
                             "(default basic)")

@@ -9,6 +9,7 @@ Training (``--augment``), source side H = 32:
 
     S = H (the 32x32 models)                    S != H (the 224x224 model)
     none   the image                            bilinear resize H -> S
+    flip   the image, random mirror             bilinear resize H -> S, random mirror
     basic  random HxH crop of the image zero-   bilinear resize H -> S, random mirror
            padded by H/8 = 4, random mirror
     paper  basic + PCA lighting                 the paper: resize H -> T = S*256/224 (256),
@@ -47,7 +48,7 @@ from tinyalex.errors import DataError
 from .folder import read_image
 from .pixels import crop_flip_normalize, resize_crop_flip_normalize, resize_table
 
-AUGMENTS = ("none", "basic", "paper")
+AUGMENTS = ("none", "flip", "basic", "paper")
 VIEW_MODES = ("none", "flip", "10crop")
 # how reports and pictures name each test-time augmentation
 VIEW_NAMES = {"none": "no TTA (the centre image)", "flip": "flip TTA (image + mirror)",
@@ -89,6 +90,8 @@ def train_placement(rng: np.random.Generator, batch: int, *, side: int, size: in
             return Placement(0, 0, zero, no_flip, no_shift)
         return Placement(size, 0, zero, no_flip, no_shift)
     flips = rng.random(batch) < 0.5
+    if augment == "flip":
+        return Placement(0 if size == side else size, 0, zero, flips, no_shift)
     if size == side:
         pad = crop_pad(side)
         resized, offsets = 0, rng.integers(0, 2 * pad + 1, size=(batch, 2))
