@@ -186,6 +186,36 @@ def col2im(cols, x_shape, KH, KW, stride, pad, out=None):
     return dx
 
 
+@njit(inline="always")
+def _pool_3x3_stride_2(p, W, o, am, col_max, col_row):
+    """One plane p of the paper's 3x3 windows with stride 2, as _maxpool below, the window
+    written out: each output row's three input rows compared in one pass, then each window's
+    three columns (selects, no branches; the fixed taps let the compiler vectorise both)."""
+    OH, OW = o.shape
+    for oh in range(OH):
+        h0 = 2 * oh
+        r0, r1, r2 = p[h0], p[h0 + 1], p[h0 + 2]
+        for w in range(2 * OW + 1):                    # column maxima (the first row wins ties)
+            a, b, c = r0[w], r1[w], r2[w]
+            lower = b > a
+            v = b if lower else a
+            h = h0 + 1 if lower else h0
+            lowest = c > v
+            col_max[w] = c if lowest else v
+            col_row[w] = h0 + 2 if lowest else h
+        orow, arow = o[oh], am[oh]
+        for ow in range(OW):                           # windows: the earliest row, then leftmost
+            w0 = 2 * ow
+            v0, h0_, v1, h1 = col_max[w0], col_row[w0], col_max[w0 + 1], col_row[w0 + 1]
+            v2, h2 = col_max[w0 + 2], col_row[w0 + 2]
+            wins = (v1 > v0) | ((v1 == v0) & (h1 < h0_))
+            best, best_h, best_w = (v1, h1, w0 + 1) if wins else (v0, h0_, w0)
+            wins = (v2 > best) | ((v2 == best) & (h2 < best_h))
+            best, best_h, best_w = (v2, h2, w0 + 2) if wins else (best, best_h, best_w)
+            orow[ow] = best
+            arow[ow] = best_h * W + best_w
+
+
 @threaded_kernel(lambda x, KH, KW, stride, out, argmax: x.shape[0] * x.shape[1])
 def _maxpool(lo, hi, x, KH, KW, stride, out, argmax):
     # Separably, one output row at a time: first down each column of its KH input rows (the
@@ -198,9 +228,13 @@ def _maxpool(lo, hi, x, KH, KW, stride, out, argmax):
     used = (OW - 1) * stride + KW                      # the columns some window reads
     col_max = np.empty(used, x.dtype)
     col_row = np.empty(used, np.int32)
+    written_out = KH == 3 and KW == 3 and stride == 2   # the paper's windows
     for nc in range(lo, hi):
         n = nc // C
         c = nc % C
+        if written_out:
+            _pool_3x3_stride_2(x[n, c], W, out[n, c], argmax[n, c], col_max, col_row)
+            continue
         for oh in range(OH):
             h0 = oh * stride
             top = x[n, c, h0]
