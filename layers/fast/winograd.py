@@ -142,6 +142,9 @@ def transforms(K):
 # to the rows di + k*ds of d. The loop runs along the rows, over the channels (or filters) of
 # a tile, so it vectorises. The tests check each against its matrix above.
 #
+# (A loop runs over the columns both arrays have: the kernels' one-image buffers have longer
+# rows, see _row_length.)
+#
 # The transforms' constants as float32 numbers: a float32 times a Python literal is a float64
 # in Numba, so with literals the float32 tiles would be transformed in float64 (half as many
 # numbers per vector instruction, and conversions both ways). A float64 times these is a
@@ -153,7 +156,7 @@ _2_5, _4, _4_25, _5, _5_25, _8 = (np.float32(v) for v in (2.5, 4, 4.25, 5, 5.25,
 @njit(inline="always")
 def _bt6(s, si, ss, d, di, ds):
     """B^T v, F(4x4, 3x3) (6 -> 6)."""
-    for c in range(s.shape[1]):
+    for c in range(min(s.shape[1], d.shape[1])):
         s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
         s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
         d[di, c] = _4 * s0 - _5 * s2 + s4
@@ -167,7 +170,7 @@ def _bt6(s, si, ss, d, di, ds):
 @njit(inline="always")
 def _b6(s, si, ss, d, di, ds):
     """B v (6 -> 6): the adjoint of _bt6."""
-    for c in range(s.shape[1]):
+    for c in range(min(s.shape[1], d.shape[1])):
         s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
         s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
         d[di, c] = _4 * s0
@@ -181,7 +184,7 @@ def _b6(s, si, ss, d, di, ds):
 @njit(inline="always")
 def _at6(s, si, ss, d, di, ds):
     """A^T v (6 -> 4)."""
-    for c in range(s.shape[1]):
+    for c in range(min(s.shape[1], d.shape[1])):
         s0, s1, s2 = s[si, c], s[si + ss, c], s[si + 2 * ss, c]
         s3, s4, s5 = s[si + 3 * ss, c], s[si + 4 * ss, c], s[si + 5 * ss, c]
         d[di, c] = s0 + s1 + s2 + s3 + s4
@@ -193,7 +196,7 @@ def _at6(s, si, ss, d, di, ds):
 @njit(inline="always")
 def _a6(s, si, ss, d, di, ds):
     """A v (4 -> 6): the adjoint of _at6."""
-    for c in range(s.shape[1]):
+    for c in range(min(s.shape[1], d.shape[1])):
         s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
         d[di, c] = s0
         d[di + ds, c] = s0 + s1 + s2 + s3
@@ -206,7 +209,7 @@ def _a6(s, si, ss, d, di, ds):
 @njit(inline="always")
 def _bt8(s, si, ss, d, di, ds):
     """B^T v, F(4x4, 5x5) (8 -> 8)."""
-    for c in range(s.shape[1]):
+    for c in range(min(s.shape[1], d.shape[1])):
         s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
         s4, s5, s6, s7 = s[si + 4 * ss, c], s[si + 5 * ss, c], s[si + 6 * ss, c], s[si + 7 * ss, c]
         d[di, c] = -s0 + _5_25 * (s2 - s4) + s6
@@ -222,7 +225,7 @@ def _bt8(s, si, ss, d, di, ds):
 @njit(inline="always")
 def _b8(s, si, ss, d, di, ds):
     """B v (8 -> 8): the adjoint of _bt8."""
-    for c in range(s.shape[1]):
+    for c in range(min(s.shape[1], d.shape[1])):
         s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
         s4, s5, s6, s7 = s[si + 4 * ss, c], s[si + 5 * ss, c], s[si + 6 * ss, c], s[si + 7 * ss, c]
         e1, o1 = s1 + s2, s1 - s2      # (the rows of B^T come in pairs that differ in odd signs)
@@ -241,7 +244,7 @@ def _b8(s, si, ss, d, di, ds):
 @njit(inline="always")
 def _at8(s, si, ss, d, di, ds):
     """A^T v (8 -> 4)."""
-    for c in range(s.shape[1]):
+    for c in range(min(s.shape[1], d.shape[1])):
         s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
         s4, s5, s6, s7 = s[si + 4 * ss, c], s[si + 5 * ss, c], s[si + 6 * ss, c], s[si + 7 * ss, c]
         e1, o1 = s1 + s2, s1 - s2
@@ -256,7 +259,7 @@ def _at8(s, si, ss, d, di, ds):
 @njit(inline="always")
 def _a8(s, si, ss, d, di, ds):
     """A v (4 -> 8): the adjoint of _at8."""
-    for c in range(s.shape[1]):
+    for c in range(min(s.shape[1], d.shape[1])):
         s0, s1, s2, s3 = s[si, c], s[si + ss, c], s[si + 2 * ss, c], s[si + 3 * ss, c]
         e, o = s0 + s2, s1 + s3
         d[di, c] = s0
@@ -303,6 +306,16 @@ def _a(a, s, si, ss, d, di, ds):
 
 # The four kernels ("Layout" above): each step of the outer loop is one image, copied with its
 # channel index innermost into a buffer of a few hundred kB that stays in cache.
+@njit(inline="always")
+def _row_length(C):
+    """Row length of a one-image buffer of C channels: C rounded up to whole 16-number lines and
+    to an odd number of them. The copy into (or out of) channel-innermost order goes down a
+    column, one number per row; with rows of 256 or 384 numbers (1 or 1.5 kB) those fall in a
+    few of the L1 cache's 64 sets and evict each other, and the copy runs 2-4x slower."""
+    lines = (C + 15) // 16
+    return 16 * (lines + 1 - lines % 2)
+
+
 @threaded_kernel(lambda x, pad, TH, TW, V: x.shape[0])
 def _input_transform(lo, hi, x, pad, TH, TW, V):
     """V[a*i + j, n*T + t, c] = (B^T d B)[i, j], d the a x a input tile t of image n, channel c
@@ -313,7 +326,7 @@ def _input_transform(lo, hi, x, pad, TH, TW, V):
     NT = V.shape[1]
     rows = V.reshape(a * a * NT, C)
     XH, XW = 4 * TH + a - 4, 4 * TW + a - 4
-    xp = np.zeros((XH * XW, C), x.dtype)  # one image, xp[h*XW + w, c], with its zero border
+    xp = np.zeros((XH * XW, _row_length(C)), x.dtype)  # one image, xp[h*XW + w, c], zero border
     t = np.empty((a * XW, C), x.dtype)    # B^T applied down the columns of one row of tiles
     for n in range(lo, hi):
         for c in range(C):
@@ -342,7 +355,7 @@ def _output_transform(lo, hi, M, b, relu, out):
     NT = M.shape[1]
     rows = M.reshape(a * a * NT, F)
     YW = 4 * TW
-    y = np.empty((4 * TH * YW, F), M.dtype)   # one image's output, whole tiles, y[h*YW + w, f]
+    y = np.empty((4 * TH * YW, _row_length(F)), M.dtype)  # one image's output tiles, y[h*YW + w, f]
     t = np.empty((4 * a, F), M.dtype)         # A^T M, one tile
     for n in range(lo, hi):
         for th in range(TH):
@@ -374,7 +387,7 @@ def _grad_transform(lo, hi, dout, y, relu, sums, dM):
     rows = dM.reshape(a * a * NT, F)
     EW = 4 * TW
     plane = np.zeros((4 * TH, EW), dM.dtype)   # one plane of dout, whole tiles (0 beyond the edge)
-    e = np.empty((4 * TH * EW, F), dM.dtype)   # one image's dout, e[h*EW + w, f]
+    e = np.empty((4 * TH * EW, _row_length(F)), dM.dtype)  # one image's dout, e[h*EW + w, f]
     t = np.empty((a * EW, F), dM.dtype)        # A applied down the columns of one row of tiles
     for n in range(lo, hi):
         for f in range(F):
@@ -407,7 +420,7 @@ def _input_grad(lo, hi, dV, pad, TH, TW, dx):
     NT = dV.shape[1]
     rows = dV.reshape(a * a * NT, C)
     XH, XW = 4 * TH + a - 4, 4 * TW + a - 4
-    dxp = np.empty((XH * XW, C), dV.dtype)  # one image with its border, where the tiles add up
+    dxp = np.empty((XH * XW, _row_length(C)), dV.dtype)  # one image and border: the tiles add up here
     t = np.empty((a * a, C), dV.dtype)      # B dV, one tile
     r = np.empty((a, C), dV.dtype)          # one row of B dV B^T
     for n in range(lo, hi):
