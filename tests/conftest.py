@@ -62,7 +62,7 @@ def work_sharing(monkeypatch):
     convolution cut into as many pieces as it has rows (the smallest pieces there are), so that
     tests on small arrays exercise the hand-out of layers/fast/threads.py; on one thread, whole
     (small_pieces=True: the same small pieces, run one after the other)."""
-    from layers.fast import conv, gemm, kernels, threads
+    from layers.fast import conv, gemm, kernels, threads, winograd
 
     def configure(n, small_pieces=None):
         monkeypatch.setattr(threads, "_threads", n)
@@ -71,6 +71,7 @@ def work_sharing(monkeypatch):
         monkeypatch.setattr(gemm, "PIECE_FLOPS", 1 if many else 2**62)
         monkeypatch.setattr(gemm, "MIN_SIDE", 1)
         monkeypatch.setattr(conv, "PIECE_COLS_BYTES", 1 if many else 2**62)
+        monkeypatch.setattr(winograd, "PIECE_BYTES", 1 if many else 2**62)
     return configure
 
 

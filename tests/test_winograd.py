@@ -80,6 +80,14 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=["chunks", "pieces"])
+def schedule(request, monkeypatch):
+    """Both ways winograd.py goes through a batch (its docstring's Memory): every layer in
+    chunks of images with threaded passes, or every layer in pieces run start to end."""
+    monkeypatch.setattr(winograd, "PIECE_CHANNELS", 0 if request.param == "chunks" else 10**9)
+    return request.param
+
+
 def im2col_route(monkeypatch, fn, *args, **kwargs):
     with monkeypatch.context() as m:
         m.setattr(conv_module, "WINOGRAD_MIN_CHANNELS", 10**9)
@@ -91,7 +99,7 @@ def im2col_route(monkeypatch, fn, *args, **kwargs):
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, threads, monkeypatch,
-                                                      work_sharing):
+                                                      work_sharing, schedule):
     work_sharing(threads)
     N, C, H, W, F, K, pad, groups = shape
     rng = np.random.default_rng(sum(shape))
@@ -119,14 +127,18 @@ def test_winograd_matches_im2col_forward_and_backward(shape, relu, dtype, thread
     np.testing.assert_array_equal(dw, grads[1])
 
 
+def _one_image_a_part(monkeypatch, schedule):
+    monkeypatch.setattr(winograd, "CHUNK_BYTES" if schedule == "chunks" else "PIECE_BYTES", 1)
+
+
 @pytest.mark.parametrize("K", [3, 5])
-def test_chunks_of_images_give_the_same_answer(K, monkeypatch):
+def test_chunks_or_pieces_of_images_give_the_same_answer(K, monkeypatch, schedule):
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((5, 16, 6, 7)), rng.standard_normal((6, 8, K, K)), rng.standard_normal(6)
     out, cache = layers.fast.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
     dout = rng.standard_normal(out.shape)
     grads = layers.fast.conv_backward(dout, cache)
-    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)        # one image per chunk
+    _one_image_a_part(monkeypatch, schedule)
     chunk_out, chunk_cache = layers.fast.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
     assert rel_err(chunk_out, out) <= 1e-14
     for ours, theirs in zip(layers.fast.conv_backward(dout, chunk_cache), grads):
@@ -135,12 +147,12 @@ def test_chunks_of_images_give_the_same_answer(K, monkeypatch):
 
 @pytest.mark.parametrize("chunk_bytes", [None, 1])
 @pytest.mark.parametrize("K", [3, 5])
-def test_kept_tiles_give_the_rebuilt_tiles_answers(K, chunk_bytes, monkeypatch):
+def test_kept_tiles_give_the_rebuilt_tiles_answers(K, chunk_bytes, monkeypatch, schedule):
     """The forward keeps V for the backward when it is small; the backward then computes the
     same bits as one that rebuilds V, and leaves the kept V as it was (a second backward on
     the same cache agrees too)."""
     if chunk_bytes:
-        monkeypatch.setattr(winograd, "CHUNK_BYTES", chunk_bytes)   # one image per chunk
+        _one_image_a_part(monkeypatch, schedule)
     rng = np.random.default_rng(7)
     x, w, b = rng.standard_normal((3, 16, 9, 6)), rng.standard_normal((6, 8, K, K)), rng.standard_normal(6)
     out, cache = layers.fast.conv_relu_forward(x, w, b, stride=1, pad=K // 2, groups=2)
@@ -184,6 +196,12 @@ def test_which_layers_take_the_winograd_route():
                                                      spec.kernel, spec.kernel), spec.stride))
             channels = spec.filters
         assert routes == [False, True, True, True, True], name
+    # conv2 (48 channels per group) runs in pieces, conv3-5 (192-384) in chunks
+    for arch in (ARCHS["cifar"], ARCHS["paper"]):
+        channels = [arch.input_shape[0]] + [spec.filters for spec in arch.convs]
+        pieces = [winograd.in_pieces((spec.filters, channels[i] // spec.groups, spec.kernel, spec.kernel))
+                  for i, spec in enumerate(arch.convs)]
+        assert pieces[1:] == [True, False, False, False], arch.name
     assert not conv_module.uses_winograd((8, 16, 3, 3), 2)          # strided
     assert not conv_module.uses_winograd((8, 7, 3, 3), 1)           # too few channels
     assert not conv_module.uses_winograd((8, 16, 3, 5), 1)          # not square

@@ -57,9 +57,15 @@ written-out transform below runs along a row of C numbers (the compiler vectoris
 each tile's a*a results go out as runs of C consecutive numbers.
 
 Memory: V and M take a*a numbers per 4x4 output tile (the im2col matrix takes K*K per
-output), so the batch is processed in chunks of images, like im2col, with buffers that are
-reused. The backward pass needs V again (for dU); when V of the whole batch is small
-(KEEP_BYTES) the forward pass keeps it in the cache, else the backward rebuilds it.
+output), so the batch is processed in parts, with buffers that are reused, in one of two
+ways. Layers with many channels per group (conv3-5: 192-384) have thick products that
+BLAS runs near its best: chunks of images, each transform a threaded pass over the chunk
+and the products cut between their matrices (gemm.py). Layers with few (conv2: 48) have
+products too thin for their arithmetic to hide writing M, 134 MB in `cifar`'s conv2: pieces
+of a few images, each run start to end (transform, products, inverse transform) on one
+thread, while its V and M of a few MB are still in cache. The backward pass needs V again
+(for dU); when V of the whole batch is small (KEEP_BYTES) the forward pass keeps it in the
+cache, else the backward rebuilds it.
 """
 
 from typing import NamedTuple
@@ -67,7 +73,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from . import buffers, gemm
+from . import buffers, gemm, threads
 from .kernels import _sum64, threaded_kernel
 
 
@@ -127,6 +133,10 @@ CHUNK_BYTES = 64 * 2**20   # the largest transformed-tile buffer (V or M) a chun
 # The forward pass keeps V for the backward when V of the whole batch takes at most this
 # (`cifar`'s four layers: 125 MB in all); larger ones are rebuilt in the backward, chunk by chunk.
 KEEP_BYTES = 64 * 2**20
+# Layers with fewer input channels per group than this run in pieces of images (see Memory
+# above), each piece's M at most PIECE_BYTES (whole images: `cifar`'s conv2 8, `paper`'s 2).
+PIECE_CHANNELS = 64
+PIECE_BYTES = 8 * 2**20
 
 
 def transforms(K):
@@ -498,11 +508,23 @@ def _by_tile_position(A, groups):
     return A.reshape(positions, NT, groups, cols // groups).transpose(0, 2, 1, 3)
 
 
+def in_pieces(w_shape):
+    """Whether a layer with weights of shape (F, C/G, K, K) runs in pieces (else in chunks)."""
+    return w_shape[1] < PIECE_CHANNELS
+
+
+def _pieces(N, F, positions, T, itemsize):
+    """Consecutive [n0, n1) pieces of images whose M (positions, nb*T, F) fits PIECE_BYTES (at
+    least one image a piece): from the shapes alone, so the same on any number of threads."""
+    per_piece = max(1, min(N, PIECE_BYTES // (positions * T * F * itemsize)))
+    return [(n0, min(N, n0 + per_piece)) for n0 in range(0, N, per_piece)]
+
+
 def forward(x, w, b, pad, groups, relu):
     """(out, tiles): out (N, F, OH, OW) of the stride-1 convolution with 3x3 or 5x5 filters
     (ReLU fused in when relu=True), and the transformed input tiles {(n0, n1): V} of each chunk
-    of images, for the backward pass, when they take at most KEEP_BYTES (else None: the
-    backward rebuilds them). x must be C-contiguous."""
+    or piece of images, for the backward pass, when they take at most KEEP_BYTES (else None:
+    the backward rebuilds them). x must be C-contiguous."""
     N, C, H, W = x.shape
     F, Cg, K = w.shape[:3]
     OH, OW = H + 2 * pad - K + 1, W + 2 * pad - K + 1
@@ -512,6 +534,22 @@ def forward(x, w, b, pad, groups, relu):
     keep = C * U.shape[0] * N * TH * TW * x.itemsize <= KEEP_BYTES
     out = buffers.empty((N, F, OH, OW), x.dtype)
     tiles = {} if keep else None
+    if in_pieces(w.shape):
+        pieces = _pieces(N, F, U.shape[0], TH * TW, x.itemsize)
+
+        def piece(i):   # one piece of images, start to end on one thread
+            n0, n1 = pieces[i]
+            NT = (n1 - n0) * TH * TW
+            V = buffers.empty((U.shape[0], NT, C), x.dtype)
+            M = buffers.empty((U.shape[0], NT, F), x.dtype)
+            _input_transform(x[n0:n1], pad, TH, TW, V)
+            # M[ij] = V[ij] @ U[ij].T
+            np.matmul(_by_tile_position(V, groups), UT, out=_by_tile_position(M, groups))
+            _output_transform(M, b, relu, out[n0:n1])
+            if keep:
+                tiles[(n0, n1)] = V
+        threads.share_blas_work(piece, len(pieces))
+        return out, tiles
     for n0, n1, V, M in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype, fresh_V=keep):
         _input_transform(x[n0:n1], pad, TH, TW, V)
         # M[ij] = V[ij] @ U[ij].T
@@ -531,11 +569,13 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
     OH, OW = dout.shape[2:]
     TH, TW = _tiles(OH, OW)
     U = filter_transform(w, groups)                                    # (a*a, G, F/G, C/G)
-    dU = np.empty(U.shape, dtype=x.dtype)                              # (set by the first chunk)
-    db_sum = np.zeros(F)                                               # float64 accumulator
     dx = buffers.empty_like(x) if need_dx else None
     relu = relu_out is not None
     y = relu_out if relu else dout
+    if in_pieces(w.shape):
+        return _backward_pieces(dout, x, w, U, pad, groups, y, relu, dx, tiles)
+    dU = np.empty(U.shape, dtype=x.dtype)                              # (set by the first chunk)
+    db_sum = np.zeros(F)                                               # float64 accumulator
     for n0, n1, dV, dM in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype):
         V = tiles.get((n0, n1)) if tiles else None
         if V is None:                                  # rebuilt, as im2col is, in dV's place
@@ -554,3 +594,34 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
         if need_dx:
             _input_grad(dV, pad, TH, TW, dx[n0:n1])
     return dx, filter_grad(dU, w.shape), db_sum.astype(x.dtype)
+
+
+def _backward_pieces(dout, x, w, U, pad, groups, y, relu, dx, tiles):
+    """backward() for a layer that runs in pieces (in_pieces): each piece of images start to
+    end on one thread; its share of dU is summed with the others' in piece order."""
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    TH, TW = _tiles(*dout.shape[2:])
+    positions = U.shape[0]
+    pieces = _pieces(N, F, positions, TH * TW, x.itemsize)      # the forward's, so the kept tiles'
+    dU_parts = np.empty((len(pieces),) + U.shape, dtype=x.dtype)
+    image_sums = np.empty((N, F))                                # float64, the bias gradient's
+
+    def piece(i):   # one piece of images, start to end on one thread
+        n0, n1 = pieces[i]
+        NT = (n1 - n0) * TH * TW
+        V = tiles.get((n0, n1)) if tiles else None
+        if V is None:                                  # rebuilt, as im2col is
+            V = buffers.empty((positions, NT, C), x.dtype)
+            _input_transform(x[n0:n1], pad, TH, TW, V)
+        dM = buffers.empty((positions, NT, F), x.dtype)
+        _grad_transform(dout[n0:n1], y[n0:n1], relu, image_sums[n0:n1], dM)
+        V_ij, dM_ij = _by_tile_position(V, groups), _by_tile_position(dM, groups)
+        np.matmul(dM_ij.transpose(0, 1, 3, 2), V_ij, out=dU_parts[i])   # dU[ij] = dM[ij].T @ V[ij]
+        if dx is not None:
+            dV = buffers.empty((positions, NT, C), x.dtype)
+            np.matmul(dM_ij, U, out=_by_tile_position(dV, groups))       # dV[ij] = dM[ij] @ U[ij]
+            _input_grad(dV, pad, TH, TW, dx[n0:n1])
+    threads.share_blas_work(piece, len(pieces))
+    dU = dU_parts.sum(axis=0)                 # in piece order: the same bits on any thread count
+    return dx, filter_grad(dU, w.shape), image_sums.sum(axis=0).astype(x.dtype)
