@@ -143,7 +143,8 @@ def _layer_results():
             "im2col conv": ((3, 3, 12, 12), (8, 3, 3, 3), 1, 1, 1),
             "strided conv": ((2, 3, 23, 23), (6, 3, 11, 11), 4, 2, 1),
             "winograd 3x3": ((3, 16, 9, 9), (8, 8, 3, 3), 1, 1, 2),
-            "winograd 5x5": ((3, 16, 9, 9), (8, 16, 5, 5), 1, 2, 1)}.items():
+            "winograd 5x5": ((3, 16, 9, 9), (8, 16, 5, 5), 1, 2, 1),             # in pieces
+            "winograd in chunks": ((2, 64, 5, 5), (8, 64, 3, 3), 1, 1, 1)}.items():   # 64 a group
         x = rng.standard_normal(xs).astype(np.float32)
         w = rng.standard_normal(ws).astype(np.float32)
         b = rng.standard_normal(ws[0]).astype(np.float32)

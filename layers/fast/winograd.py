@@ -535,20 +535,7 @@ def forward(x, w, b, pad, groups, relu):
     out = buffers.empty((N, F, OH, OW), x.dtype)
     tiles = {} if keep else None
     if in_pieces(w.shape):
-        pieces = _pieces(N, F, U.shape[0], TH * TW, x.itemsize)
-
-        def piece(i):   # one piece of images, start to end on one thread
-            n0, n1 = pieces[i]
-            NT = (n1 - n0) * TH * TW
-            V = buffers.empty((U.shape[0], NT, C), x.dtype)
-            M = buffers.empty((U.shape[0], NT, F), x.dtype)
-            _input_transform(x[n0:n1], pad, TH, TW, V)
-            # M[ij] = V[ij] @ U[ij].T
-            np.matmul(_by_tile_position(V, groups), UT, out=_by_tile_position(M, groups))
-            _output_transform(M, b, relu, out[n0:n1])
-            if keep:
-                tiles[(n0, n1)] = V
-        threads.share_blas_work(piece, len(pieces))
+        _forward_pieces(x, UT, b, pad, groups, relu, out, tiles)
         return out, tiles
     for n0, n1, V, M in _chunks(N, C, F, U.shape[0], TH * TW, x.dtype, fresh_V=keep):
         _input_transform(x[n0:n1], pad, TH, TW, V)
@@ -594,6 +581,27 @@ def backward(dout, x, w, pad, groups, relu_out, need_dx, tiles=None):
         if need_dx:
             _input_grad(dV, pad, TH, TW, dx[n0:n1])
     return dx, filter_grad(dU, w.shape), db_sum.astype(x.dtype)
+
+
+def _forward_pieces(x, UT, b, pad, groups, relu, out, tiles):
+    """forward() for a layer that runs in pieces (in_pieces): each piece of images start to
+    end on one thread, into out; each piece's V kept in tiles unless tiles is None."""
+    N, C = x.shape[:2]
+    positions, F = UT.shape[0], out.shape[1]
+    TH, TW = _tiles(*out.shape[2:])
+    pieces = _pieces(N, F, positions, TH * TW, x.itemsize)
+
+    def piece(i):   # one piece of images, start to end on one thread
+        n0, n1 = pieces[i]
+        NT = (n1 - n0) * TH * TW
+        V = buffers.empty((positions, NT, C), x.dtype)
+        M = buffers.empty((positions, NT, F), x.dtype)
+        _input_transform(x[n0:n1], pad, TH, TW, V)
+        np.matmul(_by_tile_position(V, groups), UT, out=_by_tile_position(M, groups))  # V[ij] @ U[ij].T
+        _output_transform(M, b, relu, out[n0:n1])
+        if tiles is not None:
+            tiles[(n0, n1)] = V
+    threads.share_blas_work(piece, len(pieces))
 
 
 def _backward_pieces(dout, x, w, U, pad, groups, y, relu, dx, tiles):
