@@ -321,7 +321,7 @@ def _row_length(C):
     """Row length of a one-image buffer of C channels: C rounded up to whole 16-number lines and
     to an odd number of them. The copy into (or out of) channel-innermost order goes down a
     column, one number per row; with rows of 256 or 384 numbers (1 or 1.5 kB) those fall in a
-    few of the L1 cache's 64 sets and evict each other, and the copy runs 2-4x slower."""
+    few of the L1 cache's 64 sets and evict each other (docs/performance.md)."""
     lines = (C + 15) // 16
     return 16 * (lines + 1 - lines % 2)
 
