@@ -467,7 +467,7 @@ def test_add_data_arguments():
     add_data_arguments(parser)
     args = parser.parse_args([])
     assert (args.data, args.data_dir, args.val_size, args.augment, args.skip_bad_images) == (
-        None, None, None, "basic", False)           # val_size None: load_dataset's default
+        None, None, None, "flip", False)            # val_size None: load_dataset's default
     args = parser.parse_args(["--data", "x", "--data-dir", "y", "--val-size", "0",
                               "--augment", "paper", "--skip-bad-images"])
     assert (args.data, args.data_dir, args.val_size, args.augment, args.skip_bad_images) == (

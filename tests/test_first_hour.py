@@ -91,7 +91,7 @@ def test_final_scoring_respects_limit_test_and_shows_progress(tmp_path, capsys):
 
 def colour_classes(root, per_class, seed=0):
     """An image folder ROOT/classK/*.png of 10 classes, each a colour plus noise: a task a
-    few dozen steps can learn, under the default augmentation (crops and mirrors)."""
+    few dozen steps can learn, under the default augmentation (mirrors)."""
     rng = np.random.default_rng(seed)
     colours = rng.integers(30, 226, size=(10, 3))
     for c in range(10):
