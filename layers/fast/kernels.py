@@ -195,14 +195,14 @@ def _pool_3x3_stride_2(p, W, o, am, col_max, col_row):
     for oh in range(OH):
         h0 = 2 * oh
         r0, r1, r2 = p[h0], p[h0 + 1], p[h0 + 2]
-        for w in range(2 * OW + 1):                    # column maxima (the first row wins ties)
+        for w in range(2 * OW + 1):                    # column maxima
             a, b, c = r0[w], r1[w], r2[w]
-            lower = b > a
-            v = b if lower else a
-            h = h0 + 1 if lower else h0
-            lowest = c > v
-            col_max[w] = c if lowest else v
-            col_row[w] = h0 + 2 if lowest else h
+            second = b > a                             # strict: the earlier row wins ties
+            v = b if second else a
+            h = h0 + 1 if second else h0
+            third = c > v
+            col_max[w] = c if third else v
+            col_row[w] = h0 + 2 if third else h
         orow, arow = o[oh], am[oh]
         for ow in range(OW):                           # windows: the earliest row, then leftmost
             w0 = 2 * ow
