@@ -7,7 +7,7 @@ import os
 
 from ..argtypes import non_negative_int, non_empty_path
 from ..errors import DataError
-from .transforms import AUGMENTS
+from .transforms import AUGMENTS, DEFAULT_AUGMENT
 
 
 DATA_HELP = ("an extracted cifar-10-batches-py directory (or a directory holding one), a "
@@ -40,7 +40,7 @@ def add_data_arguments(parser: argparse.ArgumentParser):
                        help="training images held out for validation, class-balanced "
                             "(default: a tenth of them, at most 5000: 5000 for CIFAR-10; 0 "
                             "trains on all of them); config.json records the number taken")
-    group.add_argument("--augment", choices=AUGMENTS, default="flip",
+    group.add_argument("--augment", choices=AUGMENTS, default=DEFAULT_AUGMENT,
                        help="training augmentation: none; flip = random mirror (and upscaling "
                             "to 224 for the paper model) (default); basic = flip + random crop "
                             "of the 4-padded image (32x32); paper = upscale to 256, random 224 "

@@ -22,8 +22,8 @@ import threading
 
 import numpy as np
 
-from .transforms import (AUGMENTS, apply_cutout, check_images, cutout_squares, render, train_placement,
-                         view_placements)
+from .transforms import (AUGMENTS, DEFAULT_AUGMENT, apply_cutout, check_images, cutout_squares, render,
+                         train_placement, view_placements)
 
 
 class _Failure:
@@ -45,7 +45,7 @@ class BatchLoader:
     number of batches per epoch; the last one is smaller unless ``drop_last``.
     """
 
-    def __init__(self, images, labels, *, batch_size=128, train=True, augment="basic",
+    def __init__(self, images, labels, *, batch_size=128, train=True, augment=DEFAULT_AUGMENT,
                  image_size=32, mean, std, pca=None, seed=0, prefetch=2, drop_last=False,
                  cutout=0):
         self.images = check_images(images)

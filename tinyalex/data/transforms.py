@@ -49,6 +49,7 @@ from .folder import read_image
 from .pixels import crop_flip_normalize, resize_crop_flip_normalize, resize_table
 
 AUGMENTS = ("none", "flip", "basic", "paper")
+DEFAULT_AUGMENT = "flip"    # mirrors alone: in ten epochs crops cost more than they help (docs/training.md)
 VIEW_MODES = ("none", "flip", "10crop")
 # how reports and pictures name each test-time augmentation
 VIEW_NAMES = {"none": "no TTA (the centre image)", "flip": "flip TTA (image + mirror)",
