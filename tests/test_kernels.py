@@ -18,7 +18,8 @@ CONV_SHAPES = [
     (2, 2, 5, 7, 3, 2, 3, 2),     # stride larger than kernel (pixels never read), big pad
     (1, 2, 4, 3, 2, 2, 1, 3),     # pad larger than the kernel: whole windows in the padding
 ]
-POOL_SHAPES = [(2, 3, 13, 11, 3, 3, 2), (2, 3, 16, 10, 3, 3, 2), (1, 2, 3, 3, 3, 3, 2), (2, 5, 8, 8, 2, 2, 2), (1, 2, 9, 6, 3, 2, 1), (1, 1, 7, 7, 3, 3, 3)]
+POOL_SHAPES = [(2, 3, 13, 11, 3, 3, 2), (2, 3, 16, 10, 3, 3, 2), (1, 2, 3, 3, 3, 3, 2),   # 3x3/2: written out
+               (2, 5, 8, 8, 2, 2, 2), (1, 2, 9, 6, 3, 2, 1), (1, 1, 7, 7, 3, 3, 3)]
 LRN_SHAPES = [(2, 7, 5, 3), (1, 1, 2, 2), (2, 4, 3, 6)]
 
 

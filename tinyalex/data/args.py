@@ -41,10 +41,10 @@ def add_data_arguments(parser: argparse.ArgumentParser):
                             "(default: a tenth of them, at most 5000: 5000 for CIFAR-10; 0 "
                             "trains on all of them); config.json records the number taken")
     group.add_argument("--augment", choices=AUGMENTS, default=DEFAULT_AUGMENT,
-                       help="training augmentation: none; flip = random mirror (and upscaling "
-                            "to 224 for the paper model) (default); basic = flip + random crop "
-                            "of the 4-padded image (32x32); paper = upscale to 256, random 224 "
-                            "crops and mirrors, PCA lighting")
+                       help="training augmentation: none; flip = random mirror, of the image "
+                            "upscaled to 224 for the paper model (default); basic = flip + random "
+                            "crop of the 4-padded image (32x32); paper = upscale to 256, random "
+                            "224 crops and mirrors, PCA lighting")
     group.add_argument("--cutout", type=non_negative_int, default=0, metavar="K",
                        help="also blank a random KxK square of each training image (set to the "
                             "mean colour; cutout, DeVries and Taylor 2017); default 0: none")

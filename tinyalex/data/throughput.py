@@ -1,7 +1,7 @@
 """How fast the data pipeline makes batches: ``python -m tinyalex.data.throughput [--data PATH]``.
 
 Measures, on one core (no prefetch thread, single-threaded kernels), the images per
-second of training batches for the 32x32 model (random mirror; with crops) and the 224x224
+second of training batches for the 32x32 model (random mirror, alone and with crops) and the 224x224
 model (bilinear upscaling + mirror; and the paper's 256-resize + 224 crop + lighting), and
 of the 10-crop test views. Targets: >= 5,000 img/s at 32x32, >= 600 img/s at 224x224,
 so that the pipeline never holds up training (the model trains at about 100 img/s and

@@ -86,12 +86,8 @@ def train_placement(rng: np.random.Generator, batch: int, *, side: int, size: in
     no_flip = np.zeros(batch, bool)
     zero = np.zeros((batch, 2), np.int64)
     no_shift = np.zeros((batch, 3), np.float32)
-    if augment == "none":
-        if size == side:
-            return Placement(0, 0, zero, no_flip, no_shift)
-        return Placement(size, 0, zero, no_flip, no_shift)
-    flips = rng.random(batch) < 0.5
-    if augment == "flip":
+    flips = no_flip if augment == "none" else rng.random(batch) < 0.5
+    if augment in ("none", "flip"):                  # the whole image (upscaled for S != H)
         return Placement(0 if size == side else size, 0, zero, flips, no_shift)
     if size == side:
         pad = crop_pad(side)
